@@ -1,0 +1,54 @@
+"""Every YAML under configs/ validates: run configs parse, policies build, accelerate configs load."""
+
+import dataclasses
+from pathlib import Path
+
+import peft
+import pytest
+import yaml
+
+from freeze_policies import get_policy
+from recipes.run import parse_args
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "accelerate" not in p.parts)
+ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
+PEFT_CLASSES = {"lora": peft.LoraConfig, "dora": peft.LoraConfig, "ia3": peft.IA3Config,
+                "prefix_tuning": peft.PrefixTuningConfig, "prompt_tuning": peft.PromptTuningConfig}
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(CONFIGS.parent))
+
+
+def test_there_are_configs_for_every_method():
+    names = {p.stem for p in RUN_CONFIGS if p.parent.name == "minilm"}
+    assert {"full", "embeddings", "bottom_n", "bottom_n_2", "top_n", "all_but_head",
+            "gradual_unfreeze", "bitfit", "lisa", "norm_only", "lora", "dora", "ia3",
+            "prompt_tuning", "bottom_n_zero_lr", "bottom_n_zero_grad"} <= names
+    assert {"cpu", "ddp", "ddp_cpu", "fsdp", "fsdp2", "deepspeed_zero2",
+            "deepspeed_zero3"} <= {p.stem for p in ACCELERATE_CONFIGS}
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=relative)
+def test_run_config_parses_and_its_method_builds(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# accelerate launch ") and f"--config {relative(path)}" in first
+    model_args, data_args, method, training = parse_args(["--config", str(path)])
+    assert training.output_dir == f"outputs/{relative(path)[len('configs/'):-len('.yaml')]}"
+    if method.method == "freeze":
+        get_policy(method.policy, **method.policy_options)
+    if method.method == "peft":
+        config_class = PEFT_CLASSES[method.peft_method]
+        assert set(method.peft_options) <= {f.name for f in dataclasses.fields(config_class)}
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=relative)
+def test_accelerate_config_loads(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# accelerate launch --config_file {relative(path)} recipes/run.py")
+    config = yaml.safe_load(path.read_text())
+    assert config["distributed_type"] in {"NO", "MULTI_CPU", "MULTI_GPU", "FSDP", "DEEPSPEED"}
+    assert config["num_processes"] >= 1
+    if config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 1:
+        assert config["fsdp_config"]["fsdp_use_orig_params"] is True
