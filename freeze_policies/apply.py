@@ -50,18 +50,24 @@ class AuditResult:
 class FrozenAudit:
     """Snapshot of the parameters frozen at the start, compared bit for bit at the end.
 
-    ``FrozenAudit(model)`` copies every parameter that does not require grad now. Call
-    ``opened(names)`` whenever parameters start training (a schedule opened them): those are no
-    longer frozen for the whole run and leave the audit. ``check(model)`` compares the rest with
-    ``torch.equal``.
+    ``FrozenAudit(model)`` copies every parameter that does not require grad now;
+    ``FrozenAudit(model, frozen=names)`` copies the named ones instead (for freeze modes in which
+    frozen parameters still require grad, such as an lr=0 group). Call ``opened(names)`` whenever
+    parameters start training (a schedule opened them): those are no longer frozen for the whole
+    run and leave the audit. ``check(model)`` compares the rest with ``torch.equal``.
     """
 
-    def __init__(self, model: nn.Module):
-        self.snapshot = {
-            name: param.detach().clone()
-            for name, param in model.named_parameters()
-            if not param.requires_grad
-        }
+    def __init__(self, model: nn.Module, frozen: Collection[str] | None = None):
+        params = dict(model.named_parameters())
+        if frozen is None:
+            frozen = [name for name, param in params.items() if not param.requires_grad]
+        unknown = sorted(set(frozen) - params.keys())
+        if unknown:
+            raise FreezePolicyError(
+                f"{len(unknown)} frozen names are not parameters of {type(model).__name__}: "
+                f"{', '.join(unknown[:3])}"
+            )
+        self.snapshot = {name: params[name].detach().clone() for name in frozen}
 
     def opened(self, names: Collection[str]) -> None:
         for name in names:

@@ -1,4 +1,4 @@
-"""Every YAML under configs/ validates: run configs parse, policies build, accelerate configs load."""
+"""Every YAML under configs/ validates: run configs parse, policies build, accelerate loads."""
 
 import dataclasses
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import peft
 import pytest
 import yaml
+from accelerate.commands.config.config_args import load_config_from_file
 
 from freeze_policies import get_policy
 from recipes.run import parse_args
@@ -48,6 +49,8 @@ def test_accelerate_config_loads(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith(f"# accelerate launch --config_file {relative(path)} recipes/run.py")
     config = yaml.safe_load(path.read_text())
+    loaded = load_config_from_file(str(path))  # accelerate's own loader rejects unknown keys
+    assert loaded.num_processes == config["num_processes"]
     assert config["distributed_type"] in {"NO", "MULTI_CPU", "MULTI_GPU", "FSDP", "DEEPSPEED"}
     assert config["num_processes"] >= 1
     if config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 1:
