@@ -12,7 +12,9 @@ from freeze_policies import get_policy
 from recipes.run import parse_args
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "accelerate" not in p.parts)
+RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml")
+                     if not {"accelerate", "experiments"} & set(p.parts))
+PROFILES = sorted((CONFIGS / "experiments").glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
 PEFT_CLASSES = {"lora": peft.LoraConfig, "dora": peft.LoraConfig, "ia3": peft.IA3Config,
                 "prefix_tuning": peft.PrefixTuningConfig, "prompt_tuning": peft.PromptTuningConfig}
@@ -55,3 +57,20 @@ def test_accelerate_config_loads(path):
     assert config["num_processes"] >= 1
     if config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 1:
         assert config["fsdp_config"]["fsdp_use_orig_params"] is True
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=relative)
+def test_experiment_profile_cells_exist_and_fields_parse(path):
+    from recipes.sweep import flags, load_profile
+
+    assert path.read_text().startswith("# make compare")
+    profile = load_profile(path)
+    assert len(profile["seeds"]) >= 3
+    for cell, spec in profile["cells"].items():
+        spec = spec or {}
+        config = CONFIGS / f"{cell}.yaml"
+        assert config.is_file(), cell
+        lrs = spec.get("lrs") or profile["lrs"][spec.get("lr_grid", "default")]
+        assert lrs and all(lr > 0 for lr in lrs)
+        fields = {**profile.get("common", {}), **spec.get("fields", {})}
+        parse_args(["--config", str(config), *flags(fields)])
