@@ -44,6 +44,7 @@ RECIPE_DEFAULTS = {
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "learning_rate": 5e-5,
+    "weight_decay": 0.01,
     "num_train_epochs": 1.0,
     "eval_strategy": "epoch",
     "save_strategy": "no",
@@ -108,6 +109,10 @@ class MethodArguments:
     )
     layer_lr_decay: float = field(default=1.0, metadata={"help": "lr factor per block downwards"})
     head_lr_multiplier: float = field(default=1.0, metadata={"help": "lr factor for the head"})
+    audit: str = field(
+        default="raise",
+        metadata={"help": "frozen-weights audit when a frozen weight moved: raise | log | off"},
+    )
     peft_method: str | None = field(
         default=None, metadata={"help": "lora | dora | ia3 | prefix_tuning | prompt_tuning"}
     )
@@ -122,6 +127,7 @@ class MethodArguments:
             self.method = "freeze" if self.policy else "peft" if self.peft_method else "full"
         _choice("method", self.method, METHODS)
         _choice("freeze_mode", self.freeze_mode, FREEZE_MODES)
+        _choice("audit", self.audit, ("raise", "log", "off"))
         if self.method == "freeze" and not self.policy:
             raise ConfigError("method='freeze' needs a policy; see freeze_policies.list_policies()")
         if self.method != "freeze" and self.policy:
@@ -247,9 +253,24 @@ def build_peft_model(model, model_args, method_args):
             f"(e.g. {', '.join(sorted(valid)[:8])} ...)"
         )
     try:
-        return peft.get_peft_model(model, config_cls(task_type=task_type, **options))
-    except ValueError as error:  # e.g. no default target_modules for this architecture
+        wrapped = peft.get_peft_model(model, config_cls(task_type=task_type, **options))
+        smoke_forward(wrapped)  # some methods fail only at the first forward
+    except (ValueError, TypeError, RuntimeError) as error:
         raise ConfigError(f"peft_method={name!r}: {error}".splitlines()[0]) from None
+    return wrapped
+
+
+def smoke_forward(model) -> None:
+    """One no-grad forward on two tokens, so incompatibilities surface before training."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2]], device=device)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        model.train(was_training)
 
 
 def environment() -> dict:
@@ -307,6 +328,8 @@ def prepare(model_args, data_args, method_args, training_args):
         collator = default_data_collator
     if method_args.method == "peft":
         model = build_peft_model(model, model_args, method_args)
+    if policy is not None:  # check the policy against this model before any output is made
+        policy.trainable_names(policy.anatomy(model))
     trainer = FreezeTrainer(
         model=model,
         args=training_args,
@@ -319,13 +342,28 @@ def prepare(model_args, data_args, method_args, training_args):
         freeze_mode=method_args.freeze_mode,
         layer_lr_decay=method_args.layer_lr_decay,
         head_lr_multiplier=method_args.head_lr_multiplier,
+        audit=method_args.audit,
     )
     return trainer, tokenized
 
 
+def policy_counts(trainer, summary) -> dict:
+    """Trainable counts as the policy means them: under zero_lr / zero_grad every parameter
+    requires grad, but only the policy's set is updated. ``trainable_params_max`` counts every
+    parameter some stage of a schedule trains."""
+    callback = trainer.freeze_callback
+    if callback.policy is None:
+        return {"trainable_params": summary.trainable, "trainable_params_max": summary.trainable}
+    sizes = {name: p.numel() for name, p in trainer.model.named_parameters()}
+    return {
+        "trainable_params": sum(sizes[n] for n in callback.trainable_at(0)),
+        "trainable_params_max": sum(sizes[n] for n in callback.ever_trainable),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run one fine-tuning job; return (and write) its results."""
-    from freeze_policies import summarize
+    from freeze_policies import predict_cost, summarize
     from recipes.metrics import perplexity
 
     model_args, data_args, method_args, training_args = parse_args(argv)
@@ -337,8 +375,16 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, OSError) as error:  # bad input, found before training: one line
         raise ConfigError(str(error).strip().splitlines()[0]) from error
     summary = summarize(trainer.model)
+    prompt_tokens = method_args.peft_options.get("num_virtual_tokens", 0)
+    callback = trainer.freeze_callback
+    preview = predict_cost(
+        trainer.model,
+        callback.trainable_at(0) if callback.policy is not None else None,
+        seq_len=model_args.max_length + prompt_tokens,
+        batch_size=training_args.per_device_train_batch_size,
+    )
     if trainer.is_world_process_zero():
-        print(f"\n{summary}\n", flush=True)
+        print(f"\n{summary}\n\n{preview}\n", flush=True)
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -358,16 +404,17 @@ def main(argv: list[str] | None = None) -> dict:
         "freeze_mode": method_args.freeze_mode if method_args.method == "freeze" else None,
         "peft_method": method_args.peft_method,
         "peft_options": method_args.peft_options,
+        "command": " ".join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "model": model_args.model_name_or_path,
         "task": model_args.task,
         "dataset": data_args.dataset,
         "seed": training_args.seed,
         "learning_rate": training_args.learning_rate,
         "max_steps": trainer.state.max_steps,
-        "trainable_params": summary.trainable,
-        "trainable_params_end": summarize(trainer.model).trainable,
+        **policy_counts(trainer, summary),
         "total_params": summary.total,
         "groups": summary.as_dict()["groups"],
+        "cost_preview": preview.as_dict(),
         **{k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)},
         "train_loss": train_output.training_loss,
         "train_runtime": train_output.metrics["train_runtime"],

@@ -1,0 +1,152 @@
+"""``FreezeTrainer``: a ``Trainer`` that freezes by policy, schedules it, and proves it.
+
+``FreezeTrainer(model, args, ..., freeze_policy=...)`` takes every ``Trainer`` argument plus:
+
+- ``freeze_policy``: a policy from ``get_policy``, a registered name, a
+  ``{"name": ..., **options}`` dict, or None (train whatever requires grad when training starts).
+- ``freeze_mode``: ``"requires_grad"`` (default), ``"zero_lr"`` or ``"zero_grad"`` (see
+  ``freeze_policies.callbacks``; the last two accept fixed policies only).
+- ``layer_lr_decay`` (0 < x <= 1, default 1) and ``head_lr_multiplier`` (> 0, default 1):
+  layer-wise learning rates as optimizer groups (see ``freeze_policies.optim``).
+- ``audit``: ``"raise"`` (default), ``"log"`` or ``"off"``: what the frozen-weights audit does
+  when a frozen weight moved.
+
+What it does on top of ``Trainer``:
+
+- At construction, before any optimizer exists, it validates everything (bad values raise
+  ``FreezePolicyError``), applies stage 0 of the policy, and adds a ``FreezeScheduleCallback``
+  that applies later stages, restores the stage on resume and runs the audit. Under ``zero_lr``
+  and ``zero_grad`` the callback makes every parameter require grad for the duration of
+  ``train()`` and sets the policy's ``requires_grad`` back at the end.
+- ``create_optimizer`` builds the groups with ``optim.build_param_groups`` from ``Trainer``'s own
+  optimizer class and keyword arguments (so ``optim=`` keeps working): exactly the parameters the
+  policy will ever train, one group per (anatomy group, decay or not), no decay for biases and
+  norms, layer-wise learning rates. An optimizer passed in ``optimizers=`` is used as given (and
+  checked by the callback).
+- ``train`` returns the audit in ``TrainOutput.metrics`` and ``trainer.frozen_audit`` (an
+  ``AuditResult``); ``trainer.state.log_history`` has it too.
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from freeze_policies.apply import AuditResult, set_trainable
+from freeze_policies.callbacks import (
+    FreezeScheduleCallback,
+    check_audit_mode,
+    check_not_peft,
+    find_freeze_callback,
+)
+from freeze_policies.errors import FreezePolicyError
+from freeze_policies.optim import (
+    build_param_groups,
+    check_freeze_mode,
+    check_lr_options,
+    optimizer_cls_and_kwargs,
+    optimizer_membership,
+)
+
+
+class FreezeTrainer(Trainer):
+    """``Trainer`` with a freeze policy, its schedule, layer-wise learning rates and an audit."""
+
+    def __init__(
+        self,
+        *args,
+        freeze_policy=None,
+        freeze_mode: str = "requires_grad",
+        layer_lr_decay: float = 1.0,
+        head_lr_multiplier: float = 1.0,
+        audit: str = "raise",
+        **kwargs,
+    ):
+        # Everything that can be checked without the Trainer is checked before it is built.
+        check_freeze_mode(freeze_mode)
+        check_audit_mode(audit)
+        check_lr_options(layer_lr_decay, head_lr_multiplier)
+        callback = FreezeScheduleCallback(freeze_policy, audit=audit, freeze_mode=freeze_mode)
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None:
+            check_not_peft(model, callback.policy)
+
+        super().__init__(*args, **kwargs)
+        scheduler = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+        if freeze_mode == "zero_lr" and scheduler == "greedy":
+            raise FreezePolicyError(
+                "freeze_mode='zero_lr' cannot use lr_scheduler_type='greedy': its min_lr floor "
+                "would lift the lr=0 groups; use another lr_scheduler_type or "
+                "freeze_mode='requires_grad'"
+            )
+        if find_freeze_callback(self) is not None:
+            raise FreezePolicyError(
+                "FreezeTrainer adds its own FreezeScheduleCallback; pass freeze_policy= instead of "
+                "a FreezeScheduleCallback in callbacks="
+            )
+        self.freeze_mode = freeze_mode
+        self.layer_lr_decay = layer_lr_decay
+        self.head_lr_multiplier = head_lr_multiplier
+        self.frozen_audit: AuditResult | None = None
+        self.add_callback(callback)
+        if self.model is not None:
+            self._freeze_before_optimizer(self.model)
+
+    @property
+    def freeze_callback(self) -> FreezeScheduleCallback:
+        """The callback that applies the schedule and the audit."""
+        return find_freeze_callback(self)
+
+    @property
+    def freeze_policy(self):
+        return self.freeze_callback.policy
+
+    @property
+    def cost_figures(self) -> dict:
+        """``optimizer_state_bytes`` and ``gradient_bytes`` of the last ``train`` ({} before)."""
+        metrics = self.freeze_callback.audit_metrics
+        return {k: metrics[k] for k in ("optimizer_state_bytes", "gradient_bytes") if k in metrics}
+
+    def _freeze_before_optimizer(self, model) -> None:
+        """Bind the policy to ``model`` (validating it) and set the state before the optimizer."""
+        callback = self.freeze_callback
+        callback.bind(model)
+        if callback.policy is not None:  # (zero_lr / zero_grad open the rest in train())
+            set_trainable(model, callback.trainable_at(0))
+
+    def create_optimizer(self, model=None):
+        """Build the optimizer from ``optim.build_param_groups`` (see the module docstring)."""
+        if self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        callback = self.freeze_callback
+        if opt_model is not callback.bound_model:  # model_init built a new model
+            self._freeze_before_optimizer(opt_model)
+        anat = callback.anat
+        given = getattr(self, "optimizer_cls_and_kwargs", None)
+        cls, kwargs = given if given is not None else optimizer_cls_and_kwargs(self.args, opt_model)
+        decay = set(self.get_decay_parameter_names(opt_model))
+        if anat is not None:
+            decay -= set(anat.norms)
+        groups = build_param_groups(
+            opt_model,
+            **optimizer_membership(opt_model, callback.policy, anat, self.freeze_mode),
+            lr=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            anat=anat,
+            layer_lr_decay=self.layer_lr_decay,
+            head_lr_multiplier=self.head_lr_multiplier,
+            decay_names=decay,
+        )
+        self.optimizer = cls(groups, **dict(kwargs))
+        return self.optimizer
+
+    def train(self, *args, **kwargs):
+        """``Trainer.train``; the audit lands in ``metrics``, ``log_history`` and
+        ``self.frozen_audit`` (also when it raises ``FrozenWeightsMovedError``)."""
+        try:
+            output = super().train(*args, **kwargs)
+        finally:
+            callback = self.freeze_callback
+            self.frozen_audit = callback.audit_result
+        output.metrics.update(callback.audit_metrics)
+        return output

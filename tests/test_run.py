@@ -1,0 +1,197 @@
+"""recipes/run.py end to end: every method on tiny checkpoints, results.json, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
+
+from recipes.models import resolve_model_path
+from recipes.run import ConfigError, main
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = "the cat sat on a mat and dog ran to park happy sad day good bad".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A 3-block BERT classifier checkpoint with MiniLM's real tokenizer (no download)."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3,
+                                  num_attention_heads=2, intermediate_size=37,
+                                  vocab_size=tokenizer.vocab_size, num_labels=3)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A 3-block Llama checkpoint with a word-level tokenizer and tied embeddings."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", *WORDS])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        eos_token="<eos>")
+    config = AutoConfig.for_model("llama", hidden_size=32, num_hidden_layers=3,
+                                  num_attention_heads=2, num_key_value_heads=1,
+                                  intermediate_size=37, vocab_size=len(vocab),
+                                  tie_word_embeddings=True, eos_token_id=1, bos_token_id=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def lm_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    lines = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(12)) for i in range(60)]
+    path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    return str(path)
+
+
+def run(tmp_path, model, *flags):
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+            "--max_train_samples", "32", "--max_eval_samples", "16", "--max_length", "32",
+            "--eval_strategy", "no", "--report_to", "none", "--use_cpu", "true",
+            "--logging_steps", "1", *flags]
+    results = main(argv)
+    written = json.loads((out / "results.json").read_text())
+    assert written["method"] == results["method"]
+    return written
+
+
+CLASSIFICATION_METHODS = [
+    ("full", []),
+    ("bottom_n", ["--policy", "bottom_n", "--policy_options", '{"n": 2}']),
+    ("gradual_unfreeze", ["--policy", "gradual_unfreeze", "--policy_options",
+                          '{"every": 1, "unit": "steps"}']),
+    ("lisa", ["--policy", "lisa", "--policy_options", '{"k": 1, "every": 1}']),
+    ("bitfit-zero_lr", ["--policy", "bitfit", "--freeze_mode", "zero_lr"]),
+    ("all_but_head-zero_grad", ["--policy", "all_but_head", "--freeze_mode", "zero_grad",
+                                "--audit", "log", "--learning_rate", "1e-2"]),
+    ("lora", ["--peft_method", "lora", "--peft_options", '{"r": 4, "target_modules": ["query"]}']),
+    ("dora", ["--peft_method", "dora", "--peft_options", '{"r": 4, "target_modules": ["value"]}']),
+    ("ia3", ["--peft_method", "ia3"]),
+    ("prompt_tuning", ["--peft_method", "prompt_tuning", "--peft_options",
+                       '{"num_virtual_tokens": 4}']),
+]
+
+
+@pytest.mark.parametrize("label,flags", CLASSIFICATION_METHODS, ids=[m for m, _ in
+                                                                     CLASSIFICATION_METHODS])
+def test_every_method_runs_on_tweets_and_writes_results(tmp_path, tiny_bert, label, flags):
+    results = run(tmp_path, tiny_bert, *flags)
+    peft = "--peft_method" in flags
+    expected_method = "full" if label == "full" else "peft" if peft else "freeze"
+    assert results["method"] == expected_method
+    assert results["dataset"] == "tweets" and results["max_steps"] == 2
+    for key in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1"):
+        assert 0.0 <= results[key] <= 1.0
+    assert 0 < results["trainable_params"] <= results["total_params"]
+    if label == "full":
+        assert results["trainable_params"] == results["total_params"]
+    if expected_method != "full":
+        assert results["trainable_params"] < results["total_params"]
+    assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
+    assert results["peak_memory_bytes"] > 0
+    assert set(results["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
+    if expected_method == "freeze":
+        assert results["frozen_audit"]["checked"] > 0
+        assert results["frozen_audit"]["passed"] is (results["freeze_mode"] != "zero_grad")
+
+
+def test_causal_lm_reports_perplexity(tmp_path, tiny_llama, lm_corpus):
+    results = run(tmp_path, tiny_llama, "--task", "causal_lm", "--dataset", lm_corpus,
+                  "--policy", "bottom_n", "--policy_options", '{"n": 1, "tied_weights": "train"}')
+    assert results["task"] == "causal_lm"
+    assert results["eval_perplexity"] == pytest.approx(2.718281828 ** results["eval_loss"])
+    assert results["frozen_audit"]["passed"]
+
+
+def test_prefix_tuning_runs_on_a_decoder_and_is_refused_clearly_on_bert(tmp_path, tiny_llama,
+                                                                       tiny_bert, lm_corpus):
+    flags = ["--peft_method", "prefix_tuning", "--peft_options", '{"num_virtual_tokens": 4}']
+    results = run(tmp_path / "llama", tiny_llama, "--task", "causal_lm", "--dataset", lm_corpus,
+                  *flags)
+    assert results["peft_method"] == "prefix_tuning" and results["eval_loss"] > 0
+    with pytest.raises(ConfigError, match=r"peft_method='prefix_tuning': Model does not support "
+                       r"past key values"):
+        run(tmp_path / "bert", tiny_bert, *flags)
+    assert not (tmp_path / "bert" / "out").exists()
+
+
+def test_decoder_classifier_gets_a_pad_token(tmp_path, tiny_llama):
+    results = run(tmp_path, tiny_llama, "--policy", "top_n", "--policy_options", '{"n": 1}')
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+
+
+BAD_INPUT = [
+    (["--config", "missing.yaml"], r"config file 'missing.yaml' does not exist"),
+    (["--policy", "bottom_n", "--method", "peft", "--peft_method", "lora"],
+     r"policy='bottom_n' is only used with method='freeze', not 'peft'"),
+    (["--peft_method", "loraa"], r"peft_method='loraa' is not one of lora, dora, ia3"),
+    (["--policy", "botom_n"], r"unknown policy 'botom_n' \(did you mean 'bottom_n'\?\)"),
+    (["--policy", "bottom_n", "--policy_options", '{"n": 9}'],
+     r"bottom_n: n=9 is out of range for BertForSequenceClassification with 3 blocks"),
+    (["--dataset", "{csv}", "--label_column", "sentiment"],
+     r"label column 'sentiment' .*available columns: \['text', 'label'\]"),
+    (["--model_name_or_path", "./no/such/model"], r"no/such/model"),
+    (["--peft_method", "lora", "--peft_options", '{"rank": 4}'],
+     r"peft_options \['rank'\] are not options of LoraConfig"),
+    (["--task", "translation"], r"task='translation' is not one of classification, causal_lm"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_INPUT, ids=[m[:30] for _, m in BAD_INPUT])
+def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, tiny_bert, flags, message):
+    csv = tmp_path / "data.csv"
+    csv.write_text("text,label\n" + "".join(f"example {i},{i % 2}\n" for i in range(40)))
+    flags = [flag.replace("{csv}", str(csv)) for flag in flags]
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_bert, "--output_dir", str(out), "--max_steps", "1",
+            "--report_to", "none", "--use_cpu", "true", *flags]
+    with pytest.raises((ConfigError, FileNotFoundError, ValueError), match=message):
+        main(argv)
+    assert not out.exists()  # nothing half-written
+
+
+def test_failed_training_leaves_no_results_claiming_success(tmp_path, tiny_bert, monkeypatch):
+    from freeze_policies import FreezeTrainer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"stale": true}')  # from an earlier run
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(FreezeTrainer, "train", crash)
+    with pytest.raises(RuntimeError, match="killed mid-training"):
+        run(tmp_path, tiny_bert, "--policy", "bottom_n", "--policy_options", '{"n": 1}')
+    assert not (out / "results.json").exists()
+
+
+def test_script_prints_one_line_error_without_traceback(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), "--policy", "xyz",
+                           "--output_dir", str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: unknown policy 'xyz'")
