@@ -139,25 +139,30 @@ class PrefixCache:
         self.store = None
         self.prefix_modules: list[nn.Module] | None = None
         self.stats = {"hits": 0, "records": 0, "rebuilds": 0, "record_seconds": 0.0}
+        if frozen_prefix_depth(model, anat) == 0:
+            raise FreezePolicyError(
+                f"cache_frozen_prefix needs frozen embeddings and at least one frozen block at the "
+                f"bottom of {anat.model_class}; the current trainable set has no frozen "
+                "prefix (policies such as bottom_n, all_but_head or gradual_unfreeze have one)"
+            )
         self.refresh()
 
     # -- depth -------------------------------------------------------------------------------
     def refresh(self) -> bool:
-        """Recompute the frozen depth; empty the cache if it changed. Returns True if changed."""
+        """Recompute the frozen depth; empty the cache if it changed. Returns True if changed.
+
+        When a schedule opens the whole prefix (gradual unfreezing's last stage), the cache
+        switches itself off: ``step`` then runs the model untouched.
+        """
         depth = frozen_prefix_depth(self.model, self.anat)
-        if depth == 0:
-            raise FreezePolicyError(
-                f"cache_frozen_prefix needs frozen embeddings and at least one frozen block at the "
-                f"bottom of {self.anat.model_class}; the current trainable set has no frozen "
-                "prefix (policies such as bottom_n, all_but_head or gradual_unfreeze have one)"
-            )
         if depth == self.depth:
             return False
         if self.store is not None:
             self.stats["rebuilds"] += 1
         self.close()
         self.depth = depth
-        self.store = _DiskStore(self.directory) if self.directory else _MemoryStore()
+        if depth:
+            self.store = _DiskStore(self.directory) if self.directory else _MemoryStore()
         self.prefix_modules = None
         return True
 
@@ -173,7 +178,10 @@ class PrefixCache:
     # -- one training or evaluation step -----------------------------------------------------
     @contextmanager
     def step(self, inputs: dict) -> Iterator[str]:
-        """Run the model's forward inside this context; yields "replay" or "record"."""
+        """Run the model's forward inside this context; yields "replay", "record" or "off"."""
+        if self.depth == 0:
+            yield "off"
+            return
         keys, positions = self._keys(inputs)
         cached = self.replay and all(key in self.store for key in keys)
         mode = "replay" if cached else "record"

@@ -10,6 +10,11 @@
   layer-wise learning rates as optimizer groups (see ``freeze_policies.optim``).
 - ``audit``: ``"raise"`` (default), ``"log"`` or ``"off"``: what the frozen-weights audit does
   when a frozen weight moved.
+- ``cache_frozen_prefix`` (default False): cache the output of the frozen embeddings + lowest
+  frozen blocks per example and train the top from it (``freeze_policies.prefix_cache``); the
+  prefix runs in eval mode (no dropout there). ``prefix_cache_dir`` spills it to disk.
+  ``frozen_prefix_eval`` gives the same eval-mode prefix without caching: the uncached run a
+  cached one matches.
 
 What it does on top of ``Trainer``:
 
@@ -46,6 +51,7 @@ from freeze_policies.optim import (
     optimizer_cls_and_kwargs,
     optimizer_membership,
 )
+from freeze_policies.prefix_cache import PrefixCache
 
 
 class FreezeTrainer(Trainer):
@@ -59,12 +65,20 @@ class FreezeTrainer(Trainer):
         layer_lr_decay: float = 1.0,
         head_lr_multiplier: float = 1.0,
         audit: str = "raise",
+        cache_frozen_prefix: bool = False,
+        prefix_cache_dir: str | None = None,
+        frozen_prefix_eval: bool = False,
         **kwargs,
     ):
         # Everything that can be checked without the Trainer is checked before it is built.
         check_freeze_mode(freeze_mode)
         check_audit_mode(audit)
         check_lr_options(layer_lr_decay, head_lr_multiplier)
+        if cache_frozen_prefix and freeze_mode != "requires_grad":
+            raise FreezePolicyError(
+                f"cache_frozen_prefix needs freeze_mode='requires_grad', not {freeze_mode!r}: "
+                "the other modes compute gradients through every frozen weight"
+            )
         callback = FreezeScheduleCallback(freeze_policy, audit=audit, freeze_mode=freeze_mode)
         model = kwargs.get("model", args[0] if args else None)
         if model is not None:
@@ -88,8 +102,21 @@ class FreezeTrainer(Trainer):
         self.head_lr_multiplier = head_lr_multiplier
         self.frozen_audit: AuditResult | None = None
         self.add_callback(callback)
+        self.prefix_cache = None
         if self.model is not None:
             self._freeze_before_optimizer(self.model)
+        if cache_frozen_prefix or frozen_prefix_eval:
+            if freeze_policy is None:
+                raise FreezePolicyError(
+                    "cache_frozen_prefix / frozen_prefix_eval need a freeze_policy with a frozen "
+                    "prefix (e.g. bottom_n, all_but_head, gradual_unfreeze)"
+                )
+            self.prefix_cache = PrefixCache(
+                self.model,
+                self.freeze_callback.anat,
+                directory=prefix_cache_dir,
+                replay=cache_frozen_prefix,
+            )
 
     @property
     def freeze_callback(self) -> FreezeScheduleCallback:
@@ -139,6 +166,15 @@ class FreezeTrainer(Trainer):
         )
         self.optimizer = cls(groups, **dict(kwargs))
         return self.optimizer
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """With the frozen-prefix cache on, training forwards replay or record the prefix."""
+        cache = self.prefix_cache
+        if cache is None or not model.training:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        cache.refresh()  # a schedule may have opened part of the prefix
+        with cache.step(inputs):
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
         """``Trainer.train``; the audit lands in ``metrics``, ``log_history`` and

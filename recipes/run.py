@@ -113,6 +113,14 @@ class MethodArguments:
         default="raise",
         metadata={"help": "frozen-weights audit when a frozen weight moved: raise | log | off"},
     )
+    cache_frozen_prefix: bool = field(
+        default=False,
+        metadata={"help": "cache the frozen prefix's output per example and train the top from "
+                  "it (the prefix runs in eval mode); needs a policy with a frozen prefix"},
+    )
+    prefix_cache_dir: str | None = field(
+        default=None, metadata={"help": "keep the prefix cache on disk here instead of in RAM"}
+    )
     peft_method: str | None = field(
         default=None, metadata={"help": "lora | dora | ia3 | prefix_tuning | prompt_tuning"}
     )
@@ -343,6 +351,8 @@ def prepare(model_args, data_args, method_args, training_args):
         layer_lr_decay=method_args.layer_lr_decay,
         head_lr_multiplier=method_args.head_lr_multiplier,
         audit=method_args.audit,
+        cache_frozen_prefix=method_args.cache_frozen_prefix,
+        prefix_cache_dir=method_args.prefix_cache_dir,
     )
     return trainer, tokenized
 
@@ -423,6 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
         **peak_memory(),
         **getattr(trainer, "cost_figures", {}),
         "frozen_audit": audit.as_dict() if audit is not None else None,
+        "prefix_cache": prefix_cache_stats(trainer),
         "log_history": trainer.state.log_history,
         **environment(),
     }
@@ -431,6 +442,13 @@ def main(argv: list[str] | None = None) -> dict:
         shown = {k: v for k, v in results.items() if k.startswith(("eval_", "test_"))}
         print(json.dumps({"results": str(results_path), **shown}, indent=2), flush=True)
     return results
+
+
+def prefix_cache_stats(trainer) -> dict | None:
+    cache = trainer.prefix_cache
+    if cache is None or not cache.replay:
+        return None
+    return {**cache.stats, "bytes": cache.nbytes, "depth": cache.depth}
 
 
 def peak_memory() -> dict:

@@ -110,9 +110,11 @@ def test_depth_change_empties_and_rebuilds_the_cache():
     assert cache.refresh() is True
     assert cache.depth == 3 and len(cache.store) == 0 and cache.stats["rebuilds"] == 1
     assert cache.refresh() is False
-    set_trainable(model, policy.trainable_names(anat, 5))  # everything open
-    with pytest.raises(FreezePolicyError, match=r"cache_frozen_prefix needs frozen embeddings"):
-        cache.refresh()
+    set_trainable(model, policy.trainable_names(anat, 5))  # everything open: cache off
+    assert cache.refresh() is True and cache.depth == 0 and cache.store is None
+    with cache.step(batches(False)[0]) as mode:
+        model(**batches(False)[0])
+    assert mode == "off"
 
 
 @pytest.mark.parametrize("policy,options", [("lisa", {"k": 1}), ("embeddings", {}),
@@ -123,3 +125,93 @@ def test_policies_without_a_frozen_prefix_are_refused(policy, options):
     assert frozen_prefix_depth(model, anatomy(model)) == 0
     with pytest.raises(FreezePolicyError, match=r"the current trainable set has no frozen prefix"):
         PrefixCache(model, anatomy(model))
+
+
+# -- through FreezeTrainer -------------------------------------------------------------------
+
+def padded_dataset(causal: bool):
+    """16 examples of varying length (right-padded by the collator below)."""
+    import datasets
+
+    generator = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(16):
+        ids = torch.randint(3, 99, (6 + i % 5,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": ids if causal else i % 3})
+    return datasets.Dataset.from_list(rows)
+
+
+def pad_collator(features):
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.zeros((len(features), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = []
+    for row, feature in enumerate(features):
+        n = len(feature["input_ids"])
+        ids[row, :n] = torch.tensor(feature["input_ids"])
+        mask[row, :n] = 1
+        labels.append(feature["labels"])
+    if isinstance(labels[0], list):
+        label_tensor = torch.full_like(ids, -100)
+        for row, seq in enumerate(labels):
+            label_tensor[row, : len(seq)] = torch.tensor(seq)
+    else:
+        label_tensor = torch.tensor(labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": label_tensor}
+
+
+def trainer_run(tmp_path, arch, policy, **options):
+    from transformers import TrainingArguments
+
+    from freeze_policies import FreezeTrainer
+
+    torch.manual_seed(0)
+    model = MODELS[arch]()
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3,
+                             per_device_train_batch_size=4, learning_rate=1e-2, weight_decay=0.1,
+                             logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+                             seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = FreezeTrainer(model=model, args=args, train_dataset=padded_dataset(arch == "llama"),
+                            data_collator=pad_collator, freeze_policy=policy, **options)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return trainer, losses
+
+
+@pytest.mark.parametrize("arch,policy", [
+    ("bert", {"name": "bottom_n", "n": 2}),
+    ("llama", {"name": "all_but_head", "tied_weights": "freeze"}),
+    ("bert", {"name": "gradual_unfreeze", "every": 3, "unit": "steps"}),
+])
+def test_freeze_trainer_cached_equals_uncached(tmp_path, arch, policy):
+    uncached, losses_u = trainer_run(tmp_path / "u", arch, policy, frozen_prefix_eval=True)
+    cached, losses_c = trainer_run(tmp_path / "c", arch, policy, cache_frozen_prefix=True)
+    assert len(losses_c) == 12
+    assert losses_c == pytest.approx(losses_u, abs=1e-5)
+    for (name, a), b in zip(uncached.model.named_parameters(), cached.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+    stats = cached.prefix_cache.stats
+    if policy["name"] == "gradual_unfreeze":  # stages 0..3 in 12 steps: depth 4 -> 3 -> 2 -> 1
+        assert stats["rebuilds"] == 3 and cached.prefix_cache.depth == 1
+        assert stats["hits"] > 0
+    else:
+        assert stats["records"] == 4 and stats["hits"] == 8  # epoch 1 builds, 2 and 3 replay
+    assert uncached.prefix_cache.stats["hits"] == 0
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"freeze_policy": {"name": "lisa", "k": 1}, "cache_frozen_prefix": True},
+     r"the current trainable set has no frozen prefix"),
+    ({"freeze_policy": {"name": "bottom_n", "n": 2}, "cache_frozen_prefix": True,
+      "freeze_mode": "zero_lr"}, r"cache_frozen_prefix needs freeze_mode='requires_grad'"),
+    ({"cache_frozen_prefix": True}, r"need a freeze_policy with a frozen prefix"),
+])
+def test_freeze_trainer_refuses_cache_without_a_frozen_prefix(tmp_path, options, message):
+    from transformers import TrainingArguments
+
+    from freeze_policies import FreezeTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(FreezePolicyError, match=message):
+        FreezeTrainer(model=MODELS["bert"](), args=args, train_dataset=padded_dataset(False),
+                      data_collator=pad_collator, **options)

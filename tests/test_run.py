@@ -116,6 +116,15 @@ def test_every_method_runs_on_tweets_and_writes_results(tmp_path, tiny_bert, lab
         assert results["frozen_audit"]["passed"] is (results["freeze_mode"] != "zero_grad")
 
 
+def test_cached_prefix_run_records_cache_stats(tmp_path, tiny_bert):
+    results = run(tmp_path, tiny_bert, "--policy", "bottom_n", "--policy_options", '{"n": 2}',
+                  "--cache_frozen_prefix", "true", "--max_steps", "12")
+    cache = results["prefix_cache"]
+    assert cache["depth"] == 2 and cache["bytes"] > 0
+    assert cache["records"] == 8 and cache["hits"] == 4  # 32 examples / batch 4: epoch 2 replays
+    assert results["frozen_audit"]["passed"]
+
+
 def test_causal_lm_reports_perplexity(tmp_path, tiny_llama, lm_corpus):
     results = run(tmp_path, tiny_llama, "--task", "causal_lm", "--dataset", lm_corpus,
                   "--policy", "bottom_n", "--policy_options", '{"n": 1, "tied_weights": "train"}')
