@@ -8,10 +8,11 @@ What is chosen, and why:
   method and PEFT options form a cell. Within a cell the runs differ by learning rate (the sweep)
   and seed. The same (cell, learning rate, seed) twice is an error naming both files.
 - **Selection on validation only.** For each cell the learning rate with the best *mean
-  validation* metric over its seeds is chosen (``eval_accuracy``, highest, for classification;
-  ``eval_loss``, lowest, for causal LM; ties go to the smaller rate). Test metrics are then
-  reported at that rate only, as mean ± sample standard deviation over seeds. Test numbers never
-  influence the choice.
+  validation* metric over the seeds that every rate ran is chosen (all seeds for a full grid;
+  the first seed for ``recipes/sweep.py``'s two-phase sweep): ``eval_accuracy``, highest, for
+  classification; ``eval_loss``, lowest, for causal LM; ties go to the smaller rate. Test
+  metrics are then reported at that rate only, as mean ± sample standard deviation over seeds.
+  Test numbers never influence the choice.
 - **Step time vs full.** From ``bench.json`` when it has the method (same method, policy,
   options, freeze mode and PEFT method; one process, interleaved steps), else the mean
   ``train_runtime / max_steps`` of the chosen runs over full fine-tuning's in the same table
@@ -255,7 +256,13 @@ def choose(cell: Cell) -> None:
     by_lr: dict[float, list[dict]] = defaultdict(list)
     for run in cell.runs:
         by_lr[float(run["learning_rate"])].append(run)
-    cell.sweep = {lr: Stat.of([r[cell.metrics.select] for r in rs]) for lr, rs in by_lr.items()}
+    # Compare rates on the seeds every rate has: all of them for a full grid, the selection
+    # seed for recipes/sweep.py's two-phase sweep (which ran the other seeds at the winner only).
+    common = set.intersection(*({r["seed"] for r in rs} for rs in by_lr.values()))
+    cell.sweep = {
+        lr: Stat.of([r[cell.metrics.select] for r in rs if r["seed"] in common])
+        for lr, rs in by_lr.items()
+    }
     sign = 1 if cell.metrics.higher_is_better else -1
     cell.chosen_lr = min(cell.sweep, key=lambda lr: (-sign * cell.sweep[lr].mean, lr))
     cell.chosen = sorted(by_lr[cell.chosen_lr], key=lambda run: run["seed"])

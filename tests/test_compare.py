@@ -261,3 +261,22 @@ def test_method_labels():
     assert method_label(run) == "bottom_n (n=4)"
     assert method_label({**run, "freeze_mode": "zero_lr"}) == "bottom_n (n=4) zero_lr"
     assert method_label({**run, "freeze_mode": "requires_grad"}) == "bottom_n (n=4)"
+
+
+def test_two_phase_sweep_selects_on_the_shared_seed(tmp_path):
+    """lr A wins on seed 0; seeds 1-2 ran at A only, with lower validation than B's seed 0."""
+    from recipes.compare import build_tables
+
+    def run(lr, seed, val):
+        return {"model": "m", "dataset": "d", "task": "classification", "method": "full",
+                "policy": None, "policy_options": {}, "freeze_mode": None, "peft_method": None,
+                "peft_options": {}, "learning_rate": lr, "seed": seed, "eval_accuracy": val,
+                "eval_f1": val, "test_accuracy": 0.5, "test_f1": 0.5, "trainable_params": 1,
+                "total_params": 1, "train_runtime": 1.0, "max_steps": 1,
+                "_path": f"lr{lr}-seed{seed}/results.json"}
+
+    runs = [run(1e-3, 0, 0.80), run(1e-4, 0, 0.75), run(1e-3, 1, 0.60), run(1e-3, 2, 0.60)]
+    (table,) = build_tables(runs, None)
+    (cell,) = table.cells
+    assert cell.chosen_lr == 1e-3  # a mean over all seeds would have picked 1e-4 (0.75 > 0.667)
+    assert [r["seed"] for r in cell.chosen] == [0, 1, 2]
