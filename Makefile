@@ -60,8 +60,9 @@ compare-full: setup ## more data, steps and seeds: for a GPU or a long night
 	$(MAKE) cells report PROFILE=full
 
 report: setup
-	$(PY) recipes/compare.py --results $(RUNS) --out results/REPORT.md
+	$(PY) recipes/compare.py --results $(RUNS) --out results/REPORT.md --bench results/bench.json
 
 bench: setup        ## cost benchmark on the default model: results/bench.json
 	$(PY) recipes/bench.py --out results/bench.json
 	$(PY) recipes/bench_freeze_modes.py --out results/bench_freeze_modes.json
+	$(PY) recipes/bench_cache.py --out results/bench_cache.json

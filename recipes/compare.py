@@ -738,10 +738,58 @@ def make_plots(tables: list[Table], bench: dict | None) -> dict[str, object]:
 # -- the report -------------------------------------------------------------------------------
 
 
-def render_report(runs, tables, bench, command: str, results_dir: Path, plots) -> str:
+def extra_benches_markdown(folder: Path | None) -> list[str]:
+    """Sections for bench_freeze_modes.json and bench_cache.json when they sit beside the report."""
+    parts: list[str] = []
+    modes_path = folder / "bench_freeze_modes.json" if folder else None
+    if modes_path is not None and modes_path.is_file():
+        data = _read_json(modes_path)
+        full = data["modes"]["full"]["median_step_s"]
+        parts += ["## Freeze modes (same policy, three ways of freezing)", "",
+                  f"`{data['command'].strip()}`: {data['model']}, {data['optimizer']}, "
+                  f"median of {data['rounds']} interleaved steps.", "",
+                  "| mode | step vs full | optimizer state | gradients | frozen kept identical |",
+                  "|---|---:|---:|---:|---|"]
+        for mode, row in data["modes"].items():
+            audit = ("n/a" if not row["audit_checked"] else "yes" if row["audit_passed"] else
+                     f"no: {row['audit_moved']} of {row['audit_checked']} moved, "
+                     f"max {row['audit_max_abs_diff']:.1e}")
+            parts.append(f"| {mode} | {row['median_step_s'] / full:.2f} | "
+                         f"{format_bytes(row['optimizer_state_bytes'])} | "
+                         f"{format_bytes(row['gradient_bytes'])} | {audit} |")
+        machinery = data["machinery"]
+        audit = machinery["audit_snapshot_pct_of_step"] + machinery["audit_check_pct_of_step"]
+        parts += ["", f"Applying a stage costs {machinery['apply_stage_pct_of_step']:.2f}% of one "
+                  f"step; the audit (snapshot + check, once per run) {audit:.1f}% of one step, "
+                  f"under 1% of the run from {machinery['audit_under_1pct_from_steps']} steps on.",
+                  ""]
+    cache_path = folder / "bench_cache.json" if folder else None
+    if cache_path is not None and cache_path.is_file():
+        data = _read_json(cache_path)
+        parts += ["## Frozen-prefix cache", "",
+                  f"`{data['command'].strip()}`: {data['model']}, batches of "
+                  f"{data['batch_size']} x {data['seq_len']}, {data['batches_per_epoch']} batches "
+                  f"per epoch, {data['epochs']} epochs, steps interleaved.", "",
+                  "| method | step vs full, epochs 2+ | epoch 1 (building) | cache size |",
+                  "|---|---:|---:|---:|"]
+        for label, row in data["methods"].items():
+            size = format_bytes(row["cache_bytes"]) if row["cache_bytes"] else "-"
+            parts.append(f"| {label} | {row['ratio_to_full']:.3f} | "
+                         f"{row['first_epoch_ratio_to_full']:.3f} | {size} |")
+        parts.append("")
+        for name, target in data["targets"].items():
+            parts.append(f"- {name}: {target['value']:.3f} (target {target['threshold']}): "
+                         f"{_verdict(target['passed'])}")
+        parts.append("")
+    return parts
+
+
+def render_report(runs, tables, bench, command: str, results_dir: Path, plots,
+                  out_dir: Path | None = None) -> str:
     commands = sorted({str(run["command"]) for run in runs if run.get("command")})
+    shown = commands[:3] + ([f"... ({len(commands)} runs in all)"] if len(commands) > 3 else [])
     produced = (
-        "\n".join(f"- `{c}`" for c in commands)
+        "\n".join(f"- `{c}`" if not c.startswith("...") else f"- {c}" for c in shown)
         if commands
         else "- `recipes/run.py`, one `results.json` per run (the commands are not recorded in the "
         "results files)"
@@ -786,6 +834,7 @@ def render_report(runs, tables, bench, command: str, results_dir: Path, plots) -
         parts += [f"![{captions[name]}]({name})", ""]
     if bench is not None:
         parts += ["## Cost benchmark", "", bench_markdown(bench), ""]
+    parts += extra_benches_markdown(out_dir)
     parts += ["## Findings", "", *[f"- {line}" for line in findings(tables, bench)], ""]
     return "\n".join(parts)
 
@@ -796,7 +845,7 @@ def write_report(results_dir: Path, out: Path, bench_path: Path | None, command:
     bench = load_bench(bench_path)
     tables = build_tables(runs, bench)
     plots = make_plots(tables, bench)
-    text = render_report(runs, tables, bench, command, results_dir, plots)
+    text = render_report(runs, tables, bench, command, results_dir, plots, out.parent)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[str, Path]] = []
