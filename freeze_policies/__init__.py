@@ -3,14 +3,24 @@
 >>> policy = get_policy("bottom_n", n=4)
 >>> policy.apply(model)          # sets requires_grad on every parameter
 >>> print(summarize(model))      # per-group trainable / total table
+>>> print(predict_cost(model))   # what the current trainable set costs per step, predicted
 >>> trainer = FreezeTrainer(model=model, args=args, train_dataset=ds, freeze_policy=policy)
 
 ``FreezeTrainer``, ``FreezeScheduleCallback`` and the optimizer helpers import ``transformers``'
 ``Trainer``; they are loaded on first use, so ``import freeze_policies`` stays light.
 """
 
+import importlib
+
 from freeze_policies.anatomy import Anatomy, anatomy
 from freeze_policies.apply import AuditResult, FrozenAudit, set_trainable, trainable_names
+from freeze_policies.costs import (
+    CostPreview,
+    gradient_bytes,
+    optimizer_state_bytes,
+    predict_cost,
+    saved_for_backward_bytes,
+)
 from freeze_policies.errors import FreezePolicyError, FrozenWeightsMovedError
 from freeze_policies.policies import Policy, ScheduledPolicy
 from freeze_policies.registry import get_policy, list_policies, policy_options, register_policy
@@ -19,6 +29,7 @@ from freeze_policies.summary import Summary, summarize
 _LAZY = {
     "FreezeTrainer": "freeze_policies.trainer",
     "FreezeScheduleCallback": "freeze_policies.callbacks",
+    "PrefixCache": "freeze_policies.prefix_cache",
     "FREEZE_MODES": "freeze_policies.optim",
     "build_param_groups": "freeze_policies.optim",
     "create_optimizer": "freeze_policies.optim",
@@ -27,8 +38,6 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'freeze_policies' has no attribute {name!r}")
 
@@ -37,39 +46,28 @@ __all__ = [
     "FREEZE_MODES",
     "Anatomy",
     "AuditResult",
+    "CostPreview",
     "FreezePolicyError",
     "FreezeScheduleCallback",
     "FreezeTrainer",
     "FrozenAudit",
     "FrozenWeightsMovedError",
     "Policy",
+    "PrefixCache",
     "ScheduledPolicy",
     "Summary",
     "anatomy",
     "build_param_groups",
     "create_optimizer",
     "get_policy",
+    "gradient_bytes",
     "list_policies",
+    "optimizer_state_bytes",
     "policy_options",
+    "predict_cost",
     "register_policy",
+    "saved_for_backward_bytes",
     "set_trainable",
     "summarize",
     "trainable_names",
-]
-
-# Cost preview (FLOP model and byte counts) and the measurements the benchmark uses.
-from freeze_policies.costs import (  # noqa: E402
-    CostPreview,
-    gradient_bytes,
-    optimizer_state_bytes,
-    predict_cost,
-    saved_for_backward_bytes,
-)
-
-__all__ += [
-    "CostPreview",
-    "gradient_bytes",
-    "optimizer_state_bytes",
-    "predict_cost",
-    "saved_for_backward_bytes",
 ]
