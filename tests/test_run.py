@@ -204,3 +204,16 @@ def test_script_prints_one_line_error_without_traceback(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: unknown policy 'xyz'")
+
+
+def test_preview_cli_prints_anatomy_and_every_policy(tiny_bert, capsys):
+    from freeze_policies import list_policies
+    from freeze_policies.__main__ import main as preview
+
+    preview([tiny_bert])
+    out = capsys.readouterr().out
+    assert "class: BertForSequenceClassification, 3 blocks" in out
+    for name in list_policies():
+        assert f"== {name}" in out
+    bottom = out.split("== bottom_n")[1].split("== ")[0]
+    assert "block.1" in bottom and bottom.count("100.00%") == 2  # block.2 and the head
