@@ -28,6 +28,10 @@ What it does on top of ``Trainer``:
   policy will ever train, one group per (anatomy group, decay or not), no decay for biases and
   norms, layer-wise learning rates. An optimizer passed in ``optimizers=`` is used as given (and
   checked by the callback).
+- Under DDP, ``training_step`` re-wraps the model in a new ``DistributedDataParallel`` whenever
+  the trainable set changes, so every rank all-reduces exactly what trains; FSDP / DeepSpeed
+  combinations that cannot train correctly are refused before training
+  (``freeze_policies.distributed``).
 - ``train`` returns the audit in ``TrainOutput.metrics`` and ``trainer.frozen_audit`` (an
   ``AuditResult``); ``trainer.state.log_history`` has it too.
 """
