@@ -280,3 +280,25 @@ def test_two_phase_sweep_selects_on_the_shared_seed(tmp_path):
     (cell,) = table.cells
     assert cell.chosen_lr == 1e-3  # a mean over all seeds would have picked 1e-4 (0.75 > 0.667)
     assert [r["seed"] for r in cell.chosen] == [0, 1, 2]
+
+
+def test_training_seconds_leave_out_evaluation_inside_training():
+    from recipes.compare import training_seconds
+
+    run = {"train_runtime": 30.0, "log_history": [
+        {"loss": 1.0, "step": 10}, {"eval_runtime": 4.0, "step": 10},
+        {"eval_runtime": 5.0, "step": 20}, {"train_runtime": 30.0, "step": 30},
+        {"eval_runtime": 6.0, "step": 30},  # the final evaluate(), after training
+    ]}
+    assert training_seconds(run) == 21.0
+
+
+def test_schedule_timing_does_not_split_bench_matches():
+    from recipes.compare import descriptor
+
+    base = {"method": "freeze", "policy": "lisa", "freeze_mode": "requires_grad",
+            "peft_method": None}
+    assert descriptor({**base, "policy_options": {"k": 2, "every": 10}}) == descriptor(
+        {**base, "policy_options": {"k": 2}})
+    assert descriptor({**base, "policy_options": {"k": 1}}) != descriptor(
+        {**base, "policy_options": {"k": 2}})
