@@ -479,10 +479,13 @@ def _check_saved_names(optimizer, model: nn.Module) -> None:
             continue
         actual = [names.get(id(p)) for p in group["params"]]
         if list(saved) != actual:
-            wrong = next(i for i, (s, a) in enumerate(zip(saved, actual)) if s != a)
+            wrong = next((i for i, (s, a) in enumerate(zip(saved, actual)) if s != a),
+                         min(len(saved), len(actual)))
+            held = actual[wrong] if wrong < len(actual) else "nothing"
+            meant = saved[wrong] if wrong < len(saved) else "nothing"
             raise FreezePolicyError(
-                f"optimizer group {group.get('name', '?')!r} holds {actual[wrong]} where its "
-                f"state was saved for {saved[wrong]}: the checkpoint's optimizer groups do not "
+                f"optimizer group {group.get('name', '?')!r} holds {held} where its "
+                f"state was saved for {meant}: the checkpoint's optimizer groups do not "
                 "match this model and policy"
             )
 

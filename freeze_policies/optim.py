@@ -103,7 +103,7 @@ def ever_trainable_names(policy, anat: Anatomy) -> frozenset[str]:
 
 
 def group_learning_rates(
-    anat: Anatomy, lr: float, layer_lr_decay: float = 1.0, head_lr_multiplier: float = 1.0
+    anat: Anatomy, layer_lr_decay: float = 1.0, head_lr_multiplier: float = 1.0
 ) -> dict[str, float]:
     """The learning-rate scale of each anatomy group (multiply by the base lr to get its lr)."""
     depth = anat.depth
@@ -163,7 +163,7 @@ def build_param_groups(
     decay_names = set(decay_names)
 
     if anat is not None:
-        scales = group_learning_rates(anat, lr, layer_lr_decay, head_lr_multiplier)
+        scales = group_learning_rates(anat, layer_lr_decay, head_lr_multiplier)
         sections = [(name, names, scales[name]) for name, names in _ulmfit_order(anat)]
     else:
         sections = [("trainable", list(params), 1.0)]
@@ -240,14 +240,17 @@ def create_optimizer(
     layer_lr_decay: float = 1.0,
     head_lr_multiplier: float = 1.0,
     freeze_mode: str = "requires_grad",
-    optimizer_cls_and_kwargs: tuple | None = None,
+    cls_and_kwargs: tuple | None = None,
+    decay_names: Collection[str] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer ``FreezeTrainer`` builds, for a plain ``Trainer`` or a custom loop.
 
     ``args`` are ``TrainingArguments`` (``optim``, ``learning_rate``, ``weight_decay``, the Adam
     options). ``freeze_policy`` is a policy, a name, a ``{"name": ..., **options}`` dict, or None
-    (every parameter that requires grad now trains). Pass it to
-    ``Trainer(optimizers=(optimizer, None))`` together with a ``FreezeScheduleCallback``.
+    (every parameter that requires grad now trains). ``cls_and_kwargs`` overrides the optimizer
+    ``args.optim`` names; ``decay_names`` overrides who gets weight decay (default:
+    ``decay_parameter_names``). Pass the result to ``Trainer(optimizers=(optimizer, None))``
+    together with a ``FreezeScheduleCallback``.
     """
     from freeze_policies.callbacks import resolve_policy
 
@@ -256,7 +259,7 @@ def create_optimizer(
     policy = resolve_policy(freeze_policy)
     if policy is not None and anat is None:
         anat = policy.anatomy(model)
-    cls, kwargs = optimizer_cls_and_kwargs or _trainer_optimizer(args, model)
+    cls, kwargs = cls_and_kwargs or optimizer_cls_and_kwargs(args, model)
     groups = build_param_groups(
         model,
         **optimizer_membership(model, policy, anat, freeze_mode),
@@ -265,12 +268,9 @@ def create_optimizer(
         anat=anat,
         layer_lr_decay=layer_lr_decay,
         head_lr_multiplier=head_lr_multiplier,
+        decay_names=decay_names,
     )
-    return cls(groups, **kwargs)
-
-
-def _trainer_optimizer(args, model):
-    return optimizer_cls_and_kwargs(args, model)
+    return cls(groups, **dict(kwargs))
 
 
 def optimizer_membership(model: nn.Module, policy, anat, freeze_mode: str) -> dict:

@@ -49,13 +49,7 @@ from freeze_policies.callbacks import (
 )
 from freeze_policies.distributed import DDPRewrapper, check_trainer
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.optim import (
-    build_param_groups,
-    check_freeze_mode,
-    check_lr_options,
-    optimizer_cls_and_kwargs,
-    optimizer_membership,
-)
+from freeze_policies.optim import check_freeze_mode, check_lr_options, create_optimizer
 from freeze_policies.prefix_cache import PrefixCache
 
 
@@ -155,22 +149,20 @@ class FreezeTrainer(Trainer):
         if opt_model is not callback.bound_model:  # model_init built a new model
             self._freeze_before_optimizer(opt_model)
         anat = callback.anat
-        given = getattr(self, "optimizer_cls_and_kwargs", None)
-        cls, kwargs = given if given is not None else optimizer_cls_and_kwargs(self.args, opt_model)
-        decay = set(self.get_decay_parameter_names(opt_model))
+        decay = set(self.get_decay_parameter_names(opt_model))  # a subclass may override it
         if anat is not None:
             decay -= set(anat.norms)
-        groups = build_param_groups(
+        self.optimizer = create_optimizer(
             opt_model,
-            **optimizer_membership(opt_model, callback.policy, anat, self.freeze_mode),
-            lr=self.args.learning_rate,
-            weight_decay=self.args.weight_decay,
+            self.args,
+            callback.policy,
             anat=anat,
             layer_lr_decay=self.layer_lr_decay,
             head_lr_multiplier=self.head_lr_multiplier,
+            freeze_mode=self.freeze_mode,
+            cls_and_kwargs=getattr(self, "optimizer_cls_and_kwargs", None),
             decay_names=decay,
         )
-        self.optimizer = cls(groups, **dict(kwargs))
         return self.optimizer
 
     def compute_loss(self, model, inputs, *args, **kwargs):

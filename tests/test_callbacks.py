@@ -260,3 +260,18 @@ def test_readme_snippets_are_in_sync(name):
     if name not in snippets:
         pytest.skip(f"README.md has no snippet block for {name} yet")
     assert snippets[name] == snippet_of_test(name)
+
+
+def test_saved_param_names_of_another_length_are_a_clear_error():
+    import torch
+    from torch import nn
+
+    from freeze_policies.callbacks import _check_saved_names
+
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(
+        [{"params": [model.weight], "param_names": ["weight", "bias"], "name": "g"}], lr=0.1
+    )
+    with pytest.raises(FreezePolicyError, match=r"group 'g' holds nothing where its state was "
+                       r"saved for bias"):
+        _check_saved_names(optimizer, model)
