@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.disable_progress_bar()
 
     path = args.model or default_model()
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
-    anat = anatomy(model)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+        anat = anatomy(model)
+    except (OSError, ValueError) as error:  # a bad path / hub id, or blocks not found
+        raise SystemExit(f"error: {str(error).strip().splitlines()[0]}") from None
     print(f"model: {path}\nclass: {anat.model_class}, {anat.depth} blocks "
           f"({', '.join(anat.block_modules[:1])} .. {anat.block_modules[-1]})")
     for group in ("embeddings", "shared", "head"):

@@ -30,7 +30,12 @@ from recipes.run import ConfigError, main, write_json_atomic
 
 
 def load_profile(path: str | Path) -> dict:
+    if not Path(path).is_file():
+        choices = ", ".join(str(p) for p in sorted(Path("configs/experiments").glob("*.yaml")))
+        raise ConfigError(f"experiment profile {str(path)!r} does not exist; profiles: {choices}")
     profile = yaml.safe_load(Path(path).read_text())
+    if not isinstance(profile, dict):
+        raise ConfigError(f"experiment profile {path} is not a YAML mapping")
     for key in ("seeds", "cells", "lrs"):
         if key not in profile:
             raise ConfigError(f"experiment profile {path} has no {key!r}")

@@ -74,3 +74,12 @@ def test_experiment_profile_cells_exist_and_fields_parse(path):
         assert lrs and all(lr > 0 for lr in lrs)
         fields = {**profile.get("common", {}), **spec.get("fields", {})}
         parse_args(["--config", str(config), *flags(fields)])
+
+
+def test_missing_experiment_profile_is_a_clear_error():
+    from recipes.run import ConfigError
+    from recipes.sweep import load_profile
+
+    with pytest.raises(ConfigError, match=r"experiment profile 'configs/experiments/nope.yaml' "
+                       r"does not exist; profiles: .*small.yaml"):
+        load_profile("configs/experiments/nope.yaml")

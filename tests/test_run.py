@@ -217,3 +217,10 @@ def test_preview_cli_prints_anatomy_and_every_policy(tiny_bert, capsys):
         assert f"== {name}" in out
     bottom = out.split("== bottom_n")[1].split("== ")[0]
     assert "block.1" in bottom and bottom.count("100.00%") == 2  # block.2 and the head
+
+
+def test_preview_cli_bad_model_is_one_line(tmp_path):
+    from freeze_policies.__main__ import main as preview
+
+    with pytest.raises(SystemExit, match=r"^error: .*no/such/model"):
+        preview([str(tmp_path / "no" / "such" / "model")])
