@@ -66,13 +66,12 @@ from torch import nn
 
 from freeze_policies import anatomy, get_policy, set_trainable
 from freeze_policies.costs import (
-    format_bytes,
     gradient_bytes,
     optimizer_state_bytes,
     predict_cost,
     saved_for_backward_bytes,
 )
-from recipes.compare import method_label
+from recipes.compare import bench_markdown, method_label
 from recipes.run import environment, write_json_atomic
 
 NUM_LABELS = 3
@@ -641,36 +640,6 @@ def evaluate_targets(rows: list[dict], trainer_note: str | None, disturbed: str 
 # -- output -----------------------------------------------------------------------------------
 
 
-def markdown_table(payload: dict) -> str:
-    """The methods as a markdown table, then the targets."""
-    lines = [
-        "| method | trainable | step (ms) | ratio | FLOP model | gradients | optimizer state "
-        "| frozen state | saved for backward | memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in payload["methods"]:
-        share = 100 * row["trainable_params"] / row["total_params"]
-        lines.append(
-            f"| {row['label']} | {share:.2f}% | {1000 * row['median_step_s']:.0f} "
-            f"| {row['step_ratio']:.2f} | {row['flop_ratio']:.2f} "
-            f"| {format_bytes(row['gradient_bytes'])} "
-            f"| {format_bytes(row['optimizer_state_bytes'])} "
-            f"| {format_bytes(row['frozen_optimizer_state_bytes'])} "
-            f"| {format_bytes(row['saved_for_backward_bytes'])} "
-            f"| {format_bytes(row['memory_bytes'])} |"
-        )
-    lines += ["", "| target | value | threshold | result |", "|---|---:|---|---|"]
-    for name, result in payload["targets"].items():
-        value = result["value"]
-        shown = "—" if value is None else f"{value:.3g}" if isinstance(value, float) else value
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[result["passed"]]
-        lines.append(f"| {name} | {shown} | {result['threshold']} | {verdict} |")
-    for name, result in payload["targets"].items():
-        if result["passed"] is not True:
-            lines.append(f"\n{name}: {result['explanation']}")
-    return "\n".join(lines)
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/bench.json", help="where the JSON goes")
@@ -703,7 +672,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = benchmark(args)
     payload["bench_runtime_s"] = math.ceil(time.perf_counter() - started)
     write_json_atomic(Path(args.out), payload)
-    print(markdown_table(payload))
+    print(bench_markdown(payload))  # the same table the report shows
     print(f"\nwrote {args.out} ({payload['bench_runtime_s']} s)")
     return payload
 

@@ -454,13 +454,17 @@ def bench_markdown(bench: dict) -> str:
         f"{bench.get('optimizer', '')}. Memory: {bench.get('memory_kind', '')}.",
         *[f"Note: {note}." for note in bench.get("notes", [])],
         "",
-        "| method | step time vs full | FLOP model | gradients | optimizer state | "
-        "frozen-param state | saved for backward | memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | trainable | step (ms) | step time vs full | FLOP model | gradients | "
+        "optimizer state | frozen-param state | saved for backward | memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in bench["methods"]:
+        share = (f"{100 * row['trainable_params'] / row['total_params']:.2f}%"
+                 if row.get("total_params") else "—")
+        step = f"{1000 * row['median_step_s']:.0f}" if row.get("median_step_s") else "—"
         lines.append(
-            f"| {row['label']} | {row['step_ratio']:.2f} | {row['flop_ratio']:.2f} "
+            f"| {row['label']} | {share} | {step} "
+            f"| {row['step_ratio']:.2f} | {row['flop_ratio']:.2f} "
             f"| {format_bytes(row.get('gradient_bytes'))} "
             f"| {format_bytes(row.get('optimizer_state_bytes'))} "
             f"| {format_bytes(row.get('frozen_optimizer_state_bytes'))} "
