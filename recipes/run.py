@@ -311,11 +311,16 @@ def prepare(model_args, data_args, method_args, training_args):
     """Data, model, method and trainer; every input error surfaces here, before training."""
     from transformers import DataCollatorWithPadding, default_data_collator
 
+    from transformers import set_seed
+
     from freeze_policies import FreezeTrainer, get_policy
     from recipes import data, models
     from recipes.metrics import make_compute_metrics
 
     _choice("task", model_args.task, models.TASKS)
+    # Seed before anything random is built (the classification head, LoRA's A matrices, prompt
+    # embeddings): Trainer seeds only in its __init__, after the model exists.
+    set_seed(training_args.seed, deterministic=training_args.full_determinism)
     policy = (
         get_policy(method_args.policy, **method_args.policy_options)
         if method_args.method == "freeze"
