@@ -421,8 +421,13 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
                     "resume with the same one"
                 )
         stage = int(stage)
-        # The stage in effect during the last step before the checkpoint, by the schedule.
-        expected = self.policy.stage_at(state.global_step - 1, max((state.epoch or 0.0) - 1e-6, 0))
+        # The stage in effect during the last step before the checkpoint, by the schedule; a
+        # fixed policy has one stage, 0, and no schedule to ask.
+        expected = (
+            self.policy.stage_at(state.global_step - 1, max((state.epoch or 0.0) - 1e-6, 0))
+            if self.policy.scheduled
+            else 0
+        )
         if stage != expected:
             raise FreezePolicyError(
                 f"the checkpoint at step {state.global_step} was saved in stage {stage}, but "

@@ -34,10 +34,21 @@ What it does on top of ``Trainer``:
   (``freeze_policies.distributed``).
 - ``train`` returns the audit in ``TrainOutput.metrics`` and ``trainer.frozen_audit`` (an
   ``AuditResult``); ``trainer.state.log_history`` has it too.
+- ``evaluate`` leaves the random generators (Python, NumPy, torch CPU and CUDA) as it found them:
+  each DataLoader iterator draws its base seed from the global torch generator, so a plain
+  ``Trainer``'s evaluations during training shift every later dropout mask and shuffle, and a
+  checkpoint saved right before an evaluation (an epoch end under ``eval_strategy="epoch"``)
+  resumes on another random stream than the run that was not interrupted. Here training draws the
+  same numbers whether or not, and how often, it evaluates, and such a resume is exact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+
+import numpy as np
+import torch
 from transformers import Trainer
 
 from freeze_policies.apply import AuditResult, set_trainable
@@ -185,6 +196,12 @@ class FreezeTrainer(Trainer):
         output.metrics.update(callback.audit_metrics)
         return output
 
+    def evaluate(self, *args, **kwargs):
+        """``Trainer.evaluate``, with the random generators restored afterwards (see the module
+        docstring): evaluation never moves training's random stream."""
+        with preserved_rng():
+            return super().evaluate(*args, **kwargs)
+
     # -- DDP: keep the wrapper's registered parameters equal to the trainable ones -------------
     @property
     def ddp_rewrapper(self) -> DDPRewrapper:
@@ -207,3 +224,16 @@ class FreezeTrainer(Trainer):
         if wrapper is not model:
             self.model_wrapped = model = wrapper
         return super().training_step(model, inputs, num_items_in_batch)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run the block, then set the Python, NumPy, torch CPU and CUDA generators back."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
