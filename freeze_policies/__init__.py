@@ -12,6 +12,7 @@
 
 import importlib
 
+from freeze_policies.adaptive import AutoFreeze, AutoFreezeController
 from freeze_policies.anatomy import Anatomy, anatomy
 from freeze_policies.apply import AuditResult, FrozenAudit, set_trainable, trainable_names
 from freeze_policies.costs import (
@@ -46,6 +47,8 @@ __all__ = [
     "FREEZE_MODES",
     "Anatomy",
     "AuditResult",
+    "AutoFreeze",
+    "AutoFreezeController",
     "CostPreview",
     "FreezePolicyError",
     "FreezeScheduleCallback",

@@ -54,7 +54,8 @@ class FrozenAudit:
     ``FrozenAudit(model, frozen=names)`` copies the named ones instead (for freeze modes in which
     frozen parameters still require grad, such as an lr=0 group). Call ``opened(names)`` whenever
     parameters start training (a schedule opened them): those are no longer frozen for the whole
-    run and leave the audit. ``check(model)`` compares the rest with ``torch.equal``.
+    run and leave the audit. ``closed(model, names)`` starts auditing parameters a schedule froze
+    during training, from their values at that step. ``check(model)`` compares with ``torch.equal``.
     """
 
     def __init__(self, model: nn.Module, frozen: Collection[str] | None = None):
@@ -72,6 +73,12 @@ class FrozenAudit:
     def opened(self, names: Collection[str]) -> None:
         for name in names:
             self.snapshot.pop(name, None)
+
+    def closed(self, model: nn.Module, names: Collection[str]) -> None:
+        """Start auditing ``names`` from their values now (a schedule froze them)."""
+        params = dict(model.named_parameters())
+        for name in names:
+            self.snapshot[name] = params[name].detach().clone()
 
     def check(self, model: nn.Module) -> AuditResult:
         params = dict(model.named_parameters())

@@ -53,6 +53,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from freeze_policies.adaptive import AutoFreezeController
 from freeze_policies.anatomy import Anatomy
 from freeze_policies.apply import AuditResult, FrozenAudit, set_trainable
 from freeze_policies.costs import gradient_bytes, optimizer_state_bytes
@@ -169,6 +170,7 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         self._hooks: list = []
         self._measure_grads = False
         self._gradient_bytes = 0
+        self.controller: AutoFreezeController | None = None  # adaptive policies (auto_freeze)
 
     # -- binding to a model -----------------------------------------------------------------
     def bind(self, model: nn.Module) -> Anatomy | None:
@@ -180,6 +182,8 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
             self.anat = self.policy.anatomy(model)
             self._ever = ever_trainable_names(self.policy, self.anat)
             self.trainable_at(0)  # validates options that depend on the model
+            if _is_adaptive(self.policy):
+                self.controller = AutoFreezeController(self.policy, self.anat)
         self._model = model
         self._names_cache = {}
         return self.anat
@@ -236,6 +240,8 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         self._held = _held_names(optimizer, model)
         _check_saved_names(optimizer, model)
         self.audit_result, self.audit_metrics, self.resumed_stage = None, {}, None
+        if self.controller is not None:  # a new train() starts a new series of decisions
+            self.controller = AutoFreezeController(self.policy, self.anat)
 
         stage = self._restored_stage(state)
         if stage is None:
@@ -259,6 +265,18 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self._follow_schedule(model, state)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.controller is not None:  # gradients are complete (accumulated, all-reduced)
+            self.controller.observe(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.controller is None:
+            return
+        decisions = len(self.controller.decisions)
+        self.controller.end_of_step(state.global_step)
+        if len(self.controller.decisions) > decisions:  # the new depth applies from the next step
+            state.log_history.append(dict(self.controller.decisions[-1]))
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self._measure_grads:  # the gradient set is fixed within a stage: measure it once
@@ -309,7 +327,10 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
                 "audit": self.audit,
                 "freeze_mode": self.freeze_mode,
             },
-            "attributes": {"stage": self.stage},
+            "attributes": {
+                "stage": self.stage,
+                **({"auto_freeze": self.controller.state()} if self.controller else {}),
+            },
         }
 
     # -- internals ----------------------------------------------------------------------------
@@ -322,6 +343,8 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
     def _stage_now(self, state) -> int:
         if self.policy is None or not self.policy.scheduled:
             return 0
+        if self.controller is not None:
+            return self.controller.depth
         return self.policy.stage_at(state.global_step, state.epoch or 0.0)
 
     def _follow_schedule(self, model, state):
@@ -345,12 +368,15 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
                     "before the optimizer is built, use FreezeTrainer, or build the optimizer with "
                     "freeze_policies.optim.create_optimizer"
                 )
+        before = {n for n, p in model.named_parameters() if p.requires_grad}
         set_trainable(model, names)
         for name, param in model.named_parameters():
             if name not in names:
                 param.grad = None
         if self._auditor is not None:
             self._auditor.opened(names)
+            if self.stage is not None:  # frozen from now on: bit-identical from this step
+                self._auditor.closed(model, before - names)
         previous, self.stage = self.stage, stage
         self._measure_grads = True
         if previous != stage and self.policy is not None:
@@ -421,6 +447,10 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
                     "resume with the same one"
                 )
         stage = int(stage)
+        if self.controller is not None:  # adaptive: the decisions so far come from the checkpoint
+            self.controller.load_state(saved["attributes"]["auto_freeze"])
+            self.resumed_stage = stage
+            return stage
         # The stage in effect during the last step before the checkpoint, by the schedule; a
         # fixed policy has one stage, 0, and no schedule to ask.
         expected = (
@@ -454,6 +484,10 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         if embeddings_frozen and not hooked and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
             logger.info("gradient checkpointing with frozen embeddings: input grads enabled")
+
+
+def _is_adaptive(policy) -> bool:
+    return bool(getattr(policy, "adaptive", False))
 
 
 def _is_checkpointing(model: nn.Module) -> bool:

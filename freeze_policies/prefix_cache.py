@@ -127,9 +127,12 @@ class PrefixCache:
         anat: Anatomy,
         directory: str | os.PathLike | None = None,
         replay: bool = True,
+        wait_for_prefix: bool = False,
     ):
         """``replay=False`` keeps the prefix in eval mode but never stores or replays: the
-        uncached run that a cached one must match."""
+        uncached run that a cached one must match. ``wait_for_prefix=True`` accepts a model with
+        no frozen prefix yet (an adaptive policy freezes one during training); the cache stays
+        off until ``refresh`` finds one."""
         self.replay = replay
         self.model = model
         self.anat = anat
@@ -139,7 +142,7 @@ class PrefixCache:
         self.store = None
         self.prefix_modules: list[nn.Module] | None = None
         self.stats = {"hits": 0, "records": 0, "rebuilds": 0, "record_seconds": 0.0}
-        if frozen_prefix_depth(model, anat) == 0:
+        if frozen_prefix_depth(model, anat) == 0 and not wait_for_prefix:
             raise FreezePolicyError(
                 f"cache_frozen_prefix needs frozen embeddings and at least one frozen block at the "
                 f"bottom of {anat.model_class}; the current trainable set has no frozen "

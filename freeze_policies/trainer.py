@@ -126,6 +126,7 @@ class FreezeTrainer(Trainer):
                 self.freeze_callback.anat,
                 directory=prefix_cache_dir,
                 replay=cache_frozen_prefix,
+                wait_for_prefix=bool(getattr(self.freeze_callback.policy, "adaptive", False)),
             )
 
     @property

@@ -50,6 +50,7 @@ RECIPE_DEFAULTS = {
     "save_strategy": "no",
     "logging_steps": 20,
     "seed": 42,
+    "do_predict": True,
     "report_to": "tensorboard" if find_spec("tensorboard") else "none",
 }
 
@@ -88,6 +89,11 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "subsample train"})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "subsample validation and test"}
+    )
+    max_validation_samples: int | None = field(
+        default=None,
+        metadata={"help": "evaluate on at most this many of the validation rows (a seeded random "
+                  "subset of them; test keeps max_eval_samples)"},
     )
 
 
@@ -336,6 +342,12 @@ def prepare(model_args, data_args, method_args, training_args):
     if model_args.task == "classification":
         tokenized = data.tokenize_classification(splits, tokenizer, model_args.max_length)
         collator = DataCollatorWithPadding(tokenizer)
+        if data_args.max_validation_samples is not None:
+            validation = tokenized["validation"]
+            if data_args.max_validation_samples < len(validation):
+                tokenized["validation"] = validation.shuffle(
+                    seed=data_args.data_seed_splits
+                ).select(range(data_args.max_validation_samples))
     else:
         tokenized = data.tokenize_causal_lm(splits, tokenizer, model_args.max_length)
         collator = default_data_collator
@@ -409,9 +421,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.reset_peak_memory_stats()
     train_output = trainer.train()
     validation = trainer.evaluate(tokenized["validation"], metric_key_prefix="eval")
-    test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
+    test = (  # do_predict=False (the sweep's short runs): the test split is never read
+        trainer.evaluate(tokenized["test"], metric_key_prefix="test")
+        if training_args.do_predict else {}
+    )
     for metrics, prefix in ((validation, "eval"), (test, "test")):
-        if model_args.task == "causal_lm":
+        if model_args.task == "causal_lm" and metrics:
             metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
 
     audit = getattr(trainer, "frozen_audit", None)

@@ -1,23 +1,35 @@
-"""Run one comparison cell: a config's learning-rate sweep x seeds, one results.json each.
+"""Run one comparison cell: choose its learning rate on short runs, then train the seeds in full.
 
-    python recipes/sweep.py configs/experiments/small.yaml --cell tweets/minilm/bottom_n
-    python recipes/sweep.py configs/experiments/small.yaml --list
+    python recipes/sweep.py configs/experiments/default.yaml --cell tweets/minilm/bottom_n
+    python recipes/sweep.py configs/experiments/default.yaml --list
 
 An experiment profile (``configs/experiments/*.yaml``) names the cells (configs under
-``configs/``), the learning rates each is swept over, the seeds, and the run fields every cell
-shares (budget: steps, batch, sample counts). Runs happen in one process, one after another,
-through ``recipes.run.main``; a run whose results.json exists is skipped, so an interrupted cell
-resumes where it stopped. The Makefile decides which cells are stale.
+``configs/``), each cell's learning-rate grid, the seeds, and the run fields every cell shares.
+A cell runs in two phases (multi-fidelity), one ``results.json`` per run:
 
-Learning rates are chosen on validation only: every rate runs with the first seed, the best
-validation score wins, and the remaining seeds run at that rate alone (``selection.json``
-records the scores and the choice). Test scores are read only by ``recipes/compare.py``.
+1. **Choose the rate on short runs.** Every rate of the grid trains with the first seed at the
+   profile's ``sweep`` fields (e.g. one epoch instead of three) and is scored on validation (the
+   test split is not evaluated: ``--do_predict false``). When the best rate is at an edge of the
+   grid, the grid is extended one step beyond that edge (the grid's own geometric ratio) and the
+   new rate runs, until the best is interior, ``grid_extension.max_extensions`` rates were added,
+   or the next rate would leave ``grid_extension.bounds``. Ties go to the smaller rate.
+2. **Train the seeds at full length** at the chosen rate: every seed, at the profile's ``common``
+   plus the cell's ``fields``. The selection seed's full-length run also gets the cell's
+   ``curve_fields`` when given (in-training evaluation for the validation curves; Trainer's
+   evaluation leaves training's RNG untouched, so this does not change the run).
+
+Runs go to ``<out>/<cell>/sweep/lr<rate>-seed<seed>`` and ``<out>/<cell>/lr<rate>-seed<seed>``;
+``<out>/<cell>/selection.json`` records the grid, every validation score and the choice. A run
+whose ``results.json`` records the same arguments is reused, so an interrupted cell resumes where
+it stopped and an unchanged cell costs nothing; a run whose arguments changed (the profile or the
+config was edited) is run again. Test scores are read only by ``recipes/compare.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +39,9 @@ if __package__ in (None, ""):
 import yaml
 
 from recipes.run import ConfigError, main, write_json_atomic
+
+DEFAULT_BOUNDS = (1e-6, 1.0)
+DEFAULT_MAX_EXTENSIONS = 3
 
 
 def load_profile(path: str | Path) -> dict:
@@ -57,39 +72,135 @@ def validation_score(results: dict) -> float:
     return -results["eval_loss"]
 
 
-def run_cell(profile_path: str, cell: str, out: str) -> dict:
-    """Sweep the cell's learning rates on the first seed, then run the other seeds at the best.
+def rate_name(lr: float) -> str:
+    return f"{lr:g}"
 
-    Writes ``<out>/<cell>/selection.json`` with every learning rate's validation score and the
-    chosen one; ``recipes/compare.py`` reports the test scores of the chosen rate's runs.
+
+def best_rate(scores: dict[float, float]) -> float:
+    """The rate with the highest score; ties go to the smaller rate."""
+    return min(scores, key=lambda lr: (-scores[lr], lr))
+
+
+def grid_ratio(grid: list[float]) -> float:
+    """The grid's geometric step (first to last rate, over the gaps between them)."""
+    rates = sorted(grid)
+    if len(rates) < 2 or rates[0] <= 0:
+        raise ConfigError(f"a learning-rate grid needs at least 2 positive rates, got {grid}")
+    return (rates[-1] / rates[0]) ** (1 / (len(rates) - 1))
+
+
+def next_rate(scores: dict[float, float], ratio: float, bounds=DEFAULT_BOUNDS) -> float | None:
+    """One step beyond the edge the best rate sits on, or None when the best is interior or the
+    step would leave ``bounds``."""
+    rates = sorted(scores)
+    best = best_rate(scores)
+    if best == rates[-1]:
+        candidate = float(f"{best * ratio:.3g}")
+    elif best == rates[0]:
+        candidate = float(f"{best / ratio:.3g}")
+    else:
+        return None
+    low, high = bounds
+    if not low <= candidate <= high or candidate in scores:
+        return None
+    return candidate
+
+
+def choose_rate(run_at, grid: list[float], max_extensions: int = DEFAULT_MAX_EXTENSIONS,
+                bounds=DEFAULT_BOUNDS) -> dict:
+    """Score every rate of ``grid`` with ``run_at(lr) -> score`` and extend it at the edge.
+
+    Returns ``{"grid", "scores", "chosen", "extensions", "stopped"}``; ``stopped`` says why the
+    search ended: "interior", "max_extensions" or "bounds".
     """
-    profile = load_profile(profile_path)
+    ratio = grid_ratio(grid)
+    scores = {lr: run_at(lr) for lr in sorted(grid)}
+    extensions = 0
+    while True:
+        candidate = next_rate(scores, ratio, bounds)
+        best = best_rate(scores)
+        if candidate is None:
+            interior = sorted(scores)[0] < best < sorted(scores)[-1]
+            stopped = "interior" if interior else "bounds"
+            break
+        if extensions >= max_extensions:
+            stopped = "max_extensions"
+            break
+        scores[candidate] = run_at(candidate)
+        extensions += 1
+    return {"grid": sorted(grid), "scores": scores, "chosen": best_rate(scores),
+            "extensions": extensions, "stopped": stopped}
+
+
+def cell_plan(profile: dict, cell: str) -> dict:
+    """The grid, seeds and fields of one cell, with the profile's defaults filled in."""
     if cell not in profile["cells"]:
-        raise ConfigError(f"cell {cell!r} is not in {profile_path}; cells: "
+        raise ConfigError(f"cell {cell!r} is not in the profile; cells: "
                           f"{', '.join(profile['cells'])}")
     spec = profile["cells"][cell] or {}
-    lrs = spec.get("lrs") or profile["lrs"][spec.get("lr_grid", "default")]
-    first, *other_seeds = spec.get("seeds", profile["seeds"])
-    shared = {**profile.get("common", {}), **spec.get("fields", {})}
+    grid = spec.get("lrs") or profile["lrs"][spec.get("lr_grid", "default")]
+    extension = {**profile.get("grid_extension", {}), **spec.get("grid_extension", {})}
+    full = {**profile.get("common", {}), **spec.get("fields", {})}
+    short = {**full, **profile.get("sweep", {}), **spec.get("sweep", {}), "do_predict": False}
+    return {
+        "grid": [float(lr) for lr in grid],
+        "seeds": list(spec.get("seeds", profile["seeds"])),
+        "full_fields": full,
+        "sweep_fields": short,
+        "curve_fields": dict(spec.get("curve_fields", {})),
+        "max_extensions": int(extension.get("max_extensions", DEFAULT_MAX_EXTENSIONS)),
+        "bounds": tuple(float(b) for b in extension.get("bounds", DEFAULT_BOUNDS)),
+    }
+
+
+def run_cell(profile_path: str, cell: str, out: str) -> dict:
+    """Choose the cell's rate on short runs, then run every seed at full length.
+
+    Writes ``<out>/<cell>/selection.json``; ``recipes/compare.py`` reports the test scores of
+    the full-length runs.
+    """
+    profile = load_profile(profile_path)
+    plan = cell_plan(profile, cell)
     config = Path("configs") / f"{cell}.yaml"
+    if not config.is_file():
+        raise ConfigError(f"cell {cell!r} has no config {config}")
     cell_dir = Path(out) / cell
+    first, *other_seeds = plan["seeds"]
 
-    def run(lr: float, seed: int) -> dict:
-        run_dir = cell_dir / f"lr{lr:g}-seed{seed}"
+    def run(lr: float, seed: int, fields: dict, folder: Path) -> dict:
+        run_dir = folder / f"lr{rate_name(lr)}-seed{seed}"
+        argv = ["--config", str(config), *flags(fields), "--learning_rate", rate_name(lr),
+                "--seed", str(seed), "--output_dir", str(run_dir)]
         done = run_dir / "results.json"
-        if done.exists():  # an interrupted cell resumes where it stopped
-            return json.loads(done.read_text())
-        print(f"== {cell} lr={lr:g} seed={seed}", flush=True)
-        return main(["--config", str(config), *flags(shared), "--learning_rate", str(lr),
-                     "--seed", str(seed), "--output_dir", str(run_dir)])
+        if done.exists():
+            previous = json.loads(done.read_text())
+            if previous.get("command") == " ".join(["recipes/run.py", *argv]):
+                return previous  # same arguments: an interrupted cell resumes where it stopped
+            print(f"== {run_dir}: arguments changed, running again", flush=True)
+            shutil.rmtree(run_dir)
+        print(f"== {cell} lr={rate_name(lr)} seed={seed} ({folder.name})", flush=True)
+        return main(argv)
 
-    scores = {f"{lr:g}": validation_score(run(lr, first)) for lr in lrs}
-    chosen = max(lrs, key=lambda lr: scores[f"{lr:g}"])
+    choice = choose_rate(
+        lambda lr: validation_score(run(lr, first, plan["sweep_fields"], cell_dir / "sweep")),
+        plan["grid"], plan["max_extensions"], plan["bounds"],
+    )
+    chosen = choice["chosen"]
+    run(chosen, first, {**plan["full_fields"], **plan["curve_fields"]}, cell_dir)
     for seed in other_seeds:
-        run(chosen, seed)
-    selection = {"cell": cell, "profile": str(profile_path), "selection_seed": first,
-                 "validation_scores": scores, "chosen_lr": chosen,
-                 "seeds": [first, *other_seeds]}
+        run(chosen, seed, plan["full_fields"], cell_dir)
+    selection = {
+        "cell": cell,
+        "profile": str(profile_path),
+        "selection_seed": first,
+        "sweep_fields": plan["sweep_fields"],
+        "grid": choice["grid"],
+        "validation_scores": {rate_name(lr): s for lr, s in sorted(choice["scores"].items())},
+        "extensions": choice["extensions"],
+        "stopped": choice["stopped"],
+        "chosen_lr": chosen,
+        "seeds": plan["seeds"],
+    }
     write_json_atomic(cell_dir / "selection.json", selection)
     return selection
 
@@ -114,3 +225,6 @@ if __name__ == "__main__":
         cli()
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
+
+
+__all__ = ["best_rate", "choose_rate", "grid_ratio", "next_rate", "run_cell"]

@@ -81,5 +81,5 @@ def test_missing_experiment_profile_is_a_clear_error():
     from recipes.sweep import load_profile
 
     with pytest.raises(ConfigError, match=r"experiment profile 'configs/experiments/nope.yaml' "
-                       r"does not exist; profiles: .*small.yaml"):
+                       r"does not exist; profiles: .*default.yaml"):
         load_profile("configs/experiments/nope.yaml")
