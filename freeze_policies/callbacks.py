@@ -171,6 +171,9 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         self._measure_grads = False
         self._gradient_bytes = 0
         self.controller: AutoFreezeController | None = None  # adaptive policies (auto_freeze)
+        # called with the model after each change of the trainable set, before the audit reads
+        # it (FreezeTrainer's frozen_dtype moves, freeze_policies.precision)
+        self.after_set_trainable = None
 
     # -- binding to a model -----------------------------------------------------------------
     def bind(self, model: nn.Module) -> Anatomy | None:
@@ -373,6 +376,8 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         for name, param in model.named_parameters():
             if name not in names:
                 param.grad = None
+        if self.after_set_trainable is not None:
+            self.after_set_trainable(model)
         if self._auditor is not None:
             self._auditor.opened(names)
             if self.stage is not None:  # frozen from now on: bit-identical from this step

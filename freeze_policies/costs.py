@@ -46,13 +46,25 @@ parameter (``torch.optim.AdamW`` keeps ``exp_avg`` and ``exp_avg_sq`` in the par
 8 bytes per fp32 parameter), not counting AdamW's 4-byte ``step`` scalar per tensor.
 
 **Measurements** (``optimizer_state_bytes``, ``gradient_bytes``, ``saved_for_backward_bytes``)
-count what a real step holds, for the benchmark and for trainers.
+count what a real step holds, for the benchmark and for trainers. Bytes are those of the stored
+dtype: with ``frozen_dtype="bfloat16"`` (``freeze_policies.precision``) a frozen matrix counts 2
+bytes per element; under autocast the bfloat16 copies autocast makes of float32 weights for the
+backward are saved tensors and count in ``saved_for_backward_bytes`` (a weight already stored
+in bfloat16 is used as is and counts as a parameter only).
+
+**Accounted training memory** (``account_memory``, a ``MemoryAccount``) = parameters (frozen and
+trainable, by dtype) + gradients + optimizer state (step scalars included) + saved for backward:
+what one training step holds by construction, independent of allocator caching and of other
+work in the process. ``peak_rss_bytes`` (the process's peak resident memory, the CPU's measured
+figure) and ``torch.cuda.max_memory_allocated`` (on a GPU) are reported beside it.
 """
 
 from __future__ import annotations
 
+import resource
+import sys
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -360,6 +372,79 @@ def saved_for_backward_bytes(model: nn.Module, batch: Mapping[str, torch.Tensor]
         output = model(**batch)
     del output
     return sum(saved.values())
+
+
+def parameter_bytes(model: nn.Module, names: Collection[str] | None = None) -> int:
+    """Bytes of the parameters of ``model`` as stored now (``names`` restricts the count)."""
+    wanted = None if names is None else set(names)
+    return sum(
+        _nbytes(param)
+        for name, param in model.named_parameters()
+        if wanted is None or name in wanted
+    )
+
+
+@dataclass(frozen=True)
+class MemoryAccount:
+    """Accounted training memory, in bytes (see the module docstring)."""
+
+    frozen_parameter_bytes: int
+    trainable_parameter_bytes: int
+    gradient_bytes: int
+    optimizer_state_bytes: int
+    saved_for_backward_bytes: int
+    parameter_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def parameter_bytes(self) -> int:
+        return self.frozen_parameter_bytes + self.trainable_parameter_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return (
+            self.parameter_bytes
+            + self.gradient_bytes
+            + self.optimizer_state_bytes
+            + self.saved_for_backward_bytes
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "parameter_bytes": self.parameter_bytes,
+            "total_bytes": self.total_bytes,
+        }
+
+
+def account_memory(
+    model: nn.Module,
+    *,
+    gradient_bytes: int,
+    optimizer_state_bytes: int,
+    saved_for_backward_bytes: int,
+) -> MemoryAccount:
+    """A ``MemoryAccount`` of ``model``'s parameters now (frozen = not requiring grad) plus the
+    measured gradient, optimizer-state and saved-for-backward bytes of a training step."""
+    frozen = trainable = 0
+    by_dtype: dict[str, int] = {}
+    for param in model.parameters():
+        size = _nbytes(param)
+        if param.requires_grad:
+            trainable += size
+        else:
+            frozen += size
+        key = str(param.dtype).removeprefix("torch.")
+        by_dtype[key] = by_dtype.get(key, 0) + size
+    return MemoryAccount(
+        frozen, trainable, gradient_bytes, optimizer_state_bytes, saved_for_backward_bytes,
+        dict(sorted(by_dtype.items())),
+    )
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process so far (``ru_maxrss``; KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple | None:

@@ -15,6 +15,10 @@
   prefix runs in eval mode (no dropout there). ``prefix_cache_dir`` spills it to disk.
   ``frozen_prefix_eval`` gives the same eval-mode prefix without caching: the uncached run a
   cached one matches.
+- ``frozen_dtype``: ``"bfloat16"``, ``"float16"`` or None (default: dtypes as loaded). Frozen
+  matrices are stored in that dtype and trainable parameters in float32; a parameter a schedule
+  opens is upcast (from its low-precision value), one it closes is downcast. Needs ``bf16=True``
+  or ``fp16=True``; see ``freeze_policies.precision``. ``trainer.dtype_moves`` lists the moves.
 
 What it does on top of ``Trainer``:
 
@@ -61,6 +65,13 @@ from freeze_policies.callbacks import (
 from freeze_policies.distributed import DDPRewrapper, check_trainer
 from freeze_policies.errors import FreezePolicyError
 from freeze_policies.optim import check_freeze_mode, check_lr_options, create_optimizer
+from freeze_policies.precision import (
+    DtypeMove,
+    check_frozen_dtype,
+    check_precision_options,
+    place,
+    upcast,
+)
 from freeze_policies.prefix_cache import PrefixCache
 
 
@@ -78,10 +89,12 @@ class FreezeTrainer(Trainer):
         cache_frozen_prefix: bool = False,
         prefix_cache_dir: str | None = None,
         frozen_prefix_eval: bool = False,
+        frozen_dtype=None,
         **kwargs,
     ):
         # Everything that can be checked without the Trainer is checked before it is built.
         check_freeze_mode(freeze_mode)
+        frozen_dtype = check_frozen_dtype(frozen_dtype)
         check_audit_mode(audit)
         check_lr_options(layer_lr_decay, head_lr_multiplier)
         if cache_frozen_prefix and freeze_mode != "requires_grad":
@@ -107,6 +120,17 @@ class FreezeTrainer(Trainer):
                 "FreezeTrainer adds its own FreezeScheduleCallback; pass freeze_policy= instead of "
                 "a FreezeScheduleCallback in callbacks="
             )
+        sharding = "FSDP" if self.is_fsdp_enabled else None
+        sharding = "DeepSpeed" if self.is_deepspeed_enabled else sharding
+        # autocast as accelerate runs it: fp16 on CPU gets none (accelerate's native_amp=False)
+        precision = self.accelerator.mixed_precision if self.accelerator.native_amp else None
+        check_precision_options(
+            frozen_dtype, freeze_mode=freeze_mode, mixed_precision=precision, sharding=sharding
+        )
+        self.frozen_dtype = frozen_dtype
+        self.dtype_moves: list[DtypeMove] = []
+        self._end_figures: dict = {}
+        callback.after_set_trainable = self._follow_dtypes
         self.freeze_mode = freeze_mode
         self.layer_lr_decay = layer_lr_decay
         self.head_lr_multiplier = head_lr_multiplier
@@ -140,9 +164,11 @@ class FreezeTrainer(Trainer):
 
     @property
     def cost_figures(self) -> dict:
-        """``optimizer_state_bytes`` and ``gradient_bytes`` of the last ``train`` ({} before)."""
-        metrics = self.freeze_callback.audit_metrics
-        return {k: metrics[k] for k in ("optimizer_state_bytes", "gradient_bytes") if k in metrics}
+        """``optimizer_state_bytes``, ``gradient_bytes`` and ``parameter_bytes`` of the last
+        ``train`` ({} before)."""
+        metrics = {**self.freeze_callback.audit_metrics, **self._end_figures}
+        keys = ("optimizer_state_bytes", "gradient_bytes", "parameter_bytes")
+        return {k: metrics[k] for k in keys if k in metrics}
 
     def _freeze_before_optimizer(self, model) -> None:
         """Bind the policy to ``model`` (validating it) and set the state before the optimizer."""
@@ -151,6 +177,15 @@ class FreezeTrainer(Trainer):
         if callback.policy is not None:  # (zero_lr / zero_grad open the rest in train())
             set_trainable(model, callback.trainable_at(0))
         check_trainer(self)  # FSDP / DeepSpeed / DDP guards (freeze_policies.distributed)
+        self._follow_dtypes(model)  # before the optimizer exists: its state is made in float32
+
+    def _follow_dtypes(self, model) -> None:
+        """Store each parameter in its dtype under ``frozen_dtype`` (``precision.place``); the
+        callback calls this after every change of the trainable set, before its audit snapshot."""
+        if self.frozen_dtype is None:
+            return
+        step = self.state.global_step if self.state is not None else 0
+        self.dtype_moves += place(model, self.frozen_dtype, optimizer=self.optimizer, step=step)
 
     def create_optimizer(self, model=None):
         """Build the optimizer from ``optim.build_param_groups`` (see the module docstring)."""
@@ -188,13 +223,30 @@ class FreezeTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         """``Trainer.train``; the audit lands in ``metrics``, ``log_history`` and
-        ``self.frozen_audit`` (also when it raises ``FrozenWeightsMovedError``)."""
+        ``self.frozen_audit`` (also when it raises ``FrozenWeightsMovedError``).
+
+        With ``frozen_dtype``, a resume first upcasts every parameter the optimizer will hold,
+        so that the checkpoint's float32 weights and optimizer moments load exactly (loading
+        casts them to the live parameter's dtype); the restored stage moves the frozen ones
+        down again."""
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if resume and self.frozen_dtype is not None and self.model is not None:
+            callback = self.freeze_callback
+            callback.bind(self.model)
+            held = callback.ever_trainable
+            if held is None:
+                held = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            self.dtype_moves += upcast(self.model, held, step=0)
         try:
             output = super().train(*args, **kwargs)
         finally:
             callback = self.freeze_callback
             self.frozen_audit = callback.audit_result
-        output.metrics.update(callback.audit_metrics)
+            if self.model is not None:  # stored bytes: frozen_dtype shows here
+                self._end_figures = {"parameter_bytes": sum(
+                    p.numel() * p.element_size() for p in self.model.parameters()
+                )}
+        output.metrics.update({**callback.audit_metrics, **self._end_figures})
         return output
 
     def evaluate(self, *args, **kwargs):
@@ -215,12 +267,16 @@ class FreezeTrainer(Trainer):
     def _wrap_model(self, model, training=True, dataloader=None):
         if training:  # Accelerator.prepare wraps right after this: record what DDP registers
             self.ddp_rewrapper.before_prepare(self.accelerator.unwrap_model(model))
+            # a checkpoint's callback state may have replaced the callback (Trainer rebuilds it
+            # with restore_callback_states_from_checkpoint=True): hand it the dtype moves again
+            self.freeze_callback.after_set_trainable = self._follow_dtypes
         return super()._wrap_model(model, training=training, dataloader=dataloader)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """``Trainer.training_step`` on a DDP wrapper that all-reduces exactly the parameters
         that require grad now: a new one after a stage change, or after zero_lr / zero_grad made
         every parameter require grad (the loop passes the wrapper it built first)."""
+        self._follow_dtypes(self.accelerator.unwrap_model(model))  # before DDP registers them
         wrapper = self.ddp_rewrapper.current(model, self.accelerator, self.state.global_step)
         if wrapper is not model:
             self.model_wrapped = model = wrapper

@@ -156,6 +156,11 @@ class MethodArguments:
             )
 
 
+    frozen_dtype: str | None = field(
+        default=None,
+        metadata={"help": "bfloat16 | float16: store frozen weights in it, trainable ones in "
+                  "float32 (needs --bf16 or --fp16); default: dtypes as loaded"},
+    )
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
 
 
@@ -171,6 +176,8 @@ def _mapping(name: str, value) -> dict:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         parsed = None
+        if self.frozen_dtype is not None:
+            _choice("frozen_dtype", self.frozen_dtype, ("bfloat16", "float16"))
     if not isinstance(parsed, dict):
         raise ConfigError(f"{name}={value!r} is not a mapping (e.g. '{{\"n\": 4}}')")
     return parsed
@@ -489,3 +496,4 @@ if __name__ == "__main__":
     except (ValueError, FileNotFoundError) as error:
         # Bad input: one clear line, no traceback, nothing written.
         raise SystemExit(f"error: {error}") from None
+        frozen_dtype=method_args.frozen_dtype,
