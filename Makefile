@@ -48,9 +48,10 @@ PROFILE ?= default
 RUNS := results/runs/$(PROFILE)
 PROFILE_FILE := configs/experiments/$(PROFILE).yaml
 
-cells: setup
-	@for cell in $$($(PY) recipes/sweep.py $(PROFILE_FILE) --list); do \
-		$(PY) recipes/sweep.py $(PROFILE_FILE) --cell $$cell --out $(RUNS) || exit 1; done
+COMPARE_JOBS ?= 2
+cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's torch_threads)
+	$(PY) recipes/sweep.py $(PROFILE_FILE) --list | tr ' ' '\n' | \
+		xargs -P $(COMPARE_JOBS) -I{} $(PY) recipes/sweep.py $(PROFILE_FILE) --cell {} --out $(RUNS)
 
 compare: setup      ## every cell of the profile, then the report (see README: Comparison)
 	$(MAKE) cells report PROFILE=$(PROFILE)

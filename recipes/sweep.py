@@ -23,14 +23,21 @@ Runs go to ``<out>/<cell>/sweep/lr<rate>-seed<seed>`` and ``<out>/<cell>/lr<rate
 whose ``results.json`` records the same arguments is reused, so an interrupted cell resumes where
 it stopped and an unchanged cell costs nothing; a run whose arguments changed (the profile or the
 config was edited) is run again. Test scores are read only by ``recipes/compare.py``.
+
+``torch_threads`` in the profile fixes the CPU threads of every run: a CPU run is bit-identical to
+a rerun with the same thread count (the count changes the order of floating-point sums).
+``make compare`` runs ``COMPARE_JOBS`` cells at once; a lock file per cell keeps two processes
+off the same cell.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -153,18 +160,43 @@ def cell_plan(profile: dict, cell: str) -> dict:
     }
 
 
-def run_cell(profile_path: str, cell: str, out: str) -> dict:
+@contextmanager
+def cell_lock(cell_dir: Path):
+    """Yields True when this process holds the cell (released when it exits, even if killed)."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_cell(profile_path: str, cell: str, out: str) -> dict | None:
     """Choose the cell's rate on short runs, then run every seed at full length.
 
     Writes ``<out>/<cell>/selection.json``; ``recipes/compare.py`` reports the test scores of
-    the full-length runs.
+    the full-length runs. Returns None when another process is running the cell.
     """
     profile = load_profile(profile_path)
     plan = cell_plan(profile, cell)
     config = Path("configs") / f"{cell}.yaml"
     if not config.is_file():
         raise ConfigError(f"cell {cell!r} has no config {config}")
+    if profile.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(profile["torch_threads"]))
     cell_dir = Path(out) / cell
+    with cell_lock(cell_dir) as held:
+        if not held:
+            print(f"== {cell}: another process is running it; skipped", flush=True)
+            return None
+        return _run_cell(profile_path, cell, plan, config, cell_dir)
+
+
+def _run_cell(profile_path: str, cell: str, plan: dict, config: Path, cell_dir: Path) -> dict:
     first, *other_seeds = plan["seeds"]
 
     def run(lr: float, seed: int, fields: dict, folder: Path) -> dict:
