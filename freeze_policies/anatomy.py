@@ -1,38 +1,72 @@
-"""Where the embeddings, the transformer blocks and the head are, for any Hugging Face model.
+"""Where the embeddings, the stacks of transformer blocks and the head are, for any HF model.
 
 The anatomy is read off the model itself, not from a table of architecture names:
 
-1. **Blocks.** The ``nn.ModuleList`` whose length is the configured depth (``num_hidden_layers``,
-   ``n_layer``, ``num_layers`` or ``n_layers`` of the config) holds the blocks, bottom first. When
-   the config names no depth, the longest ModuleList of identical modules is taken. Pass
-   ``blocks=`` (a ModuleList's name, or a list of module names, bottom first) when the discovery
-   cannot decide.
+1. **Blocks and stacks.** A stack is an ``nn.ModuleList`` of identical modules whose length is a
+   depth the config states (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``,
+   ``encoder_layers``, ``decoder_layers`` or ``num_decoder_layers``, of the config or of any
+   sub-config such as ``text_config`` / ``vision_config``); its entries are the blocks, bottom
+   first. A list nested inside another candidate (experts, sub-layers) is not a stack; when
+   several candidates remain, those without a 2-D weight (a convolutional feature extractor) are
+   dropped. When the config names no depth, the longest ModuleList of identical modules is taken.
+   Pass ``blocks=`` (a ModuleList's name, or a list of module names, bottom first) to override:
+   the model is then one stack of exactly those blocks.
 2. **Order.** Every other parameter is placed by *when it is first used* in one forward pass on a
    tiny dummy input (traced with a ``TorchFunctionMode``; the model is put in eval mode and under
-   ``no_grad`` for the trace and restored afterwards):
+   ``no_grad`` for the trace and restored afterwards). The trace checks its own evidence: every
+   block must be entered, in order, through its module call (forward pre-hooks). With one stack:
 
    - used before the first block runs, and registered before the blocks: ``embeddings``
-     (token/position/type embeddings, embedding norms and projections, ViT patch embeddings);
+     (token/position/type embeddings, embedding norms and projections, ViT patch embeddings, a
+     speech model's convolutional feature encoder);
    - used before or while the blocks run but registered after them or between them: ``shared``
      (relative-position tables read by every block, as in DeBERTa-v2 and MPNet);
    - used after the last block: ``head`` (final norm, pooler, classifier / score / lm_head).
 
    A parameter the trace never sees, or every parameter when the forward cannot run on a dummy
-   input (an unknown input type, a model on the meta device), is placed by registration order:
-   before the blocks -> ``embeddings``, after them -> ``head``, between -> ``shared``.
-3. **Tied weights.** ``named_parameters()`` lists a tied tensor once, under its first name (for a
-   causal LM with tied embeddings that is the input embedding). Its other names are kept in
-   ``Anatomy.tied`` (alias -> listed name) and placed in a group by registration order, so that
-   policies can detect when they would train one name of the tensor and freeze another.
+   input (an unknown input type, a model on the meta device) or the evidence is missing (blocks
+   called as ``layer.forward(...)``, as SqueezeBERT does, bypass the hooks), is placed by
+   registration order: before the blocks -> ``embeddings``, after them -> ``head``, between ->
+   ``shared``. ``Anatomy.trace`` says which way the groups were found.
+3. **Several stacks** (encoder and decoder; text and vision towers; a vision tower and a language
+   model). Each stack owns the parameters under its *root*, the highest module holding its block
+   list and no other stack's; the stack's name is the root's last name (``encoder``,
+   ``decoder``, ``text_model``, ``vision_model``, ``vision_tower``, ``language_model``). Within
+   its root a parameter first used before the stack's first block is that stack's
+   ``embeddings``, while its blocks run its ``shared``, after its last block its ``top`` (final
+   norm, pooling head). The trace also follows data: a stack whose block outputs reach another
+   stack's blocks *feeds* it (an encoder feeds its decoder, a vision tower its language model).
+   The top of a stack that feeds nothing is part of the model's ``head``. Parameters under no
+   stack's root are placed by first use: before every stack -> ``embeddings`` (T5's and BART's
+   ``shared`` table), while a stack runs -> ``shared``, after a stack and read by a later stack's
+   blocks -> ``projector`` (LLaVA's ``multi_modal_projector``), otherwise -> ``head``
+   (``lm_head``, CLIP's projections and ``logit_scale``). A model with several stacks whose
+   forward cannot be traced, or whose blocks are not all entered in order, is refused: there is
+   no safe guess of which tower a parameter belongs to.
 
-Encoder-decoder models (T5, BART) are refused: which decoder block is "above" which encoder block
-is a choice the user should make; pass ``blocks=[...]`` in the order you want. ALBERT (one layer
-shared by all depths) has no per-depth parameters to freeze and is refused with the same advice.
+   ``Anatomy.stacks`` holds each stack's view; the flat fields (``embeddings``, ``blocks``,
+   ``shared``, ``head``) still cover every parameter once: the blocks of all stacks in forward
+   order, every stack's embeddings in ``embeddings``, projector and the tops of stacks that feed
+   another in ``shared``. ``Anatomy.parts()`` names the per-stack groups
+   (``encoder.block.0``, ``projector`` ...).
+4. **Feature encoder.** The convolutions that read the raw input first (wav2vec2's and HuBERT's
+   ``feature_extractor``, Whisper's ``conv1``/``conv2``, a ViT's patch projection), with the norms
+   inside the same modules, are ``Stack.features``: the first parameters of the stack's embeddings
+   in forward order that belong to convolution modules, up to the first other parameter.
+5. **Tied weights.** ``named_parameters()`` lists a tied tensor once, under its first name (for a
+   causal LM with tied embeddings that is the input embedding). Its other names are kept in
+   ``Anatomy.tied`` (alias -> listed name) and placed in a group by where the alias's module sits,
+   so that policies can detect when they would train one name of the tensor and freeze another
+   (T5 and BART share one table between encoder, decoder and LM head).
+
+ALBERT (one layer shared by all depths) has no per-depth parameters to freeze and is refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -43,7 +77,53 @@ from torch.utils._pytree import tree_flatten
 from freeze_policies.errors import FreezePolicyError
 
 DEPTH_ATTRIBUTES = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+STACK_DEPTH_ATTRIBUTES = (*DEPTH_ATTRIBUTES, "encoder_layers", "decoder_layers",
+                          "num_decoder_layers")
 NORM_CLASS = re.compile(r"norm", re.IGNORECASE)
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One stack of blocks and the parameters of its root module around them.
+
+    ``embeddings``: used before its first block; ``blocks[i]``: block ``i`` (bottom first);
+    ``shared``: owned outside the blocks but read while they run; ``top``: used after its last
+    block. ``features`` is the convolutional feature encoder, a part of ``embeddings``.
+    ``feeds`` names the stacks its output reaches; a stack that feeds none is *final* and its
+    ``top`` is also in the model's ``head``.
+    """
+
+    name: str
+    module: str
+    embeddings: list[str]
+    blocks: list[list[str]]
+    block_modules: list[str]
+    shared: list[str] = field(default_factory=list)
+    top: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    feeds: tuple[str, ...] = ()
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def final(self) -> bool:
+        return not self.feeds
+
+    def names(self) -> list[str]:
+        """Every parameter the stack owns: embeddings, blocks, shared, top."""
+        blocks = [name for names in self.blocks for name in names]
+        return [*self.embeddings, *blocks, *self.shared, *self.top]
+
+    def describe(self) -> str:
+        """One line: ``encoder: 6 blocks (model.encoder.layers.0 .. 5), feeds decoder``."""
+        first, last = self.block_modules[0], self.block_modules[-1].rsplit(".", 1)[-1]
+        text = f"{self.name}: {self.depth} blocks ({first} .. {last})"
+        if self.features:
+            text += f", feature encoder of {len(self.features)} tensors"
+        return text + (f", feeds {', '.join(self.feeds)}" if self.feeds else "")
 
 
 @dataclass(frozen=True)
@@ -51,10 +131,13 @@ class Anatomy:
     """Parameter names of a model, grouped as ``model.named_parameters()`` gives them.
 
     ``embeddings``, every ``blocks[i]``, ``head`` and ``shared`` together cover every parameter
-    exactly once. ``block_modules[i]`` is the module name of block ``i``. ``norms`` are the names
-    of parameters that belong to normalisation modules (for ``norm_only``). ``tied`` maps each
-    extra name of a tied tensor to the name under which it is listed; ``tied_groups`` says which
-    group each extra name would belong to.
+    exactly once (with several stacks: the blocks of all stacks in forward order, see the module
+    doc). ``block_modules[i]`` is the module name of block ``i``. ``norms`` are the names of
+    parameters that belong to normalisation modules (for ``norm_only``). ``tied`` maps each extra
+    name of a tied tensor to the name under which it is listed; ``tied_groups`` says which group
+    each extra name would belong to and ``tied_parts`` which part (see ``parts``). ``stacks`` is
+    the per-stack view (one entry for a single-stack model), ``projector`` the parameters
+    between stacks. ``trace`` says how the groups were found.
     """
 
     embeddings: list[str]
@@ -67,10 +150,19 @@ class Anatomy:
     tied_groups: dict[str, str] = field(default_factory=dict)
     model_class: str = ""
     traced: bool = False
+    stacks: tuple[Stack, ...] = ()
+    projector: list[str] = field(default_factory=list)
+    tied_parts: dict[str, str] = field(default_factory=dict)
+    trace: str = ""
 
     @property
     def depth(self) -> int:
         return len(self.blocks)
+
+    @property
+    def features(self) -> list[str]:
+        """The convolutional feature encoder(s): ``Stack.features`` of every stack."""
+        return [name for stack in self.stacks for name in stack.features]
 
     def groups(self) -> dict[str, list[str]]:
         """Every group by name, in forward order: embeddings, block.0 .. block.L-1, shared, head."""
@@ -92,54 +184,225 @@ class Anatomy:
             return self.tied_groups[name]
         raise KeyError(name)
 
+    # -- several stacks -------------------------------------------------------------------------
+    def stack_names(self) -> list[str]:
+        return [stack.name for stack in self.stacks]
+
+    def stack(self, name: str, who: str = "anatomy") -> Stack:
+        """The stack called ``name`` (its name or its root module's name); one-line error else."""
+        for stack in self.stacks:
+            if name in (stack.name, stack.module):
+                return stack
+        raise FreezePolicyError(
+            f"{who}: stack={name!r} is not a stack of {self.model_class}; its stacks: "
+            f"{', '.join(self.stack_names()) or 'none'}"
+        )
+
+    def parts(self) -> dict[str, list[str]]:
+        """Every parameter once, by part: the flat ``groups()`` for a single-stack model; else
+        ``embeddings`` (outside every stack), per stack ``<stack>.embeddings``,
+        ``<stack>.block.<i>``, ``<stack>.shared``, ``<stack>.top``, then ``projector``,
+        ``shared`` (outside every stack) and ``head``, empty parts left out. Stacks that feed
+        another come first, in forward order, then the projector, then the final stacks."""
+        if len(self.stacks) <= 1:
+            return self.groups()
+        own = {name for stack in self.stacks for name in stack.names()}
+        out = {"embeddings": [n for n in self.embeddings if n not in own]}
+        feeding = [stack for stack in self.stacks if not stack.final]
+        final = [stack for stack in self.stacks if stack.final]
+        for stack in [*feeding, None, *final]:
+            if stack is None:
+                out["projector"] = self.projector
+                continue
+            out[f"{stack.name}.embeddings"] = stack.embeddings
+            out.update({f"{stack.name}.block.{i}": names for i, names in enumerate(stack.blocks)})
+            out[f"{stack.name}.shared"] = stack.shared
+            out[f"{stack.name}.top"] = stack.top
+        out["shared"] = [n for n in self.shared if n not in own and n not in self.projector]
+        out["head"] = [n for n in self.head if n not in own]
+        return {part: names for part, names in out.items() if names}
+
+    def stack_view(self, stack: str | None, who: str) -> tuple[Anatomy, frozenset[str]]:
+        """What a block policy acting on one stack sees, and every name outside it.
+
+        The view is a single-stack anatomy: the stack's embeddings, blocks and shared parameters,
+        and as head the model's head plus the stack's top. For a single-stack model (``stack``
+        None or its name) the view is this anatomy and nothing is outside. With several stacks
+        ``stack`` must name one; the error lists them.
+        """
+        if len(self.stacks) <= 1:
+            if stack is not None:
+                self.stack(stack, who) if self.stacks else self._no_stacks(stack, who)
+            return self, frozenset()
+        if stack is None:
+            described = "; ".join(s.describe() for s in self.stacks)
+            raise FreezePolicyError(
+                f"{who}: {self.model_class} has {len(self.stacks)} stacks of blocks ({described}); "
+                f"pass stack= one of {', '.join(self.stack_names())}"
+            )
+        chosen = self.stack(stack, who)
+        view = Anatomy(
+            embeddings=chosen.embeddings,
+            blocks=chosen.blocks,
+            head=[*self.head, *([] if chosen.final else chosen.top)],
+            shared=chosen.shared,
+            block_modules=chosen.block_modules,
+            norms=self.norms,
+            model_class=f"{self.model_class} stack {chosen.name!r}",
+            traced=self.traced,
+            stacks=(chosen,),
+            trace=self.trace,
+        )
+        return view, frozenset(self.names()) - frozenset(view.names())
+
+    def part_choices(self) -> list[str]:
+        """The part names ``part_names`` accepts for this model (see there)."""
+        choices = ["embeddings", "head"]
+        if self.projector:
+            choices.append("projector")
+        if self.features:
+            choices.append("feature_encoder")
+        for stack in self.stacks:
+            choices += [stack.name, f"{stack.name}.embeddings", f"{stack.name}.blocks"]
+            if stack.top:
+                choices.append(f"{stack.name}.top")
+        return choices
+
+    def part_names(self, part: str, who: str) -> list[str]:
+        """The parameter names of a named part; a one-line error for an unknown or empty part.
+
+        Parts: a stack's name (its embeddings, blocks, shared parameters and top),
+        ``<stack>.embeddings``, ``<stack>.blocks``, ``<stack>.top``; ``embeddings`` (every
+        stack's and the model's), ``head``, ``projector`` (between stacks) and
+        ``feature_encoder`` (the convolutions reading the raw input).
+        """
+        if not isinstance(part, str):
+            raise FreezePolicyError(f"{who}: part {part!r} must be a string; parts of "
+                                    f"{self.model_class}: {', '.join(self.part_choices())}")
+        whole = {"embeddings": self.embeddings, "head": self.head, "projector": self.projector,
+                 "feature_encoder": self.features}
+        if part in whole:
+            names = whole[part]
+        else:
+            stack_name, _, what = part.rpartition(".")
+            found = [s for s in self.stacks if part in (s.name, s.module)]
+            if found:
+                names = found[0].names()
+            elif what in ("embeddings", "blocks", "top") and stack_name in self.stack_names():
+                chosen = self.stack(stack_name, who)
+                names = {"embeddings": chosen.embeddings, "top": chosen.top,
+                         "blocks": [n for block in chosen.blocks for n in block]}[what]
+            else:
+                raise FreezePolicyError(f"{who}: {part!r} is not a part of {self.model_class}; "
+                                        f"its parts: {', '.join(self.part_choices())}")
+        if not names:
+            raise FreezePolicyError(f"{who}: {self.model_class} has no {part!r} (no parameter "
+                                    f"there); its parts: {', '.join(self.part_choices())}")
+        return list(names)
+
+    def _no_stacks(self, stack: str, who: str):
+        raise FreezePolicyError(f"{who}: stack={stack!r} given, but {self.model_class} has no "
+                                "stack information (an Anatomy built by hand)")
+
+    def with_tied_aliases(self) -> Anatomy:
+        """This anatomy with each tied alias added to its group (and stack part); no ``tied``."""
+        if not self.tied:
+            return self
+        extra = {"embeddings": [], "shared": [], "head": []}
+        for alias, group in self.tied_groups.items():
+            extra[group].append(alias)
+        stacks = tuple(_stack_with_aliases(stack, self.tied_parts) for stack in self.stacks)
+        projector = [*self.projector,
+                     *(a for a, part in self.tied_parts.items() if part == "projector")]
+        return Anatomy(
+            embeddings=self.embeddings + extra["embeddings"],
+            blocks=self.blocks,
+            head=self.head + extra["head"],
+            shared=self.shared + extra["shared"],
+            block_modules=self.block_modules,
+            norms=self.norms,
+            model_class=self.model_class,
+            traced=self.traced,
+            stacks=stacks,
+            projector=projector,
+            trace=self.trace,
+        )
+
+
+def _stack_with_aliases(stack: Stack, tied_parts: dict[str, str]) -> Stack:
+    def extra(part: str) -> list[str]:
+        return [alias for alias, where in tied_parts.items() if where == f"{stack.name}.{part}"]
+
+    return Stack(
+        name=stack.name, module=stack.module,
+        embeddings=stack.embeddings + extra("embeddings"), blocks=stack.blocks,
+        block_modules=stack.block_modules, shared=stack.shared + extra("shared"),
+        top=stack.top + extra("top"), features=stack.features, feeds=stack.feeds,
+    )
+
 
 def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
-    """Group the parameters of ``model`` into embeddings, blocks, head (and shared); see module doc.
+    """Group the parameters of ``model`` into embeddings, blocks, head (and shared), per stack.
 
-    ``blocks`` overrides the discovery: the name of a ModuleList, or a list of module names
-    bottom first. Raises ``FreezePolicyError`` when the blocks cannot be found.
+    See the module doc. ``blocks`` overrides the discovery: the name of a ModuleList, or a list
+    of module names bottom first (the model is then one stack). Raises ``FreezePolicyError`` when
+    the blocks cannot be found, or several stacks cannot be traced.
     """
     named_modules = dict(model.named_modules())
     if blocks is None:
-        block_modules = _discover_blocks(model, named_modules)
+        lists = _discover_stacks(model, named_modules)
+        block_lists = [[f"{name}.{i}" for i in range(len(named_modules[name]))] for name in lists]
     elif isinstance(blocks, str):
         if not isinstance(named_modules.get(blocks), nn.ModuleList):
             raise FreezePolicyError(
                 f"blocks={blocks!r} is not a ModuleList of {type(model).__name__}; "
                 f"ModuleLists: {', '.join(_module_lists(named_modules)) or 'none'}"
             )
-        block_modules = [f"{blocks}.{i}" for i in range(len(named_modules[blocks]))]
+        lists = [blocks]
+        block_lists = [[f"{blocks}.{i}" for i in range(len(named_modules[blocks]))]]
     else:
         missing = [b for b in blocks if b not in named_modules]
         if missing or not blocks:
             raise FreezePolicyError(
                 f"blocks= names no module of {type(model).__name__}: {missing or 'empty list'}"
             )
-        block_modules = list(blocks)
+        lists = ["blocks"]
+        block_lists = [list(blocks)]
 
     param_names = [name for name, _ in model.named_parameters()]
     if not param_names:
         raise FreezePolicyError(f"{type(model).__name__} has no parameters to freeze")
-    block_params: list[list[str]] = [[] for _ in block_modules]
-    block_of: dict[str, int] = {}
+    all_blocks = [module for modules in block_lists for module in modules]
+    block_params: dict[str, list[str]] = {module: [] for module in all_blocks}
+    block_of: dict[str, str] = {}
     for name in param_names:
-        for i, prefix in enumerate(block_modules):
+        for prefix in all_blocks:
             if name.startswith(prefix + "."):
-                block_params[i].append(name)
-                block_of[name] = i
+                block_params[prefix].append(name)
+                block_of[name] = prefix
                 break
-    empty = [block_modules[i] for i, names in enumerate(block_params) if not names]
+    empty = [module for module, names in block_params.items() if not names]
     if empty:
         raise FreezePolicyError(
             f"blocks {empty} of {type(model).__name__} own no parameters of their own "
             "(weights shared across depths, as in ALBERT, cannot be frozen per block); "
             "pass blocks=[...] naming modules that own their weights"
         )
+    if len(block_lists) == 1:
+        return _single_stack(model, named_modules, lists[0], block_lists[0], block_params,
+                             explicit=blocks is not None and not isinstance(blocks, str))
+    return _multi_stack(model, named_modules, lists, block_lists, block_params, block_of)
 
-    # Registration order: where each non-block name sits relative to the blocks.
+
+# -- one stack: the flat anatomy ----------------------------------------------------------------
+
+def _single_stack(model, named_modules, list_name, block_modules, block_params, explicit):
+    param_names = [name for name, _ in model.named_parameters()]
+    blocks = [block_params[module] for module in block_modules]
+    in_block = {name for names in blocks for name in names}
     all_names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
-    first_block = min(all_names.index(names[0]) for names in block_params)
-    last_block = max(all_names.index(names[-1]) for names in block_params)
+    first_block = min(all_names.index(names[0]) for names in blocks)
+    last_block = max(all_names.index(names[-1]) for names in blocks)
 
     def by_position(name: str) -> str:
         position = all_names.index(name)
@@ -147,13 +410,13 @@ def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
             return "embeddings"
         return "head" if position > last_block else "shared"
 
-    first_use = _trace_first_use(model, named_modules, block_modules)
+    trace = _trace(model, named_modules, [block_modules])
     groups: dict[str, list[str]] = {"embeddings": [], "shared": [], "head": []}
     for name in param_names:
-        if name in block_of:
+        if name in in_block:
             continue
         placed = by_position(name)
-        phase = first_use.get(name) if first_use is not None else None
+        phase = trace.phase(name, 0) if trace.ok else None
         if phase == "after":
             placed = "head"
         elif phase == "during":
@@ -163,47 +426,219 @@ def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
         groups[placed].append(name)
 
     tied = _tied_aliases(model)
+    tied_groups = {alias: by_position(alias) for alias in tied}
+    stack_name = "blocks" if explicit else _single_stack_name(list_name)
+    stack = Stack(
+        name=stack_name,
+        module="" if explicit else list_name.rpartition(".")[0],
+        embeddings=groups["embeddings"],
+        blocks=blocks,
+        block_modules=list(block_modules),
+        shared=groups["shared"],
+        features=_features(model, named_modules, groups["embeddings"], trace),
+    )
     return Anatomy(
         embeddings=groups["embeddings"],
-        blocks=block_params,
+        blocks=blocks,
         head=groups["head"],
         shared=groups["shared"],
-        block_modules=block_modules,
+        block_modules=list(block_modules),
         norms=frozenset(_norm_params(named_modules)),
         tied=tied,
-        tied_groups={alias: by_position(alias) for alias in tied},
+        tied_groups=tied_groups,
         model_class=type(model).__name__,
-        traced=first_use is not None,
+        traced=trace.ok,
+        stacks=(stack,),
+        tied_parts={alias: group if group == "head" else f"{stack_name}.{group}"
+                    for alias, group in tied_groups.items()},
+        trace=trace.note,
     )
 
 
-def _config_depth(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    if config is None:
+def _single_stack_name(list_name: str) -> str:
+    parent = list_name.rpartition(".")[0]
+    return (parent or list_name).rsplit(".", 1)[-1]
+
+
+# -- several stacks ----------------------------------------------------------------------------
+
+def _stack_roots(lists: list[str]) -> list[str]:
+    """The highest module above each block list that holds no other list."""
+    roots = []
+    for name in lists:
+        others = [other for other in lists if other != name]
+        parts = name.split(".")
+        root = name
+        for cut in range(len(parts) - 1, 0, -1):
+            ancestor = ".".join(parts[:cut])
+            if any(other.startswith(ancestor + ".") for other in others):
+                break
+            root = ancestor
+        roots.append(root)
+    return roots
+
+
+def _multi_stack(model, named_modules, lists, block_lists, block_params, block_of):
+    model_name = type(model).__name__
+    roots = _stack_roots(lists)
+    short = [root.rsplit(".", 1)[-1] for root in roots]
+    names = [s if short.count(s) == 1 else root for s, root in zip(short, roots, strict=True)]
+    trace = _trace(model, named_modules, block_lists, stack_names=names, roots=roots)
+    if not trace.ok:
+        described = ", ".join(f"{n} ({len(b)} blocks)" for n, b in zip(names, block_lists,
+                                                                     strict=True))
+        raise FreezePolicyError(
+            f"{model_name} has {len(lists)} stacks of blocks ({described}) but its forward could "
+            f"not be traced on a dummy input ({trace.note}); stacks are not guessed. Pass "
+            "blocks=[module names, bottom first] to treat the model as one stack"
+        )
+
+    param_names = [name for name, _ in model.named_parameters()]
+    all_names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    order = sorted(range(len(lists)), key=lambda k: trace.start[k])
+    feeds = {k: tuple(names[j] for j in order if j != k and names[k] in trace.fed[j])
+             for k in range(len(lists))}
+
+    def owner(name: str) -> int | None:
+        for k, root in enumerate(roots):
+            if name.startswith(root + "."):
+                return k
         return None
-    for candidate in (config, getattr(config, "text_config", None)):
-        for attribute in DEPTH_ATTRIBUTES:
+
+    def own_part(k: int, name: str) -> str:
+        """embeddings / shared / top of stack k, by first use or else by registration."""
+        phase = trace.phase(name, k)
+        if phase is None:
+            position = all_names.index(name)
+            first = all_names.index(block_params[block_lists[k][0]][0])
+            return "embeddings" if position < first else "top"
+        return {"before": "embeddings", "during": "shared", "after": "top"}[phase]
+
+    first_block = min(all_names.index(block_params[b[0]][0]) for b in block_lists)
+    last_block = max(all_names.index(block_params[b[-1]][-1]) for b in block_lists)
+
+    def outside_part(name: str) -> str:
+        """embeddings / shared / projector / head for a parameter under no stack's root."""
+        used = trace.first_use.get(name)
+        if used is None:
+            position = all_names.index(name)
+            if position < first_block:
+                return "embeddings"
+            return "head" if position > last_block else "shared"
+        if used <= min(trace.start):
+            return "embeddings"
+        if any(trace.start[k] < used <= trace.end[k] for k in range(len(lists))):
+            return "shared"
+        if any(f"~{name}" in trace.fed[k] for k in range(len(lists))):
+            return "projector"
+        return "head"
+
+    per_stack = {k: {"embeddings": [], "shared": [], "top": []} for k in range(len(lists))}
+    outside = {"embeddings": [], "shared": [], "projector": [], "head": []}
+    for name in param_names:
+        if name in block_of:
+            continue
+        k = owner(name)
+        if k is None:
+            outside[outside_part(name)].append(name)
+        else:
+            per_stack[k][own_part(k, name)].append(name)
+
+    stacks = []
+    for k in order:
+        stacks.append(Stack(
+            name=names[k],
+            module=roots[k],
+            embeddings=per_stack[k]["embeddings"],
+            blocks=[block_params[module] for module in block_lists[k]],
+            block_modules=list(block_lists[k]),
+            shared=per_stack[k]["shared"],
+            top=per_stack[k]["top"],
+            features=_features(model, named_modules, per_stack[k]["embeddings"], trace),
+            feeds=feeds[k],
+        ))
+
+    tied = _tied_aliases(model)
+    tied_parts = {}
+    for alias in tied:
+        k = owner(alias)
+        if k is None:
+            position = all_names.index(alias)
+            tied_parts[alias] = ("embeddings" if position < first_block else
+                                 "head" if position > last_block else "shared")
+        else:
+            first = all_names.index(block_params[block_lists[k][0]][0])
+            part = "embeddings" if all_names.index(alias) < first else "top"
+            tied_parts[alias] = f"{names[k]}.{part}"
+    final = {stack.name for stack in stacks if stack.final}
+
+    def flat(part: str) -> str:
+        if "." not in part:
+            return "shared" if part == "projector" else part
+        stack_name, _, what = part.rpartition(".")
+        if what == "top":
+            return "head" if stack_name in final else "shared"
+        return what
+
+    return Anatomy(
+        embeddings=outside["embeddings"] + [n for s in stacks for n in s.embeddings],
+        blocks=[names for s in stacks for names in s.blocks],
+        head=outside["head"] + [n for s in stacks if s.final for n in s.top],
+        shared=outside["shared"] + outside["projector"]
+        + [n for s in stacks for n in s.shared] + [n for s in stacks if not s.final for n in s.top],
+        block_modules=[module for s in stacks for module in s.block_modules],
+        norms=frozenset(_norm_params(named_modules)),
+        tied=tied,
+        tied_groups={alias: flat(part) for alias, part in tied_parts.items()},
+        model_class=model_name,
+        traced=True,
+        stacks=tuple(stacks),
+        projector=outside["projector"],
+        tied_parts=tied_parts,
+        trace=trace.note,
+    )
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+def _configs(config) -> list:
+    """The config and its sub-configs (text_config, vision_config, encoder, decoder ...)."""
+    out, todo = [], [config]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is seen for seen in out):
+            continue
+        out.append(current)
+        for value in vars(current).values():
+            if hasattr(value, "to_dict") and hasattr(value, "model_type"):
+                todo.append(value)
+    return out
+
+
+def _config_depths(model: nn.Module) -> set[int]:
+    config = getattr(model, "config", None)
+    depths = set()
+    for candidate in _configs(config) if config is not None else []:
+        for attribute in STACK_DEPTH_ATTRIBUTES:
             value = getattr(candidate, attribute, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                depths.add(value)
+    return depths
 
 
 def _module_lists(named_modules: dict[str, nn.Module]) -> list[str]:
     return [f"{n} ({len(m)})" for n, m in named_modules.items() if isinstance(m, nn.ModuleList)]
 
 
-def _discover_blocks(model: nn.Module, named_modules: dict[str, nn.Module]) -> list[str]:
+def _has_matrix(module: nn.Module) -> bool:
+    return any(param.dim() == 2 for param in module.parameters())
+
+
+def _discover_stacks(model: nn.Module, named_modules: dict[str, nn.Module]) -> list[str]:
     model_name = type(model).__name__
     advice = "pass blocks='<ModuleList name>' or blocks=[module names, bottom first]"
     config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        raise FreezePolicyError(
-            f"{model_name} is an encoder-decoder model: its encoder and decoder blocks have no "
-            f"single bottom-to-top order; {advice} "
-            f"(ModuleLists: {', '.join(_module_lists(named_modules))})"
-        )
-    depth = _config_depth(model)
+    depths = _config_depths(model)
     lists = {
         name: module
         for name, module in named_modules.items()
@@ -212,36 +647,46 @@ def _discover_blocks(model: nn.Module, named_modules: dict[str, nn.Module]) -> l
         and len({type(child) for child in module}) == 1
         and any(True for _ in module.parameters())
     }
-    if depth is not None:
-        candidates = [name for name, module in lists.items() if len(module) == depth]
+    if depths:
+        candidates = [name for name, module in lists.items() if len(module) in depths]
     else:
         longest = max((len(m) for m in lists.values()), default=0)
         candidates = [name for name, module in lists.items() if len(module) == longest]
     # A ModuleList nested inside a candidate block (experts, sub-layers) is not a block list.
     outermost = [c for c in candidates if not any(c.startswith(o + ".") for o in candidates)]
-    if len(outermost) != 1:
+    if len(outermost) > 1 and depths:
+        with_matrix = [name for name in outermost if _has_matrix(lists[name])]
+        outermost = with_matrix or outermost
+    if len(outermost) > 1 and not depths:
+        outermost = []  # several lists of the same length and no config to tell: do not guess
+    if not outermost:
         found = ", ".join(_module_lists(named_modules)) or "none"
-        wanted = f"of length num_hidden_layers={depth}" if depth else "of identical modules"
-        problem = "several ModuleLists" if outermost else "no ModuleList"
+        shown = ", ".join(map(str, sorted(depths)))
+        wanted = f"of length {shown} (the configured depth)" if depths else "of identical modules"
+        problem = "several ModuleLists" if candidates else "no ModuleList"
         hint = ""
-        if depth and getattr(config, "num_hidden_groups", depth) != depth:
+        depth = next(iter(sorted(depths)), None)
+        if depth and getattr(config, "num_hidden_groups", depth) != getattr(
+                config, "num_hidden_layers", depth):
             hint = " (its layers are shared across depths, as in ALBERT)"
         raise FreezePolicyError(
             f"cannot find the transformer blocks of {model_name}{hint}: {problem} {wanted} "
             f"(ModuleLists: {found}); {advice}"
         )
-    blocks = outermost[0]
-    return [f"{blocks}.{i}" for i in range(len(named_modules[blocks]))]
+    return outermost
 
 
 def _norm_params(named_modules: dict[str, nn.Module]) -> list[str]:
     out = []
     for module_name, module in named_modules.items():
-        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase))
-        if is_norm or NORM_CLASS.search(type(module).__name__):
+        if _is_norm(module):
             prefix = f"{module_name}." if module_name else ""
             out.extend(prefix + name for name, _ in module.named_parameters(recurse=False))
     return out
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, NORM_TYPES) or bool(NORM_CLASS.search(type(module).__name__))
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -255,74 +700,270 @@ def _tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _dummy_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
+def _features(model, named_modules, embeddings: list[str], trace: _Trace) -> list[str]:
+    """The convolutions first used in ``embeddings`` (with norms inside the same modules)."""
+    if not trace.ok:
+        return []
+    used = sorted((n for n in embeddings if n in trace.first_use), key=trace.first_use.get)
+    conv_parents: set[str] = set()
+    out = []
+    for name in used:
+        module_name = name.rpartition(".")[0]
+        module = named_modules.get(module_name)
+        parent = module_name.rpartition(".")[0]
+        if isinstance(module, nn.modules.conv._ConvNd):
+            conv_parents.add(parent)
+        elif not (module is not None and _is_norm(module) and parent in conv_parents):
+            break
+        out.append(name)
+    # Parameters of those modules that the trace did not see (a weight-norm's g, say).
+    modules = {name.rpartition(".")[0] for name in out}
+    out += [n for n in embeddings if n not in out and n.rpartition(".")[0] in modules]
+    return out
+
+
+# -- the trace ---------------------------------------------------------------------------------
+
+def _dummy_inputs(model: nn.Module, multi: bool) -> dict[str, torch.Tensor] | None:
+    """A tiny input for the model's main input (and, with several stacks, its other inputs)."""
     config = getattr(model, "config", None)
     first = next(model.parameters())
+    device, dtype = first.device, first.dtype
     input_name = getattr(model, "main_input_name", "input_ids")
-    if input_name == "input_ids":
-        vocab = getattr(config, "vocab_size", None) or getattr(
-            getattr(config, "text_config", None), "vocab_size", 8
-        )
-        ids = torch.arange(1, 5, device=first.device).clamp(max=vocab - 1).unsqueeze(0)
-        return {"input_ids": ids}
-    if input_name == "pixel_values" and hasattr(config, "image_size"):
-        size = config.image_size
+    accepted = _forward_arguments(model)
+    wanted = [input_name]
+    if multi:
+        wanted += [n for n in ("input_ids", "pixel_values") if n in accepted and n != input_name]
+        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
+            wanted.append("decoder_input_ids")
+    out: dict[str, torch.Tensor] = {}
+    for name in wanted:
+        value = _dummy_input(model, config, name, device, dtype)
+        if value is None:
+            return None
+        out[name] = value
+    image_token = _image_token(config)
+    if multi and "pixel_values" in out and "input_ids" in out and image_token is not None:
+        count = _image_feature_count(model, out["pixel_values"])
+        if count is None:
+            return None
+        image = torch.full((1, count), image_token, device=device, dtype=torch.long)
+        out["input_ids"] = torch.cat([out["input_ids"][:, :1], image, out["input_ids"][:, 1:]], 1)
+    return out
+
+
+def _forward_arguments(model: nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _text_vocab(config) -> int:
+    return getattr(config, "vocab_size", None) or getattr(
+        getattr(config, "text_config", None), "vocab_size", 8
+    )
+
+
+def _dummy_input(model, config, name, device, dtype):
+    if name in ("input_ids", "decoder_input_ids"):
+        vocab = _text_vocab(config)
+        ids = torch.arange(1, 5, device=device).clamp(max=vocab - 1).unsqueeze(0)
+        image_token = _image_token(config)
+        if image_token is not None:  # never an image placeholder by accident
+            ids = torch.where(ids == image_token, (ids + 1) % vocab, ids)
+        return ids
+    if name == "pixel_values":
+        source = config if hasattr(config, "image_size") else getattr(config, "vision_config", None)
+        if source is None or not hasattr(source, "image_size"):
+            return None
+        size = source.image_size
         height, width = (size, size) if isinstance(size, int) else size
-        channels = getattr(config, "num_channels", 3)
-        shape = (1, channels, height, width)
-        return {"pixel_values": torch.zeros(shape, device=first.device, dtype=first.dtype)}
+        channels = getattr(source, "num_channels", 3)
+        return torch.zeros((1, channels, height, width), device=device, dtype=dtype)
+    if name == "input_features":  # Whisper-style log-mel frames: (1, mels, 2 * positions)
+        mels, positions = (getattr(config, "num_mel_bins", None),
+                           getattr(config, "max_source_positions", None))
+        if not mels or not positions:
+            return None
+        return torch.zeros((1, mels, 2 * positions), device=device, dtype=dtype)
+    if name == "input_values":  # raw audio: long enough for a few frames after the convolutions
+        length = 4
+        for kernel, stride in reversed(list(zip(getattr(config, "conv_kernel", ()),
+                                                getattr(config, "conv_stride", ()), strict=False))):
+            length = (length - 1) * stride + kernel
+        length = max(length, 16)
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn((1, length), generator=generator).to(device=device, dtype=dtype)
     return None
 
 
-class _FirstUse(TorchFunctionMode):
-    """Records, for each parameter, the phase (before/during/after the blocks) of its first use."""
+def _image_token(config) -> int | None:
+    for attribute in ("image_token_id", "image_token_index"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int):
+            return value
+    return None
 
-    def __init__(self, names_by_id: dict[int, str]):
+
+def _image_feature_count(model: nn.Module, pixel_values: torch.Tensor) -> int | None:
+    """How many placeholder tokens the image needs: the rows ``get_image_features`` returns."""
+    getter = getattr(model, "get_image_features", None)
+    if getter is None:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = getter(pixel_values=pixel_values)
+    except Exception:  # any model whose image path the dummy does not fit: not traced
+        return None
+    finally:
+        model.train(was_training)
+    features = getattr(features, "pooler_output", features)
+    tensors = [t for t in tree_flatten(features)[0] if isinstance(t, torch.Tensor)]
+    return sum(t.shape[:-1].numel() for t in tensors) or None
+
+
+@dataclass
+class _Trace:
+    """What one dummy forward showed: first use of each parameter, each stack's time span."""
+
+    ok: bool
+    note: str
+    first_use: dict[str, int] = field(default_factory=dict)
+    start: list[int] = field(default_factory=list)
+    end: list[int] = field(default_factory=list)
+    fed: list[set[str]] = field(default_factory=list)
+
+    def phase(self, name: str, stack: int) -> str | None:
+        used = self.first_use.get(name)
+        if used is None:
+            return None
+        if used <= self.start[stack]:
+            return "before"
+        return "during" if used <= self.end[stack] else "after"
+
+
+class _Recorder(TorchFunctionMode):
+    """Counts torch calls; records each parameter's first use; follows which stack's outputs
+    (and which outside parameters) reach the blocks of each stack."""
+
+    def __init__(self, names_by_id: dict[int, str], tags: dict[str, str], stacks: int,
+                 follow: bool):
         super().__init__()
-        self.names_by_id = names_by_id
-        self.phase = "before"
-        self.first_use: dict[str, str] = {}
+        self.names_by_id, self.param_tags, self.follow = names_by_id, tags, follow
+        self.clock = 0
+        self.first_use: dict[str, int] = {}
+        self.running: int | None = None
+        self.fed: list[set[str]] = [set() for _ in range(stacks)]
+        self.tensor_tags: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        for value in tree_flatten((args, kwargs or {}))[0]:
+        kwargs = kwargs or {}
+        self.clock += 1
+        tags: set[str] = set()
+        for value in tree_flatten((args, kwargs))[0]:
             name = self.names_by_id.get(id(value))
-            if name is not None and name not in self.first_use:
-                self.first_use[name] = self.phase
-        return func(*args, **(kwargs or {}))
+            if name is not None:
+                self.first_use.setdefault(name, self.clock)
+                if name in self.param_tags:
+                    tags.add(self.param_tags[name])
+            elif self.follow and isinstance(value, torch.Tensor):
+                entry = self.tensor_tags.get(id(value))
+                if entry is not None and entry[0]() is value:
+                    tags |= entry[1]
+        result = func(*args, **kwargs)
+        if self.follow and tags:
+            if self.running is not None:
+                self.fed[self.running] |= tags
+            frozen = frozenset(tags)
+            for value in tree_flatten(result)[0]:
+                if isinstance(value, torch.Tensor) and id(value) not in self.names_by_id:
+                    self._tag(value, frozen)
+        return result
+
+    def _tag(self, tensor: torch.Tensor, tags: frozenset[str]) -> None:
+        key = id(tensor)
+        entry = self.tensor_tags.get(key)
+        if entry is not None and entry[0]() is tensor:
+            tags = tags | entry[1]
+        table = self.tensor_tags
+
+        def forget(ref, key=key):
+            if key in table and table[key][0] is ref:
+                del table[key]
+
+        table[key] = (weakref.ref(tensor, forget), tags)
 
 
-def _trace_first_use(
-    model: nn.Module, named_modules: dict[str, nn.Module], block_modules: list[str]
-) -> dict[str, str] | None:
-    """Phase of first use of every parameter in one dummy forward, or None if it cannot run."""
+def _trace(model: nn.Module, named_modules: dict[str, nn.Module], block_lists: list[list[str]],
+           stack_names: list[str] | None = None, roots: list[str] | None = None) -> _Trace:
+    """Run one dummy forward under the recorder; check that every block ran, in order."""
+    multi = len(block_lists) > 1
     try:
-        inputs = _dummy_inputs(model)
+        inputs = _dummy_inputs(model, multi)
     except StopIteration:
-        return None
-    if inputs is None or next(model.parameters()).device.type == "meta":
-        return None
+        return _Trace(False, "registration order: the model has no parameters")
+    if inputs is None:
+        return _Trace(False, "registration order: no dummy input for "
+                             f"{getattr(model, 'main_input_name', 'input_ids')!r}")
+    if next(model.parameters()).device.type == "meta":
+        return _Trace(False, "registration order: the model is on the meta device")
     names_by_id = {id(p): n for n, p in model.named_parameters()}
-    recorder = _FirstUse(names_by_id)
+    tags: dict[str, str] = {}
+    if multi:
+        owned = [root + "." for root in roots]
+        for name in names_by_id.values():
+            block = next((k for k, modules in enumerate(block_lists)
+                          if any(name.startswith(m + ".") for m in modules)), None)
+            if block is not None:
+                tags[name] = stack_names[block]
+            elif not any(name.startswith(prefix) for prefix in owned):
+                tags[name] = f"~{name}"
+    recorder = _Recorder(names_by_id, tags, len(block_lists), follow=multi)
+    entered: list[list[int]] = [[] for _ in block_lists]
+    start: list[int | None] = [None] * len(block_lists)
+    end: list[int | None] = [None] * len(block_lists)
 
-    def enter(*_):
-        recorder.phase = "during"
+    def hooks_for(k: int, i: int, last: bool):
+        def enter(*_):
+            entered[k].append(i)
+            if i == 0 and start[k] is None:
+                start[k] = recorder.clock
+            recorder.running = k
 
-    def leave(*_):
-        recorder.phase = "after"
+        def leave(*_):
+            recorder.running = None
+            if last:
+                end[k] = recorder.clock
 
-    hooks = [
-        named_modules[block_modules[0]].register_forward_pre_hook(enter),
-        named_modules[block_modules[-1]].register_forward_hook(leave),
-    ]
+        return enter, leave
+
+    handles = []
+    for k, modules in enumerate(block_lists):
+        for i, module in enumerate(modules):
+            enter, leave = hooks_for(k, i, i == len(modules) - 1)
+            handles.append(named_modules[module].register_forward_pre_hook(enter))
+            handles.append(named_modules[module].register_forward_hook(leave))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), recorder:
             model(**inputs)
-    except Exception:  # any model the dummy input does not fit: fall back to registration order
-        return None
+    except Exception as error:  # any model the dummy input does not fit: registration order
+        first_line = (str(error).strip().splitlines() or [""])[0][:120]
+        return _Trace(False, f"registration order: the dummy forward failed "
+                             f"({type(error).__name__}: {first_line})")
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return recorder.first_use
+    for k, modules in enumerate(block_lists):
+        firsts = list(dict.fromkeys(entered[k]))
+        if firsts != list(range(len(modules))) or start[k] is None or end[k] is None:
+            where = modules[0].rpartition(".")[0] or modules[0]
+            seen = f"entered {firsts}" if firsts else "never entered"
+            return _Trace(False, f"registration order: the blocks of {where} were {seen} "
+                                 "through their module call during the dummy forward")
+    return _Trace(True, "forward trace", recorder.first_use, start, end, recorder.fed)

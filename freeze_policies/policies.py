@@ -32,7 +32,7 @@ from torch import nn
 from freeze_policies.anatomy import Anatomy, anatomy
 from freeze_policies.apply import set_trainable
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.registry import register_policy
+from freeze_policies.registry import get_policy, register_policy
 
 TIED_CHOICES = ("error", "train", "freeze")
 UNITS = ("steps", "epochs")
@@ -136,21 +136,13 @@ class ScheduledPolicy(Policy):
 
 
 def _with_tied_aliases(anat: Anatomy) -> Anatomy:
-    if not anat.tied:
-        return anat
-    extra = {"embeddings": [], "shared": [], "head": []}
-    for alias, group in anat.tied_groups.items():
-        extra[group].append(alias)
-    return Anatomy(
-        embeddings=anat.embeddings + extra["embeddings"],
-        blocks=anat.blocks,
-        head=anat.head + extra["head"],
-        shared=anat.shared + extra["shared"],
-        block_modules=anat.block_modules,
-        norms=anat.norms,
-        model_class=anat.model_class,
-        traced=anat.traced,
-    )
+    return anat.with_tied_aliases()
+
+
+def _on_stack(policy: Policy, anat: Anatomy) -> tuple[Anatomy, frozenset[str]]:
+    """The single-stack view a block policy acts on (its ``stack=`` option) and the names outside
+    it; see ``Anatomy.stack_view``. A single-stack model gives itself and nothing outside."""
+    return anat.stack_view(policy.stack, policy.name)
 
 
 def _blocks_and_shared(anat: Anatomy, indices) -> set[str]:
@@ -187,33 +179,45 @@ class BottomN(Policy):
     """Freezes the embeddings and the lowest ``n`` blocks (0..depth).
 
     Trainable: blocks n..L-1, shared parameters (while any block trains) and the head.
+    With several stacks of blocks (encoder and decoder, vision tower and language model),
+    ``stack=`` names the one it acts on: its embeddings and lowest ``n`` blocks are
+    frozen, everything outside the stack trains.
     """
 
     n: int
+    stack: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
         _check_int("bottom_n", "n", self.n)
 
     def select(self, anat, stage):
-        _check_count("bottom_n", "n", self.n, anat, low=0)
-        return _blocks_and_shared(anat, range(self.n, anat.depth)) | set(anat.head)
+        view, outside = _on_stack(self, anat)
+        _check_count("bottom_n", "n", self.n, view, low=0)
+        return _blocks_and_shared(view, range(self.n, view.depth)) | set(view.head) | outside
 
 
 @register_policy("top_n")
 @dataclass(kw_only=True)
 class TopN(Policy):
-    """Trains only the top ``n`` blocks (1..depth) and the head (plus shared parameters)."""
+    """Trains only the top ``n`` blocks (1..depth) and the head (plus shared parameters).
+
+    With several stacks of blocks (encoder and decoder, vision tower and language model),
+    ``stack=`` names the one it acts on: its top ``n`` blocks, its shared parameters and top,
+    and the model's head train; everything outside the stack is frozen.
+    """
 
     n: int
+    stack: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
         _check_int("top_n", "n", self.n)
 
     def select(self, anat, stage):
-        _check_count("top_n", "n", self.n, anat, low=1)
-        return _blocks_and_shared(anat, range(anat.depth - self.n, anat.depth)) | set(anat.head)
+        view, _ = _on_stack(self, anat)
+        _check_count("top_n", "n", self.n, view, low=1)
+        return _blocks_and_shared(view, range(view.depth - self.n, view.depth)) | set(view.head)
 
 
 @register_policy("all_but_head")
@@ -233,9 +237,14 @@ class GradualUnfreeze(ScheduledPolicy):
     Stage 0 trains the head; stage s opens the top ``s * blocks_per_stage`` blocks (and the shared
     parameters); the stage after the last block opens the embeddings, so everything trains.
     A new stage starts every ``every`` ``unit`` (default: one stage per epoch).
+    With several stacks of blocks (encoder and decoder, vision tower and language model),
+    ``stack=`` names the one it acts on: the head and the stack's top open first,
+    then its blocks from the top, then its embeddings; everything outside the stack stays frozen
+    until that last stage, which trains the whole model.
     """
 
     blocks_per_stage: int = 1
+    stack: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -247,14 +256,16 @@ class GradualUnfreeze(ScheduledPolicy):
             )
 
     def num_stages(self, anat):
-        self._check(anat)
-        return 2 + math.ceil(anat.depth / self.blocks_per_stage)
+        view, _ = _on_stack(self, anat)
+        self._check(view)
+        return 2 + math.ceil(view.depth / self.blocks_per_stage)
 
     def select(self, anat, stage):
         if stage >= self.num_stages(anat) - 1:
             return set(anat.names())
-        opened = min(stage * self.blocks_per_stage, anat.depth)
-        return _blocks_and_shared(anat, range(anat.depth - opened, anat.depth)) | set(anat.head)
+        view, _ = _on_stack(self, anat)
+        opened = min(stage * self.blocks_per_stage, view.depth)
+        return _blocks_and_shared(view, range(view.depth - opened, view.depth)) | set(view.head)
 
     def _check(self, anat):
         if self.blocks_per_stage > anat.depth:
@@ -271,12 +282,16 @@ class Lisa(ScheduledPolicy):
 
     The draw depends only on ``seed`` and the stage number, so every process draws the same
     blocks. Shared parameters train too. Default: 2 blocks, resampled every 20 steps.
+    With several stacks of blocks (encoder and decoder, vision tower and language model),
+    ``stack=`` names the one it acts on: ``k`` of its blocks, its embeddings, its top and
+    the model's head train; everything outside the stack is frozen.
     """
 
     k: int = 2
     every: int = 20
     unit: str = "steps"
     seed: int = 0
+    stack: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -286,12 +301,15 @@ class Lisa(ScheduledPolicy):
         return None
 
     def sampled_blocks(self, anat: Anatomy, stage: int) -> list[int]:
-        _check_count("lisa", "k", self.k, anat, low=1)
-        return sorted(random.Random(f"lisa:{self.seed}:{stage}").sample(range(anat.depth), self.k))
+        """Indices (within the stack acted on) of the blocks that train at ``stage``."""
+        view, _ = _on_stack(self, anat)
+        _check_count("lisa", "k", self.k, view, low=1)
+        return sorted(random.Random(f"lisa:{self.seed}:{stage}").sample(range(view.depth), self.k))
 
     def select(self, anat, stage):
-        blocks = _blocks_and_shared(anat, self.sampled_blocks(anat, stage))
-        return blocks | set(anat.embeddings) | set(anat.head)
+        view, _ = _on_stack(self, anat)
+        blocks = _blocks_and_shared(view, self.sampled_blocks(anat, stage))
+        return blocks | set(view.embeddings) | set(view.head)
 
 
 @register_policy("bitfit")
@@ -359,3 +377,105 @@ class Custom(Policy):
 
         trainable = matching(self.trainable) if self.trainable else set(names)
         return trainable - matching(self.frozen)
+
+
+# -- stacks and parts: presets for encoder-decoder, speech and vision-language models ----------
+
+def _part_list(policy: str, parts) -> list[str] | None:
+    if parts is None:
+        return None
+    parts = [parts] if isinstance(parts, str) else parts
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise FreezePolicyError(f"{policy}: parts={parts!r} must be a part name or a non-empty "
+                                "list of them, e.g. parts=['encoder'] or ['vision_tower', "
+                                "'projector']")
+    return list(parts)
+
+
+def _resolve_parts(policy: str, parts: list[str] | None, anat: Anatomy) -> set[str]:
+    if parts is None:  # the model's only stack
+        if len(anat.stacks) != 1:
+            raise FreezePolicyError(
+                f"{policy}: {anat.model_class} has {len(anat.stacks)} stacks "
+                f"({', '.join(anat.stack_names())}); pass parts=[...] from: "
+                f"{', '.join(anat.part_choices())}"
+            )
+        parts = [anat.stacks[0].name]
+    return {name for part in parts for name in anat.part_names(part, policy)}
+
+
+@register_policy("freeze_parts")
+@dataclass(kw_only=True)
+class FreezeParts(Policy):
+    """Freezes the named parts of the model; everything else trains (or what ``policy`` trains).
+
+    ``parts``: stack names (``encoder``, ``decoder``, ``vision_tower``, ``language_model``,
+    ``text_model`` ...: the whole stack, its embeddings, blocks and top), ``<stack>.embeddings``,
+    ``<stack>.blocks``, ``<stack>.top``, ``embeddings``, ``head``, ``projector`` and
+    ``feature_encoder`` (see ``Anatomy.part_names``); default: the model's only stack. The
+    recipes: ``parts=['encoder']`` (Whisper's ``freeze_encoder()``), ``['feature_encoder']``
+    (wav2vec2's ``freeze_feature_encoder()``), ``['vision_tower']`` (ms-swift's ``freeze_vit``),
+    ``['language_model', 'head']`` (``freeze_llm``), ``['projector']`` (``freeze_aligner``).
+
+    ``policy`` composes: a policy spec (``{"name": "bottom_n", "n": 2, "stack":
+    "language_model"}``) whose trainable set, at every stage of its schedule, is cut by the
+    frozen parts. ``tied_weights`` and ``blocks`` are given here, not inside ``policy``.
+    """
+
+    parts: list[str] | str | None = None
+    policy: dict | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.parts = _part_list("freeze_parts", self.parts)
+        self.inner = None
+        if self.policy is None:
+            return
+        spec = dict(self.policy) if isinstance(self.policy, dict) else None
+        name = spec.pop("name", None) if spec else None
+        if not isinstance(name, str):
+            raise FreezePolicyError(f"freeze_parts: policy={self.policy!r} must be a mapping with "
+                                    "a 'name' and that policy's options, e.g. {'name': "
+                                    "'bottom_n', 'n': 2, 'stack': 'language_model'}")
+        if name in ("freeze_parts", "train_parts", "auto_freeze"):
+            raise FreezePolicyError(f"freeze_parts: policy {name!r} cannot be nested in "
+                                    "freeze_parts; give its parts or options directly")
+        passed = sorted(set(spec) & {"tied_weights", "blocks"})
+        if passed:
+            raise FreezePolicyError(f"freeze_parts: give {', '.join(passed)} to freeze_parts "
+                                    "itself, not inside policy=")
+        self.inner = get_policy(name, **spec)
+
+    @property
+    def scheduled(self) -> bool:
+        return self.inner is not None and self.inner.scheduled
+
+    def stage_at(self, step: int, epoch: float) -> int:
+        return self.inner.stage_at(step, epoch) if self.scheduled else 0
+
+    def num_stages(self, anat):
+        return self.inner.num_stages(anat) if self.inner is not None else 1
+
+    def select(self, anat, stage):
+        frozen = _resolve_parts("freeze_parts", self.parts, anat)
+        base = self.inner.select(anat, stage) if self.inner else set(anat.names())
+        return set(base) - frozen
+
+
+@register_policy("train_parts")
+@dataclass(kw_only=True)
+class TrainParts(Policy):
+    """Trains only the named parts (names as for ``freeze_parts``); default: the head.
+
+    ``parts=['projector']`` is LLaVA's first stage (the projector alone);
+    ``['projector', 'language_model', 'head']`` its second (vision tower frozen).
+    """
+
+    parts: list[str] | str = field(default_factory=lambda: ["head"])
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.parts = _part_list("train_parts", self.parts)
+
+    def select(self, anat, stage):
+        return _resolve_parts("train_parts", self.parts, anat)

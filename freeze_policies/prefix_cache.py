@@ -133,6 +133,12 @@ class PrefixCache:
         uncached run that a cached one must match. ``wait_for_prefix=True`` accepts a model with
         no frozen prefix yet (an adaptive policy freezes one during training); the cache stays
         off until ``refresh`` finds one."""
+        if len(anat.stacks) > 1:
+            raise FreezePolicyError(
+                f"cache_frozen_prefix works on models with one stack of blocks; "
+                f"{anat.model_class} has {len(anat.stacks)} ({', '.join(anat.stack_names())}), "
+                "and caching a frozen encoder's output is not supported yet"
+            )
         self.replay = replay
         self.model = model
         self.anat = anat

@@ -18,10 +18,18 @@ class GroupCount:
 
 @dataclass(frozen=True)
 class Summary:
-    """Trainable / total parameter counts per anatomy group (a tied tensor counts once)."""
+    """Trainable / total parameter counts per anatomy group (a tied tensor counts once).
+
+    For a model with several stacks of blocks the rows are the parts (``encoder.block.0``,
+    ``projector`` ...; see ``Anatomy.parts``) and ``stacks`` describes each stack, one line each
+    (name, depth, root, what it feeds); a single-stack model has the flat groups and no
+    ``stacks``.
+    """
 
     model_class: str
     rows: list[GroupCount]
+    stacks: tuple[str, ...] = ()
+    depths: tuple[tuple[str, int], ...] = ()
 
     @property
     def trainable(self) -> int:
@@ -32,23 +40,32 @@ class Summary:
         return sum(row.total for row in self.rows)
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "trainable_params": self.trainable,
             "total_params": self.total,
             "groups": {row.group: [row.trainable, row.total] for row in self.rows},
         }
+        if self.depths:
+            out["stacks"] = dict(self.depths)
+        return out
 
     def __str__(self) -> str:
-        lines = [f"{'group':<12} {'trainable':>12} {'total':>12} {'%':>7}"]
+        width = max(12, *(len(row.group) for row in self.rows))
+        lines = [f"{'group':<{width}} {'trainable':>12} {'total':>12} {'%':>7}"]
         for row in [*self.rows, GroupCount("total", self.trainable, self.total)]:
             share = 100 * row.trainable / row.total if row.total else 0.0
-            lines.append(f"{row.group:<12} {row.trainable:>12,} {row.total:>12,} {share:>6.2f}%")
+            lines.append(
+                f"{row.group:<{width}} {row.trainable:>12,} {row.total:>12,} {share:>6.2f}%"
+            )
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        if self.stacks:
+            lines.insert(0, f"stacks: {'; '.join(self.stacks)}")
         return "\n".join(lines)
 
 
 def summarize(model: nn.Module, anat: Anatomy | None = None) -> Summary:
-    """Count the parameters of ``model`` that require grad now, per anatomy group."""
+    """Count the parameters of ``model`` that require grad now, per anatomy group (per part when
+    the model has several stacks)."""
     anat = anat or anatomy(model)
     params = dict(model.named_parameters())
     rows = [
@@ -57,6 +74,12 @@ def summarize(model: nn.Module, anat: Anatomy | None = None) -> Summary:
             sum(params[n].numel() for n in names if params[n].requires_grad),
             sum(params[n].numel() for n in names),
         )
-        for group, names in anat.groups().items()
+        for group, names in anat.parts().items()
     ]
-    return Summary(type(model).__name__, rows)
+    several = len(anat.stacks) > 1
+    return Summary(
+        type(model).__name__,
+        rows,
+        stacks=tuple(stack.describe() for stack in anat.stacks) if several else (),
+        depths=tuple((stack.name, stack.depth) for stack in anat.stacks) if several else (),
+    )

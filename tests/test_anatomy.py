@@ -120,13 +120,14 @@ def test_albert_shared_layers_are_refused_with_the_reason():
         anatomy(model)
 
 
-def test_encoder_decoder_is_refused_and_works_with_explicit_blocks():
+def test_encoder_decoder_has_two_stacks_and_works_with_explicit_blocks():
     config = AutoConfig.for_model("t5", d_model=32, d_ff=37, num_layers=2, num_heads=2, d_kv=16,
                                   vocab_size=99, decoder_start_token_id=0)
     model = transformers.AutoModelForSeq2SeqLM.from_config(config)
-    with pytest.raises(FreezePolicyError, match=r"T5ForConditionalGeneration is an encoder-decoder"
-                       r" model.*pass blocks="):
-        anatomy(model)
+    assert anatomy(model).stack_names() == ["encoder", "decoder"]  # see tests/test_stacks.py
+    with pytest.raises(FreezePolicyError, match=r"bottom_n: T5ForConditionalGeneration has 2 "
+                       r"stacks of blocks .* pass stack= one of encoder, decoder"):
+        get_policy("bottom_n", n=2).apply(model)
     order = ["encoder.block.0", "encoder.block.1", "decoder.block.0", "decoder.block.1"]
     anat = anatomy(model, blocks=order)
     assert anat.depth == 4
