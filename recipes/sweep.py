@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import shutil
 import sys
 from contextlib import contextmanager
@@ -96,17 +97,22 @@ def grid_ratio(grid: list[float]) -> float:
     return (rates[-1] / rates[0]) ** (1 / (len(rates) - 1))
 
 
-def next_rate(scores: dict[float, float], ratio: float, bounds=DEFAULT_BOUNDS) -> float | None:
+def next_rate(scores: dict[float, float], ratio: float, bounds=DEFAULT_BOUNDS,
+              anchor: float | None = None) -> float | None:
     """One step beyond the edge the best rate sits on, or None when the best is interior or the
-    step would leave ``bounds``."""
+    step would leave ``bounds``. Steps are counted from ``anchor`` (the grid's smallest rate) in
+    powers of ``ratio`` and rounded to 3 digits, so 1e-3 * 3.162 * 3.162 is 0.01, not 0.00999."""
     rates = sorted(scores)
     best = best_rate(scores)
     if best == rates[-1]:
-        candidate = float(f"{best * ratio:.3g}")
+        direction = 1
     elif best == rates[0]:
-        candidate = float(f"{best / ratio:.3g}")
+        direction = -1
     else:
         return None
+    anchor = anchor or rates[0]
+    steps = round(math.log(best / anchor) / math.log(ratio)) + direction
+    candidate = float(f"{anchor * ratio**steps:.3g}")
     low, high = bounds
     if not low <= candidate <= high or candidate in scores:
         return None
@@ -124,7 +130,7 @@ def choose_rate(run_at, grid: list[float], max_extensions: int = DEFAULT_MAX_EXT
     scores = {lr: run_at(lr) for lr in sorted(grid)}
     extensions = 0
     while True:
-        candidate = next_rate(scores, ratio, bounds)
+        candidate = next_rate(scores, ratio, bounds, anchor=min(grid))
         best = best_rate(scores)
         if candidate is None:
             interior = sorted(scores)[0] < best < sorted(scores)[-1]
