@@ -35,11 +35,19 @@ test without GPUs), raised as ``FreezePolicyError`` when the trainer is built:
   layouts; these measurement baselines run on one process or DDP only.
 - A schedule under DDP with ``torch_compile``: the compiled module wraps the DDP wrapper and
   would keep the stale one.
+
+**Launches that only look distributed** are refused too, whatever the policy:
+``check_launch`` (from the launcher's environment, before anything is loaded) refuses FSDP or
+DeepSpeed configs on CPU and several processes on a machine without a GPU and without
+``use_cpu``; ``check_processes`` (in ``check_trainer``) refuses an accelerator that runs fewer
+processes than the launcher started. In both cases each process would otherwise train alone, or
+run plain DDP under a config that says FSDP.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -246,6 +254,8 @@ def check_trainer(trainer) -> None:
     callback = trainer.freeze_callback
     policy = callback.policy
     accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None:
+        check_processes(accelerator)
     if policy is None or callback.anat is None or accelerator is None:
         return
     setup = setup_from_state(accelerator.state)
@@ -258,6 +268,68 @@ def check_trainer(trainer) -> None:
         mixed=policy_mixes(policy, callback.anat),
         freeze_mode=getattr(trainer, "freeze_mode", "requires_grad"),
     )
+
+
+def _env_true(value: str | None) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes")
+
+
+def check_launch(
+    use_cpu: bool = False, cuda_available: bool | None = None, environ=None
+) -> None:
+    """Refuse, before anything is loaded, a multi-process launch that would not train as
+    configured; a pure function of the launcher's environment (``WORLD_SIZE``,
+    ``ACCELERATE_USE_FSDP``, ``FSDP_VERSION``, ``ACCELERATE_USE_DEEPSPEED``).
+
+    Two launches look distributed but are not (measured with accelerate 1.x):
+
+    - FSDP or DeepSpeed on CPU (``use_cpu``, or no GPU): accelerate builds FSDP and DeepSpeed
+      only on GPUs. With ``use_cpu`` the processes run plain DDP over gloo while the config says
+      FSDP; without it every process sees a single-process state, and with FSDP's low-memory
+      loading the ranks other than 0 hold their weights on the meta device.
+    - Several processes on a machine without a GPU and without ``use_cpu``: each process gets a
+      single-process state and trains alone, on all the data, writing the same outputs.
+    """
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    on_cpu = use_cpu or not cuda_available
+    if _env_true(env.get("ACCELERATE_USE_FSDP")):
+        wanted = f"FSDP{env.get('FSDP_VERSION', '1')}"
+    elif _env_true(env.get("ACCELERATE_USE_DEEPSPEED")):
+        wanted = "DeepSpeed"
+    else:
+        wanted = None
+    if wanted and on_cpu:
+        why = "use_cpu is set" if use_cpu else "this machine has no GPU"
+        raise FreezePolicyError(
+            f"the accelerate config asks for {wanted}, which accelerate runs on GPUs only, and "
+            f"{why}: the {world} processes would not shard (they would run plain DDP, or each "
+            "train alone); on CPU launch with configs/accelerate/ddp_cpu.yaml and --use_cpu true"
+        )
+    if world > 1 and not cuda_available and not use_cpu:
+        raise FreezePolicyError(
+            f"{world} processes were launched (WORLD_SIZE={world}) on a machine without a GPU "
+            "and use_cpu is false: each process would train alone on all the data; add "
+            "--use_cpu true to run them as CPU processes over gloo"
+        )
+
+
+def check_processes(accelerator, environ=None) -> None:
+    """After the accelerator exists: refuse a launcher's ``WORLD_SIZE`` of several processes
+    that the accelerator does not see (each process would train alone)."""
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    processes = int(getattr(accelerator, "num_processes", 1) or 1)
+    if world > 1 and processes != world:
+        raise FreezePolicyError(
+            f"{world} processes were launched (WORLD_SIZE={world}) but the accelerator runs "
+            f"{processes}: each process would train alone; on CPU pass --use_cpu true "
+            "(TrainingArguments(use_cpu=True)), on GPUs check the accelerate config"
+        )
 
 
 # -- DDP re-wrapping ------------------------------------------------------------------------
@@ -361,6 +433,8 @@ __all__ = [
     "DistributedSetup",
     "RewrapEvent",
     "check_distributed",
+    "check_launch",
+    "check_processes",
     "check_trainer",
     "trainer_find_unused_parameters",
     "current_setup",

@@ -317,11 +317,14 @@ class Lisa(ScheduledPolicy):
 class BitFit(Policy):
     """BitFit: trains every bias and the head; all other weights are frozen.
 
-    Models without biases (Llama and most recent decoders) train only their head.
+    A bias is a parameter registered as ``bias`` on its module (``...dense.bias``,
+    ``...LayerNorm.bias``); parameters whose own name merely ends in "bias" (Funnel's
+    ``r_w_bias``, relative-attention tables) are weights and stay frozen. Models without biases
+    (Llama and most recent decoders) train only their head.
     """
 
     def select(self, anat, stage):
-        biases = {name for name in anat.names() if name.rsplit(".", 1)[-1].endswith("bias")}
+        biases = {name for name in anat.names() if name.rsplit(".", 1)[-1] == "bias"}
         return biases | set(anat.head)
 
 
@@ -352,6 +355,14 @@ class Custom(Policy):
             self.trainable = [self.trainable]
         if isinstance(self.frozen, str):
             self.frozen = [self.frozen]
+        for option in ("trainable", "frozen"):
+            value = getattr(self, option)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+                raise FreezePolicyError(
+                    f"custom: {option}={value!r} must be a regex or a list of regexes (strings), "
+                    "e.g. trainable=['classifier', 'layer\\.5\\.']"
+                )
+            setattr(self, option, list(value))
         if not self.trainable and not self.frozen:
             raise FreezePolicyError("custom: give trainable=[regex, ...] and/or frozen=[...]")
         for pattern in [*self.trainable, *self.frozen]:
