@@ -34,6 +34,9 @@ _LAZY = {
     "FREEZE_MODES": "freeze_policies.optim",
     "build_param_groups": "freeze_policies.optim",
     "create_optimizer": "freeze_policies.optim",
+    "apply_freeze_delta": "freeze_policies.delta",
+    "load_freeze_delta": "freeze_policies.delta",
+    "save_freeze_delta": "freeze_policies.delta",
 }
 
 
@@ -60,15 +63,18 @@ __all__ = [
     "ScheduledPolicy",
     "Summary",
     "anatomy",
+    "apply_freeze_delta",
     "build_param_groups",
     "create_optimizer",
     "get_policy",
     "gradient_bytes",
     "list_policies",
+    "load_freeze_delta",
     "optimizer_state_bytes",
     "policy_options",
     "predict_cost",
     "register_policy",
+    "save_freeze_delta",
     "saved_for_backward_bytes",
     "set_trainable",
     "summarize",

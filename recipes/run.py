@@ -9,9 +9,12 @@ method goes through the same data, seed, trainer (``FreezeTrainer``), evaluation
 differences between results are the method's. The recipe's own defaults for TrainingArguments are
 in ``RECIPE_DEFAULTS``; a config only says what differs.
 
-Outputs in ``output_dir``: ``results.json`` (written atomically, last, only after a successful
-run), the trainer's logs (TensorBoard when installed) and nothing else unless asked
-(``save_strategy`` defaults to "no").
+Outputs in ``output_dir`` (``recipes.outputs``): the saved model (the whole model, the PEFT
+adapter, or with ``--save_trainable_only`` a freeze delta) with its tokenizer and a model card,
+unless ``--save_model false``; ``results.json`` (written atomically, last, only after a
+successful run); the trainer's logs (TensorBoard when installed); checkpoints only if asked
+(``save_strategy`` defaults to "no"). ``--resume_from_checkpoint PATH|true`` resumes; a non-empty
+``output_dir`` is refused unless ``--overwrite_output_dir true`` or a resume is asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_pol
 import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+
+from recipes.outputs import (
+    OutputError,
+    RunOutputs,
+    RunTrainingArguments,
+    check_output_options,
+    open_run_dir,
+    total_params,
+    write_json_atomic,
+)
 
 METHODS = ("full", "freeze", "peft")
 PEFT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning")
@@ -179,7 +192,7 @@ class MethodArguments:
             )
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, MethodArguments, RunTrainingArguments)
 
 
 def _choice(name: str, value, choices) -> None:
@@ -460,24 +473,14 @@ def environment() -> dict:
     return {"versions": versions, "hardware": hardware, "python": platform.python_version()}
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        json.dump(payload, out, indent=2, sort_keys=True, default=str)
-        out.write("\n")
-    os.replace(tmp, path)
-
-
 def prepare(model_args, data_args, method_args, training_args):
     """Data, model, method and trainer; every input error surfaces here, before training."""
-    from transformers import DataCollatorWithPadding, default_data_collator
+    from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
-    from transformers import set_seed
-
-    from freeze_policies import FreezeTrainer, get_policy
+    from freeze_policies import get_policy
     from recipes import data, models
     from recipes.metrics import make_compute_metrics
+    from recipes.outputs import RunTrainer
 
     _choice("task", model_args.task, models.TASKS)
     # Seed before anything random is built (the classification head, LoRA's A matrices, prompt
@@ -511,7 +514,7 @@ def prepare(model_args, data_args, method_args, training_args):
         model = build_peft_model(model, model_args, method_args)
     if policy is not None:  # check the policy against this model before any output is made
         policy.trainable_names(policy.anatomy(model))
-    trainer = FreezeTrainer(
+    trainer = RunTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
@@ -550,13 +553,26 @@ def policy_counts(trainer, summary) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run one fine-tuning job; return (and write) its results."""
+    model_args, data_args, method_args, training_args = parse_args(argv)
+    try:
+        check_output_options(method_args.method, training_args)
+        run_dir = open_run_dir(training_args)
+    except OutputError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        return run(model_args, data_args, method_args, training_args, run_dir, argv)
+    except BaseException:
+        run_dir.failed()  # no empty directory, no temporary file; checkpoints stay for a resume
+        raise
+
+
+def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dict:
+    """``main`` once ``output_dir`` is settled: build, train (or resume), evaluate, save."""
     from freeze_policies import predict_cost, summarize
     from recipes.metrics import perplexity
+    from recipes.models import resolve_model_path
 
-    model_args, data_args, method_args, training_args = parse_args(argv)
-    results_path = Path(training_args.output_dir) / "results.json"
-    if results_path.exists():  # a stale success claim must not survive a failed re-run
-        results_path.unlink()
+    results_path = run_dir.path / "results.json"
     try:
         trainer, tokenized = prepare(model_args, data_args, method_args, training_args)
     except (ValueError, OSError) as error:  # bad input, found before training: one line
@@ -575,7 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=run_dir.checkpoint)
     validation = trainer.evaluate(tokenized["validation"], metric_key_prefix="eval")
     test = (  # do_predict=False (the sweep's short runs): the test split is never read
         trainer.evaluate(tokenized["test"], metric_key_prefix="test")
@@ -584,6 +600,23 @@ def main(argv: list[str] | None = None) -> dict:
     for metrics, prefix in ((validation, "eval"), (test, "test")):
         if model_args.task == "causal_lm" and metrics:
             metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
+    outputs = None
+    if training_args.save_model:
+        config = trainer.model.config
+        outputs = RunOutputs(
+            output_dir=run_dir.path,
+            method=method_args.method,
+            base_model=model_args.model_name_or_path,
+            base_path=resolve_model_path(model_args.model_name_or_path,
+                                         model_args.model_cache_dir),
+            task=model_args.task,
+            trainable_only=training_args.save_trainable_only,
+            label_config={"id2label": config.id2label, "label2id": config.label2id,
+                          "pad_token_id": config.pad_token_id}
+            if model_args.task == "classification" else {},
+        )
+        trainer.run_outputs = outputs
+        trainer.save_model()  # RunTrainer: the model, the adapter or the delta, and the tokenizer
 
     audit = getattr(trainer, "frozen_audit", None)
     timing = ("_runtime", "_per_second")
@@ -602,7 +635,7 @@ def main(argv: list[str] | None = None) -> dict:
         "learning_rate": training_args.learning_rate,
         "max_steps": trainer.state.max_steps,
         **policy_counts(trainer, summary),
-        "total_params": summary.total,
+        "total_params": total_params(trainer.model),
         "groups": summary.as_dict()["groups"],
         "cost_preview": preview.as_dict(),
         **{k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)},
@@ -615,12 +648,27 @@ def main(argv: list[str] | None = None) -> dict:
         "frozen_audit": audit.as_dict() if audit is not None else None,
         "prefix_cache": prefix_cache_stats(trainer),
         "log_history": trainer.state.log_history,
+        "resumed_from": run_dir.checkpoint,
+        "saved": outputs.saved if outputs is not None else None,
         **environment(),
     }
+    if outputs is not None:
+        outputs.results = results
+        if trainer.is_world_process_zero():
+            outputs.write_card()
     if trainer.is_world_process_zero():
         write_json_atomic(results_path, results)
         shown = {k: v for k, v in results.items() if k.startswith(("eval_", "test_"))}
         print(json.dumps({"results": str(results_path), **shown}, indent=2), flush=True)
+    if training_args.push_to_hub:  # Trainer's own push: RunTrainer saves and writes the card
+        try:
+            trainer.push_to_hub(commit_message=f"recipes/run.py: {results['command']}")
+        except Exception as error:
+            raise ConfigError(
+                f"push_to_hub to {trainer.hub_model_id or training_args.hub_model_id!r} failed: "
+                f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r} "
+                f"(the run's outputs are in {str(run_dir.path)!r})"
+            ) from error
     return results
 
 

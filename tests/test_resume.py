@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,3 +118,71 @@ def test_plain_trainer_epoch_end_resume_is_not_exact(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     final = snapshot(full.model)
     assert changed(final, snapshot(resumed.model), final) != []
+
+
+# -- the launcher, killed with SIGKILL after a checkpoint and resumed -----------------------------
+LAUNCH_POLICIES = {
+    "bottom_n": {"n": 1},
+    "gradual_unfreeze": {"every": 1, "unit": "epochs"},  # the next stage opens at the epoch end
+    "lisa": {"k": 1, "every": 3},
+}
+
+
+def launcher_flags(model, out, policy):
+    """16 examples, batch 4, 2 epochs: 8 steps, evaluation at steps 4 and 8 (each epoch end),
+    a checkpoint every 2 steps: step 2 is mid-epoch, step 4 an epoch end."""
+    return ["--model_name_or_path", model, "--output_dir", str(out), "--policy", policy,
+            "--policy_options", json.dumps(LAUNCH_POLICIES[policy]),
+            "--max_train_samples", "16", "--max_eval_samples", "8", "--max_length", "16",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+            "--num_train_epochs", "2", "--save_strategy", "steps", "--save_steps", "2",
+            "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none",
+            "--use_cpu", "true"]
+
+
+def killed_after_save(step, flags):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_after_save.py"), str(step),
+                           *flags], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+
+def step_logs(results):
+    return {e["step"]: (e["loss"], e["grad_norm"]) for e in results["log_history"] if "loss" in e}
+
+
+@pytest.mark.parametrize("policy", list(LAUNCH_POLICIES))
+def test_launcher_killed_and_resumed_mid_epoch_or_at_an_epoch_end_matches(policy, tmp_path,
+                                                                           tiny_bert):
+    """One launcher process is killed right after its epoch-end checkpoint (step 4, before that
+    epoch's evaluation); resuming from it (``true``: the last one) and from its mid-epoch
+    checkpoint (step 2, a path) both end where the uninterrupted run ends."""
+    from recipes.run import main
+
+    reference = main(launcher_flags(tiny_bert, tmp_path / "reference", policy))
+    # evaluations at both epoch ends during training, then the launcher's final validation
+    assert [e["step"] for e in reference["log_history"] if "eval_loss" in e] == [4, 8, 8]
+    expected = load_file(tmp_path / "reference" / "model.safetensors")
+
+    out = tmp_path / "run"
+    killed_after_save(4, launcher_flags(tiny_bert, out, policy))
+    assert (out / "checkpoint-4").is_dir() and not (out / "checkpoint-6").exists()
+    assert not (out / "results.json").exists()
+    shutil.copytree(out, tmp_path / "mid")
+    runs = {
+        "checkpoint-4": main([*launcher_flags(tiny_bert, out, policy),
+                              "--resume_from_checkpoint", "true"]),
+        "checkpoint-2": main([*launcher_flags(tiny_bert, tmp_path / "mid", policy),
+                              "--resume_from_checkpoint", str(tmp_path / "mid" / "checkpoint-2")]),
+    }
+    for checkpoint, resumed in runs.items():
+        folder = Path(resumed["resumed_from"]).parent
+        assert Path(resumed["resumed_from"]).name == checkpoint
+        final = load_file(folder / "model.safetensors")
+        assert final.keys() == expected.keys()
+        assert [n for n in expected if not torch.equal(final[n], expected[n])] == [], checkpoint
+        for key in ("eval_loss", "eval_accuracy", "eval_f1", "test_loss", "test_accuracy",
+                    "test_f1"):
+            assert resumed[key] == reference[key], (checkpoint, key)
+        assert step_logs(resumed) == step_logs(reference), checkpoint  # each step's loss, norm
+        assert sorted(step_logs(resumed)) == list(range(1, 9))

@@ -12,29 +12,13 @@ from tokenizers.models import WordLevel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedTokenizerFast,
 )
 
-from recipes.models import resolve_model_path
 from recipes.run import ConfigError, main
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat and dog ran to park happy sad day good bad".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A 3-block BERT classifier checkpoint with MiniLM's real tokenizer (no download)."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3,
-                                  num_attention_heads=2, intermediate_size=37,
-                                  vocab_size=tokenizer.vocab_size, num_labels=3)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +176,8 @@ def test_failed_training_leaves_no_results_claiming_success(tmp_path, tiny_bert,
 
     monkeypatch.setattr(FreezeTrainer, "train", crash)
     with pytest.raises(RuntimeError, match="killed mid-training"):
-        run(tmp_path, tiny_bert, "--policy", "bottom_n", "--policy_options", '{"n": 1}')
+        run(tmp_path, tiny_bert, "--policy", "bottom_n", "--policy_options", '{"n": 1}',
+            "--overwrite_output_dir", "true")
     assert not (out / "results.json").exists()
 
 
