@@ -3,6 +3,8 @@
     python -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml \\
         --num_processes 2 tests/sharded_audit_worker.py OUTDIR --device gpu
     python tests/sharded_audit_worker.py OUTDIR --device cpu      # one process, nothing sharded
+    python -m accelerate.commands.launch --config_file configs/accelerate/ddp_cpu.yaml \
+        tests/sharded_audit_worker.py OUTDIR --policy lisa --frozen-dtype bfloat16 --bf16
 
 Trains a tiny BERT (2 blocks, dropout off, seed 0 on every rank) with ``FreezeTrainer`` and
 ``bottom_n`` (n=1) for 4 steps, and writes ``OUTDIR/rank<r>.pt`` with:
@@ -15,7 +17,11 @@ Trains a tiny BERT (2 blocks, dropout off, seed 0 on every rank) with ``FreezeTr
 - ``final``: every parameter's full value after training, gathered here independently of the
   library (ZeRO-3: ``deepspeed.zero.GatheredParameters``; FSDP1: ``summon_full_params``;
   FSDP2: ``DTensor.full_tensor``);
-- ``frozen`` (the names ``bottom_n`` freezes) and ``audit_passed``.
+- ``frozen`` (the names the policy freezes at stage 0) and ``audit_passed``.
+
+``--policy lisa`` (k=1, a new block every 2 steps, seed 6: block 1 for steps 0-1, block 0 for
+steps 2-3), ``--frozen-dtype`` and ``--bf16`` serve the DDP test of dtype moves: the ranks must
+end bit-identical after block 1 was downcast and block 0 upcast mid-run.
 
 The test asserts that the audit's snapshot has each frozen parameter's full shape and initial
 value on every rank, so a pass means real values were compared, not placeholders or one shard.
@@ -116,20 +122,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--policy", choices=("bottom_n", "lisa"), default="bottom_n")
+    parser.add_argument("--frozen-dtype", default=None)
+    parser.add_argument("--bf16", action="store_true")
     options = parser.parse_args(argv)
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", 0))
     model = make_model()
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
-    policy = get_policy("bottom_n", n=1)
-    frozen = sorted(set(init) - policy.trainable_names(policy.anatomy(model)))
+    if options.policy == "lisa":
+        policy = get_policy("lisa", k=1, every=2, unit="steps", seed=6)
+    else:
+        policy = get_policy("bottom_n", n=1)
+    frozen = sorted(set(init) - policy.trainable_names(policy.anatomy(model), 0))
     args = TrainingArguments(
         output_dir=str(options.outdir / "run"), max_steps=STEPS, per_device_train_batch_size=BATCH,
         learning_rate=1e-3, weight_decay=0.01, lr_scheduler_type="constant", report_to=[],
         save_strategy="no", logging_steps=1000, seed=0, dataloader_num_workers=0,
-        disable_tqdm=True, use_cpu=options.device == "cpu",
+        disable_tqdm=True, use_cpu=options.device == "cpu", bf16=options.bf16,
+        train_sampling_strategy="sequential",
     )
-    trainer = FreezeTrainer(model=model, args=args, train_dataset=Rows(), freeze_policy=policy)
+    trainer = FreezeTrainer(model=model, args=args, train_dataset=Rows(), freeze_policy=policy,
+                            frozen_dtype=options.frozen_dtype)
     recorder = SnapshotRecorder(trainer)
     trainer.add_callback(recorder)
     trainer.train()

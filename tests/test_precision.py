@@ -577,7 +577,8 @@ WORKER = ROOT / "tests" / "sharded_audit_worker.py"
 SHARDED_CONFIGS = ["fsdp.yaml", "fsdp2.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"]
 
 
-def launch_worker(outdir: Path, config: str | None, device: str) -> subprocess.CompletedProcess:
+def launch_worker(outdir: Path, config: str | None, device: str, *extra: str,
+                  processes: int | None = None) -> subprocess.CompletedProcess:
     import socket
 
     with socket.socket() as sock:
@@ -586,13 +587,13 @@ def launch_worker(outdir: Path, config: str | None, device: str) -> subprocess.C
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if config is None:
-        command = [sys.executable, str(WORKER), str(outdir), "--device", device]
+        command = [sys.executable, str(WORKER), str(outdir), "--device", device, *extra]
     else:
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file",
             str(ROOT / "configs" / "accelerate" / config), "--num_processes",
-            str(min(2, gpu_count())), "--main_process_port", str(port),
-            str(WORKER), str(outdir), "--device", device,
+            str(processes or min(2, gpu_count())), "--main_process_port", str(port),
+            str(WORKER), str(outdir), "--device", device, *extra,
         ]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -621,6 +622,26 @@ def test_sharded_audit_worker_runs_unsharded_on_cpu(tmp_path):
     done = launch_worker(tmp_path, None, "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     assert_audit_checked_full_values(tmp_path, ranks=1)
+
+
+def test_ddp_dtype_moves_keep_ranks_bit_identical(tmp_path):
+    """2 CPU processes over gloo: lisa downcasts block 1 and upcasts block 0 at step 2; the
+    DDP wrapper is rebuilt after the moves, so every rank all-reduces the same fp32 tensors."""
+    done = launch_worker(tmp_path, "ddp_cpu.yaml", "cpu", "--policy", "lisa", "--frozen-dtype",
+                         "bfloat16", "--bf16", processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert rank0["audit_passed"] is True and rank1["audit_passed"] is True
+    final0, final1 = rank0["final"], rank1["final"]
+    assert [n for n in final0 if not torch.equal(final0[n], final1[n])] == []
+    block0 = [n for n in final0 if ".layer.0." in n and final0[n].dim() >= 2]
+    block1 = [n for n in final0 if ".layer.1." in n and final0[n].dim() >= 2]
+    assert block0 and block1
+    assert all(final0[n].dtype == torch.float32 for n in block0)  # open at the end
+    assert all(final0[n].dtype == BF16 for n in block1)  # closed at step 2, stored low
+    init = rank0["init"]
+    for name in block0 + block1:  # each trained in its turn
+        assert not torch.equal(final0[name].float(), init[name]), name
 
 
 @pytest.mark.gpu
