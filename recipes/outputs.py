@@ -187,7 +187,7 @@ def open_run_dir(args: RunTrainingArguments) -> RunDir:
     checkpoint = resolve_checkpoint(args)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output_dir {str(out)!r} is a file, not a folder")
-    if out.is_dir():
+    if out.is_dir() and _first_local_process():  # the others would race with its first writes
         remove_temporary_files(out)
         entries = sorted(os.listdir(out))
         if entries and checkpoint is None and not args.overwrite_output_dir:
@@ -203,7 +203,7 @@ def open_run_dir(args: RunTrainingArguments) -> RunDir:
         created.append(probe)
         probe = probe.parent
     created.reverse()
-    if out.is_dir():
+    if out.is_dir() and _first_local_process():
         if checkpoint is None and args.overwrite_output_dir:
             remove_earlier_run(out)
         (out / RESULTS).unlink(missing_ok=True)  # a stale success claim must not outlive a failure
@@ -219,7 +219,7 @@ def remove_earlier_run(out: Path) -> list[str]:
         )
         if not ours:
             continue
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         removed.append(path.name)
     if removed:
         logger.warning("overwrite_output_dir: removed the earlier run's %s", ", ".join(removed))
@@ -231,6 +231,11 @@ def remove_temporary_files(out: Path) -> None:
     if out.is_dir():
         for path in out.glob(".*.tmp"):
             path.unlink(missing_ok=True)
+
+
+def _first_local_process() -> bool:
+    """True in a single process and in the first process of each machine under a launcher."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def _rmdir_if_empty(folder: Path) -> None:
