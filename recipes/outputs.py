@@ -233,6 +233,13 @@ def remove_temporary_files(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def _usual_mode(path: Path) -> None:
+    """The mode a plain ``open`` would give a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _first_local_process() -> bool:
     """True in a single process and in the first process of each machine under a launcher."""
     return os.environ.get("LOCAL_RANK", "0") == "0"
@@ -335,6 +342,9 @@ class RunOutputs:
         weights = {"model": ("model*.safetensors", "pytorch_model*.bin"),
                    "adapter": ("adapter_model.safetensors",), "delta": (DELTA_WEIGHTS,)}[self.kind]
         files = sorted({p.name for pattern in weights for p in self.output_dir.glob(pattern)})
+        if trainer.is_world_process_zero():  # safetensors writes 0600; give the usual mode
+            for name in files:
+                _usual_mode(self.output_dir / name)
         self.saved = {"kind": self.kind, "weights": files,
                       "weights_bytes": sum((self.output_dir / f).stat().st_size for f in files)}
 
@@ -384,7 +394,8 @@ def model_card(outputs: RunOutputs) -> str:
             what += f" with options `{json.dumps(r['peft_options'], sort_keys=True)}`"
     else:
         what = "full fine-tuning"
-    tags = ["freeze-policies", method, r.get("policy") or r.get("peft_method") or "full"]
+    tags = list(dict.fromkeys(["freeze-policies", method, r.get("policy") or
+                               r.get("peft_method") or "full"]))
     share = r["trainable_params"] / r["total_params"] if r["total_params"] else 0.0
     metrics = {k: v for k, v in r.items()
                if k.startswith(("eval_", "test_")) and isinstance(v, (int, float))}
@@ -408,7 +419,8 @@ def model_card(outputs: RunOutputs) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| base model | `{outputs.base_model}` (`{outputs.base_path}`) |",
+        f"| base model | `{outputs.base_model}`" + (
+            f" (`{outputs.base_path}`)" if outputs.base_path != outputs.base_model else "") + " |",
         f"| method | {what} |",
         f"| trainable parameters | {r['trainable_params']:,} of {r['total_params']:,} "
         f"({share:.2%})" + (f"; {r['trainable_params_max']:,} over all stages"
