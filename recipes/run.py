@@ -161,6 +161,21 @@ class MethodArguments:
         metadata={"help": "bfloat16 | float16: store frozen weights in it, trainable ones in "
                   "float32 (needs --bf16 or --fp16); default: dtypes as loaded"},
     )
+    budget_step_ratio: float | None = field(
+        default=None,
+        metadata={"help": "pick bottom_n by budget: the shallowest frozen prefix whose predicted "
+                  "step time is at most this fraction of full fine-tuning's step"},
+    )
+    budget_memory_gb: float | None = field(
+        default=None,
+        metadata={"help": "pick bottom_n by budget: parameters + gradients + optimizer state at "
+                  "most this many GiB"},
+    )
+    budget_calibration_steps: int = field(
+        default=0,
+        metadata={"help": "measure the budget's pick against full fine-tuning on this many "
+                  "forward+backward steps of a training batch, and go deeper if it misses"},
+    )
     peft_method: str | None = field(
         default=None, metadata={"help": "lora | dora | ia3 | prefix_tuning | prompt_tuning"}
     )
@@ -171,14 +186,26 @@ class MethodArguments:
     def __post_init__(self):
         self.policy_options = _mapping("policy_options", self.policy_options)
         self.peft_options = _mapping("peft_options", self.peft_options)
+        budget = self.budget_step_ratio is not None or self.budget_memory_gb is not None
+        if budget and self.policy:
+            raise ConfigError(
+                "budget_step_ratio / budget_memory_gb pick the policy (bottom_n); do not also "
+                f"give policy={self.policy!r}"
+            )
         if self.method is None:
-            self.method = "freeze" if self.policy else "peft" if self.peft_method else "full"
+            self.method = (
+                "freeze" if self.policy or budget else "peft" if self.peft_method else "full"
+            )
+        if budget and self.method != "freeze":
+            raise ConfigError(
+                f"budget_step_ratio / budget_memory_gb need method='freeze', not {self.method!r}"
+            )
         _choice("method", self.method, METHODS)
         _choice("freeze_mode", self.freeze_mode, FREEZE_MODES)
         _choice("audit", self.audit, ("raise", "log", "off"))
         if self.frozen_dtype is not None:
             _choice("frozen_dtype", self.frozen_dtype, ("bfloat16", "float16"))
-        if self.method == "freeze" and not self.policy:
+        if self.method == "freeze" and not self.policy and not budget:
             raise ConfigError("method='freeze' needs a policy; see freeze_policies.list_policies()")
         if self.method != "freeze" and self.policy:
             raise ConfigError(
@@ -488,7 +515,7 @@ def prepare(model_args, data_args, method_args, training_args):
     set_seed(training_args.seed, deterministic=training_args.full_determinism)
     policy = (
         get_policy(method_args.policy, **method_args.policy_options)
-        if method_args.method == "freeze"
+        if method_args.method == "freeze" and method_args.policy
         else None
     )
     splits, label_names = load_data(model_args, data_args)
@@ -512,6 +539,15 @@ def prepare(model_args, data_args, method_args, training_args):
         collator = default_data_collator
     if method_args.method == "peft":
         model = build_peft_model(model, model_args, method_args)
+    budget = None
+    if method_args.budget_step_ratio is not None or method_args.budget_memory_gb is not None:
+        budget = choose_by_budget(model, tokenized["train"], collator, model_args, method_args,
+                                  training_args)
+        policy = budget.policy  # None: full fine-tuning fits the budget
+        # report what runs: bottom_n with the chosen n, or full fine-tuning
+        method_args.method = "freeze" if policy is not None else "full"
+        method_args.policy = policy.name if policy is not None else None
+        method_args.policy_options = policy.options() if policy is not None else {}
     if policy is not None:  # check the policy against this model before any output is made
         policy.trainable_names(policy.anatomy(model))
     trainer = RunTrainer(
@@ -529,12 +565,37 @@ def prepare(model_args, data_args, method_args, training_args):
         audit=method_args.audit,
         cache_frozen_prefix=method_args.cache_frozen_prefix,
         prefix_cache_dir=method_args.prefix_cache_dir,
+        frozen_dtype=method_args.frozen_dtype,
     )
     if model_args.task == "classification":
         # Sequence classifiers average their loss per batch; they take **kwargs, so Trainer would
         # assume they consume num_items_in_batch and scale the loss by the world size under DDP.
         trainer.model_accepts_loss_kwargs = False
+    trainer.budget_choice = budget
     return trainer, tokenized
+
+
+def choose_by_budget(model, train, collator, model_args, method_args, training_args):
+    """bottom_n picked by ``freeze_policies.budget`` from the budget flags; printed on rank 0."""
+    from freeze_policies.budget import choose_frozen_depth
+
+    batch = None
+    if method_args.budget_calibration_steps > 0:
+        rows = [train[i] for i in range(min(len(train), training_args.per_device_train_batch_size))]
+        batch = collator(rows)
+    gib = method_args.budget_memory_gb
+    choice = choose_frozen_depth(
+        model,
+        max_step_ratio=method_args.budget_step_ratio,
+        max_memory_bytes=int(gib * 2**30) if gib is not None else None,
+        seq_len=model_args.max_length,
+        batch_size=training_args.per_device_train_batch_size,
+        calibrate=batch,
+        calibration_steps=method_args.budget_calibration_steps,
+    )
+    if training_args.process_index == 0:
+        print(f"\n{choice}\n", flush=True)
+    return choice
 
 
 def policy_counts(trainer, summary) -> dict:
@@ -638,6 +699,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "total_params": total_params(trainer.model),
         "groups": summary.as_dict()["groups"],
         "cost_preview": preview.as_dict(),
+        "budget": trainer.budget_choice.as_dict() if trainer.budget_choice else None,
         **{k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)},
         "train_loss": train_output.training_loss,
         "train_runtime": train_output.metrics["train_runtime"],

@@ -109,3 +109,26 @@ def test_measure_step_seconds_changes_no_weight_and_restores_requires_grad(model
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_launcher_refuses_a_budget_beside_a_policy_before_loading_anything():
+    from recipes.run import ConfigError, parse_args
+
+    with pytest.raises(ConfigError, match=r"budget_step_ratio / budget_memory_gb pick the policy "
+                                          r"\(bottom_n\); do not also give policy='top_n'"):
+        parse_args(["--policy", "top_n", "--budget_step_ratio", "0.5"])
+    with pytest.raises(ConfigError, match="need method='freeze', not 'peft'"):
+        parse_args(["--method", "peft", "--peft_method", "lora", "--budget_step_ratio", "0.5"])
+    *_, method, _ = parse_args(["--budget_memory_gb", "2"])
+    assert method.method == "freeze" and method.policy is None
+
+
+def test_the_launcher_reports_an_impossible_budget_in_one_line(tmp_path):
+    from recipes.run import ConfigError, main
+
+    with pytest.raises(ConfigError, match=r"^budget max_step_ratio=0.01 cannot be met: the deepest "
+                                          r"freeze, bottom_n\(n=6\)"):
+        main(["--budget_step_ratio", "0.01", "--max_train_samples", "32",
+              "--max_eval_samples", "16", "--output_dir", str(tmp_path / "run"),
+              "--report_to", "none"])
+    assert not (tmp_path / "run").exists()
