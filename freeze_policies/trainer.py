@@ -130,6 +130,7 @@ class FreezeTrainer(Trainer):
         self.frozen_dtype = frozen_dtype
         self.dtype_moves: list[DtypeMove] = []
         self._end_figures: dict = {}
+        self._resuming = False  # True while train() loads a checkpoint (see train)
         callback.after_set_trainable = self._follow_dtypes
         self.freeze_mode = freeze_mode
         self.layer_lr_decay = layer_lr_decay
@@ -177,7 +178,10 @@ class FreezeTrainer(Trainer):
         if callback.policy is not None:  # (zero_lr / zero_grad open the rest in train())
             set_trainable(model, callback.trainable_at(0))
         check_trainer(self)  # FSDP / DeepSpeed / DDP guards (freeze_policies.distributed)
-        self._follow_dtypes(model)  # before the optimizer exists: its state is made in float32
+        if self._resuming:  # a rebuilt callback re-binds here: keep the checkpoint's values
+            self._upcast_held(model)
+        else:  # before the optimizer exists: its state is made in float32
+            self._follow_dtypes(model)
 
     def _follow_dtypes(self, model) -> None:
         """Store each parameter in its dtype under ``frozen_dtype`` (``precision.place``); the
@@ -186,6 +190,17 @@ class FreezeTrainer(Trainer):
             return
         step = self.state.global_step if self.state is not None else 0
         self.dtype_moves += place(model, self.frozen_dtype, optimizer=self.optimizer, step=step)
+
+    def _upcast_held(self, model) -> None:
+        """Make every parameter the optimizer holds float32, before a checkpoint loads into it."""
+        if self.frozen_dtype is None:
+            return
+        callback = self.freeze_callback
+        callback.bind(model)
+        held = callback.ever_trainable
+        if held is None:
+            held = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.dtype_moves += upcast(model, held, step=self.state.global_step)
 
     def create_optimizer(self, model=None):
         """Build the optimizer from ``optim.build_param_groups`` (see the module docstring)."""
@@ -228,18 +243,15 @@ class FreezeTrainer(Trainer):
         With ``frozen_dtype``, a resume first upcasts every parameter the optimizer will hold,
         so that the checkpoint's float32 weights and optimizer moments load exactly (loading
         casts them to the live parameter's dtype); the restored stage moves the frozen ones
-        down again."""
+        down again (also when Trainer rebuilds the callback from the checkpoint)."""
         resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
-        if resume and self.frozen_dtype is not None and self.model is not None:
-            callback = self.freeze_callback
-            callback.bind(self.model)
-            held = callback.ever_trainable
-            if held is None:
-                held = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            self.dtype_moves += upcast(self.model, held, step=0)
+        self._resuming = bool(resume)
+        if self._resuming and self.model is not None:
+            self._upcast_held(self.model)
         try:
             output = super().train(*args, **kwargs)
         finally:
+            self._resuming = False
             callback = self.freeze_callback
             self.frozen_audit = callback.audit_result
             if self.model is not None:  # stored bytes: frozen_dtype shows here
@@ -276,7 +288,8 @@ class FreezeTrainer(Trainer):
         """``Trainer.training_step`` on a DDP wrapper that all-reduces exactly the parameters
         that require grad now: a new one after a stage change, or after zero_lr / zero_grad made
         every parameter require grad (the loop passes the wrapper it built first)."""
-        self._follow_dtypes(self.accelerator.unwrap_model(model))  # before DDP registers them
+        if self.frozen_dtype is not None:  # dtype moves before DDP registers the parameters
+            self._follow_dtypes(self.accelerator.unwrap_model(model))
         wrapper = self.ddp_rewrapper.current(model, self.accelerator, self.state.global_step)
         if wrapper is not model:
             self.model_wrapped = model = wrapper

@@ -308,6 +308,24 @@ def test_resume_with_bf16_matches_the_uninterrupted_run(name, frozen_dtype, tmp_
         assert [n for n in final_state if now[n].dtype == BF16]
 
 
+def test_resume_with_restored_callback_states_keeps_the_dtype_moves(tmp_path):
+    """Trainer rebuilds the callback from the checkpoint here; the rebuilt one still moves
+    dtypes before its audit snapshot, so the audit passes and the resume stays exact."""
+    args = make_args(tmp_path, bf16=True, max_steps=8, save_strategy="steps", save_steps=3,
+                     restore_callback_states_from_checkpoint=True)
+    lisa = dict(name="lisa", **RESUMED["lisa"])
+    full = make_trainer("llama", tmp_path, lisa, args=args, frozen_dtype="bfloat16")
+    full.train()
+    resumed = make_trainer("llama", tmp_path, lisa, args=args, model=make_model("llama", seed=5),
+                           frozen_dtype="bfloat16")
+    original = resumed.freeze_callback
+    metrics = resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3")).metrics
+    assert resumed.freeze_callback is not original
+    assert metrics["frozen_audit_passed"] is True
+    final, now = snapshot(full.model), snapshot(resumed.model)
+    assert [n for n in final if not torch.equal(now[n], final[n])] == []
+
+
 def _named_state(trainer):
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     return {names[id(p)]: dict(s) for p, s in trainer.optimizer.state.items() if s}
@@ -552,22 +570,28 @@ def test_frozen_dtype_lowers_max_memory_allocated_on_cuda(tmp_path):
         num_key_value_heads=2, intermediate_size=688, vocab_size=4096, num_labels=3,
         pad_token_id=0, max_position_embeddings=64,
     )
+    import gc
+
     peaks, audits, params = {}, {}, {}
     for frozen_dtype in (None, "bfloat16"):
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_config(config)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        if frozen_dtype:  # loaded in bf16: the trainable parameters are upcast
+            model = model.to(BF16)
         trainer = FreezeTrainer(
             model=model, args=make_args(tmp_path, bf16=True, use_cpu=False, max_steps=3),
-            train_dataset=RandomTokens("llama"), freeze_policy=get_policy("bottom_n", n=5),
+            train_dataset=RandomTokens("bert"), freeze_policy=get_policy("bottom_n", n=5),
             frozen_dtype=frozen_dtype,
         )
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()  # training only, not building
         metrics = trainer.train().metrics
         peaks[frozen_dtype] = torch.cuda.max_memory_allocated()
         audits[frozen_dtype] = metrics["frozen_audit_passed"]
         params[frozen_dtype] = metrics["parameter_bytes"]
         del trainer, model
+        gc.collect()
+        torch.cuda.empty_cache()
     assert audits == {None: True, "bfloat16": True}
     assert params["bfloat16"] < 0.6 * params[None]
     assert peaks["bfloat16"] < peaks[None]
