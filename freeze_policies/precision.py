@@ -7,7 +7,7 @@ frozen_dtype="bfloat16")``; ``--frozen_dtype`` in ``recipes/run.py``). The choic
 - **What is stored how** (``storage_dtype``): a parameter that requires grad is float32 (the
   master copy the optimizer updates); a frozen floating-point parameter with two or more
   dimensions (matmul weights, embedding tables) is ``frozen_dtype``; frozen vectors (biases,
-  norm scales) stay float32. Vectors are well under 1% of the bytes of a transformer, and CPU
+  norm scales) stay float32. Vectors are 0.14% of MiniLM's parameters, and CPU
   ``LayerNorm`` under float16 autocast needs float32 parameters ("mixed dtype (CPU): expect
   parameter to have scalar type of Float"). Integer parameters are never touched.
 - **A model loaded in low precision** (``from_pretrained(..., dtype=torch.bfloat16)``) gets its
