@@ -21,9 +21,9 @@ class Summary:
     """Trainable / total parameter counts per anatomy group (a tied tensor counts once).
 
     For a model with several stacks of blocks the rows are the parts (``encoder.block.0``,
-    ``projector`` ...; see ``Anatomy.parts``) and ``stacks`` describes each stack, one line each
-    (name, depth, root, what it feeds); a single-stack model has the flat groups and no
-    ``stacks``.
+    ``projector`` ...; see ``Anatomy.parts``) and ``stacks`` describes each stack (name, depth,
+    blocks, feature encoder, what it feeds), printed one line each above the table; a
+    single-stack model has the flat groups and no ``stacks``.
     """
 
     model_class: str
@@ -58,8 +58,7 @@ class Summary:
                 f"{row.group:<{width}} {row.trainable:>12,} {row.total:>12,} {share:>6.2f}%"
             )
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
-        if self.stacks:
-            lines.insert(0, f"stacks: {'; '.join(self.stacks)}")
+        lines[:0] = [f"stack {line}" for line in self.stacks]
         return "\n".join(lines)
 
 

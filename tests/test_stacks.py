@@ -502,10 +502,11 @@ def test_summary_shows_the_stacks_and_counts_each_part(models):
     assert summary.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert summary.total == sum(p.numel() for p in model.parameters())
     text = str(summary)
-    assert (
-        "stacks: encoder: 2 blocks (model.encoder.layers.0 .. 1), feature encoder of 4 "
-        "tensors, feeds decoder; decoder: 3 blocks (model.decoder.layers.0 .. 2)" in text
-    )
+    assert text.splitlines()[:2] == [
+        "stack encoder: 2 blocks (model.encoder.layers.0 .. 1), feature encoder of 4 tensors, "
+        "feeds decoder",
+        "stack decoder: 3 blocks (model.decoder.layers.0 .. 2)",
+    ]
     assert summary.as_dict()["stacks"] == {"encoder": 2, "decoder": 3}
 
 

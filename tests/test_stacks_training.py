@@ -1,5 +1,11 @@
 """Training models with several stacks: FreezeTrainer, Seq2SeqTrainer, schedules, the cache."""
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from test_trainer_support import one_torch_thread  # noqa: F401
@@ -113,3 +119,43 @@ def test_prefix_cache_refuses_a_frozen_encoder_in_one_line(tmp_path):
                       freeze_policy={"name": "freeze_parts", "parts": ["encoder"],
                                      "tied_weights": "freeze"},
                       cache_frozen_prefix=True)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_an_encoder_decoder_match_one_process(tmp_path):
+    """2 CPU processes over gloo, batch 2 each, against 1 process with batch 4: frozen encoder
+    untouched, ranks bit-identical, the decoder schedule re-wraps DDP and matches one process."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    worker = str(ROOT / "tests" / "ddp_seq2seq_worker.py")
+    runs = [
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "configs/accelerate/ddp_cpu.yaml"), "--main_process_port", str(free_port()),
+         worker, str(tmp_path / "two"), "--batch", "2"],
+        [sys.executable, worker, str(tmp_path / "one"), "--batch", "4"],
+    ]
+    for command in runs:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1, one = (torch.load(tmp_path / run / f"rank{r}.pt", weights_only=False)
+                         for run, r in (("two", 0), ("two", 1), ("one", 0)))
+    assert rank0["info"]["world_size"] == 2 and one["info"]["world_size"] == 1
+    assert [k for k in rank0["state"] if not torch.equal(rank0["state"][k],
+                                                        rank1["state"][k])] == []
+    for name, value in one["state"].items():
+        torch.testing.assert_close(rank0["state"][name], value, atol=1e-5, rtol=0, msg=name)
+    assert rank0["info"]["stages"] == one["info"]["stages"] == [(0, 0), (2, 1), (4, 2)]
+    assert rank0["info"]["audit"] == [True] and rank0["info"]["rewraps"] == 2
+    moved = {k for k in rank0["state"] if not torch.equal(rank0["state"][k], rank0["init"][k])}
+    assert not any(k.startswith("encoder.") or k == "shared.weight" for k in moved)
+    assert {k for k in moved if k.startswith("decoder.block.")} >= {
+        k for k in rank0["state"] if k.startswith("decoder.block.2.")}
