@@ -18,7 +18,8 @@ A cell runs in two phases (multi-fidelity), one ``results.json`` per run:
    ``curve_fields`` when given (in-training evaluation for the validation curves; Trainer's
    evaluation leaves training's RNG untouched, so this does not change the run).
 
-Runs go to ``<out>/<cell>/sweep/lr<rate>-seed<seed>`` and ``<out>/<cell>/lr<rate>-seed<seed>``;
+Runs go to ``<out>/<cell>/sweep/lr<rate>-seed<seed>`` and ``<out>/<cell>/lr<rate>-seed<seed>``
+(``--save_model false``: a sweep keeps each run's results.json, not its weights);
 ``<out>/<cell>/selection.json`` records the grid, every validation score and the choice. A run
 whose ``results.json`` records the same arguments is reused, so an interrupted cell resumes where
 it stopped and an unchanged cell costs nothing; a run whose arguments changed (the profile or the
@@ -145,6 +146,16 @@ def choose_rate(run_at, grid: list[float], max_extensions: int = DEFAULT_MAX_EXT
             "extensions": extensions, "stopped": stopped}
 
 
+# Flags that change what a run leaves on disk, not its numbers: a sweep keeps no weights.
+RUNNER_FLAGS = ["--save_model", "false"]
+
+
+def same_run(command: str, argv: list[str]) -> bool:
+    """Whether a recorded command ran ``argv`` (with or without the runner flags)."""
+    core = " ".join(["recipes/run.py", *argv])
+    return command in (core, " ".join([core, *RUNNER_FLAGS]))
+
+
 def cell_plan(profile: dict, cell: str) -> dict:
     """The grid, seeds and fields of one cell, with the profile's defaults filled in."""
     if cell not in profile["cells"]:
@@ -212,12 +223,13 @@ def _run_cell(profile_path: str, cell: str, plan: dict, config: Path, cell_dir: 
         done = run_dir / "results.json"
         if done.exists():
             previous = json.loads(done.read_text())
-            if previous.get("command") == " ".join(["recipes/run.py", *argv]):
+            if same_run(previous.get("command", ""), argv):
                 return previous  # same arguments: an interrupted cell resumes where it stopped
             print(f"== {run_dir}: arguments changed, running again", flush=True)
+        if run_dir.exists():  # stale, or interrupted before its results.json
             shutil.rmtree(run_dir)
         print(f"== {cell} lr={rate_name(lr)} seed={seed} ({folder.name})", flush=True)
-        return main(argv)
+        return main([*argv, *RUNNER_FLAGS])
 
     choice = choose_rate(
         lambda lr: validation_score(run(lr, first, plan["sweep_fields"], cell_dir / "sweep")),

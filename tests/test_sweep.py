@@ -106,6 +106,8 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
         lr = float(args["--learning_rate"])
         result = {"eval_accuracy": {1e-3: 0.5, 1e-2: 0.6, 0.1: 0.55}[lr],
                   "command": " ".join(["recipes/run.py", *argv])}
+        if args["--seed"] == "1":  # recorded before the runner flags existed: still the same run
+            result["command"] = result["command"].replace(" --save_model false", "")
         out = Path(args["--output_dir"])
         out.mkdir(parents=True)
         (out / "results.json").write_text(json.dumps(result))
@@ -125,6 +127,7 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
         ("0.01", "0", "2"), ("0.01", "1", "2")
     ]
     assert "--do_predict" not in full[0]
+    assert all(c["--save_model"] == "false" for c in calls)  # a sweep keeps no weights
     saved = json.loads((tmp_path / "runs/tweets/minilm/full/selection.json").read_text())
     assert saved == json.loads(json.dumps(selection))
     # a second call reuses every run whose recorded arguments match
