@@ -19,6 +19,9 @@ in-memory rows, read in order, dropout off):
 - ``accum``: ``gradual`` with 2 micro-batches of half the size per optimizer step.
 - ``fixed``: ``FreezeTrainer`` with ``bottom_n`` (the FSDP / DeepSpeed GPU tests use it).
 - ``callback_no_unused``: ``callback`` with ``ddp_find_unused_parameters=False``, refused.
+- ``auto``: ``FreezeTrainer`` with ``auto_freeze`` (windows of 2 steps, the lowest block freezes
+  at every decision); on every rank but the first, the local criterion is replaced by one that
+  never freezes, so the ranks agree only if the main process's decision reaches them all.
 
 ``--device gpu`` trains on the GPU (the launch config decides DDP, FSDP or DeepSpeed and the
 precision); the default is ``use_cpu=True``. A ``FreezePolicyError`` is written to
@@ -62,7 +65,7 @@ GLOBAL_BATCH = 8
 VOCAB, SEQ_LEN = 99, 12
 SCENARIOS = (
     "gradual", "lisa", "callback", "naive", "zero_lr", "zero_grad", "accum", "fixed",
-    "callback_no_unused",
+    "callback_no_unused", "auto",
 )
 
 
@@ -179,6 +182,13 @@ def run(scenario: str, outdir: Path, batch: int, device: str = "cpu") -> dict:
         trainer = RecordingTrainer(
             **common, freeze_policy=get_policy("bottom_n", n=1), freeze_mode="zero_grad"
         )
+    elif scenario == "auto":
+        import freeze_policies.adaptive as adaptive
+
+        if int(os.environ.get("RANK", 0)) != 0:  # per-rank disagreement, overruled by rank 0
+            adaptive.decide = lambda policy, depth, max_depth, rates: depth
+        policy = get_policy("auto_freeze", every=2, percentile=100.0)
+        trainer = RecordingTrainer(**common, freeze_policy=policy)
     elif scenario == "fixed":
         trainer = RecordingTrainer(**common, freeze_policy=get_policy("bottom_n", n=1))
     elif scenario in ("callback", "callback_no_unused"):

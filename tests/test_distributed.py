@@ -265,9 +265,9 @@ def test_rewrapper_registers_exactly_the_trainable_parameters(gloo_group):
 
 # -- DDP for real: 2 CPU processes over gloo vs 1 process ------------------------------------
 TWO_PROCESS_SCENARIOS = (
-    "gradual,lisa,accum,zero_lr,zero_grad,callback,naive,callback_no_unused"
+    "gradual,lisa,accum,zero_lr,zero_grad,callback,naive,callback_no_unused,auto"
 )
-ONE_PROCESS_SCENARIOS = "gradual,lisa,accum,zero_lr,zero_grad,callback"
+ONE_PROCESS_SCENARIOS = "gradual,lisa,accum,zero_lr,zero_grad,callback,auto"
 
 
 def worker_env() -> dict:
@@ -352,6 +352,19 @@ def test_ddp_lisa_keeps_ranks_bit_identical_and_matches_one_process(ddp_runs):
     assert [e["step"] for e in result["info"]["rewraps"]] == [2, 4]
     assert any(k.startswith("bert.encoder.layer.0.") for k in moved(result))
     assert any(k.startswith("bert.encoder.layer.1.") for k in moved(result))
+
+
+def test_ddp_auto_freeze_takes_the_main_process_decision_on_every_rank(ddp_runs):
+    """Rank 1's own criterion never freezes (see ddp_worker's ``auto``); rank 0's does, at the
+    end of the second window. Both ranks freeze block 0 at step 4 and stay bit-identical."""
+    result = assert_ranks_identical(ddp_runs, "auto")
+    assert_matches_one_process(ddp_runs, "auto")
+    for rank in (0, 1):
+        info = load(ddp_runs, "two", "auto", rank)["info"]
+        assert info["stages"] == [(0, 0), (4, 1)]
+        assert info["audit"] == [True]
+    assert [e["step"] for e in result["info"]["rewraps"]] == [4]  # fewer parameters to reduce
+    assert any(k.startswith("bert.encoder.layer.0.") for k in moved(result))
 
 
 def test_ddp_gradient_accumulation_carries_no_sync_to_the_new_wrapper(ddp_runs):

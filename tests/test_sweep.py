@@ -152,5 +152,5 @@ def test_a_locked_cell_is_skipped(tmp_path, monkeypatch):
 
 def test_list_prints_the_cells(tmp_path):
     done = subprocess.run([sys.executable, "recipes/sweep.py", str(write_profile(tmp_path)),
-                           "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--list"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.split() == ["tweets/minilm/full"]
