@@ -61,8 +61,18 @@ cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's 
 compare: setup      ## every cell of the profile, then the report (see README: Comparison)
 	$(MAKE) cells report PROFILE=$(PROFILE)
 
+# One CPU report for the default profile and SmolLM2's (whichever of the two exist); another
+# profile (gpu) gets its own folder: results/<profile>/REPORT.md, with its own bench.json.
+ifneq ($(filter $(PROFILE),default smollm2),)
+REPORT_RUNS ?= $(or $(wildcard results/runs/default results/runs/smollm2),$(RUNS))
+REPORT_DIR ?= results
+else
+REPORT_RUNS ?= $(RUNS)
+REPORT_DIR ?= results/$(PROFILE)
+endif
 report: setup
-	$(PY) recipes/compare.py --results $(RUNS) --out results/REPORT.md --bench results/bench.json
+	$(PY) recipes/compare.py --results $(REPORT_RUNS) --out $(REPORT_DIR)/REPORT.md \
+		$(if $(wildcard $(REPORT_DIR)/bench.json),--bench $(REPORT_DIR)/bench.json)
 
 bench: setup        ## cost benchmark on the default model: results/bench.json
 	$(PY) recipes/bench.py --out results/bench.json

@@ -71,7 +71,8 @@ from freeze_policies.costs import (
     predict_cost,
     saved_for_backward_bytes,
 )
-from recipes.compare import bench_markdown, method_label
+from recipes.report.aggregate import method_label
+from recipes.report.benches import bench_markdown
 from recipes.run import environment, write_json_atomic
 
 NUM_LABELS = 3

@@ -1,243 +1,501 @@
-"""Result aggregation: validation-only selection, exact statistics, the report, plots, atomicity."""
+"""The comparison report, fed by recipes/sweep.py itself (its training replaced by a stub that
+writes results.json files): layout, grid extension, paired statistics, columns, costs, refusals,
+atomic writes."""
 
 import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from recipes import compare
-from recipes.compare import ReportError, build_tables, load_runs, method_label, write_report
+from recipes import sweep
+from recipes.report import aggregate, markdown, pricing
+from recipes.report.aggregate import ReportError, load_results
+from recipes.report.cli import write_report
 
+ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 1_000_000
-LOW, HIGH = 1e-5, 5e-5
-# Per (method, lr): validation and test accuracy and test macro-F1 for seeds 1, 2, 3. Validation
-# prefers LOW for full and HIGH for bottom_n; test would prefer the other rate in both.
-NUMBERS = {
-    ("full", LOW): ([0.80, 0.82, 0.84], [0.70, 0.72, 0.74], [0.60, 0.63, 0.66]),
-    ("full", HIGH): ([0.70, 0.71, 0.72], [0.90, 0.91, 0.92], [0.90, 0.91, 0.92]),
-    ("bottom_n", LOW): ([0.60, 0.61, 0.62], [0.95, 0.95, 0.95], [0.95, 0.95, 0.95]),
-    ("bottom_n", HIGH): ([0.75, 0.76, 0.77], [0.71, 0.715, 0.72], [0.50, 0.50, 0.50]),
+SEEDS = (0, 1, 2)
+FULL_STEPS, SHORT_STEPS, EVERY = 30, 10, 5
+
+METHODS = {
+    "tweets/minilm/full": {"method": "full", "trainable_params": TOTAL},
+    "tweets/minilm/bottom_n": {"method": "freeze", "policy": "bottom_n",
+                               "policy_options": {"n": 4}, "freeze_mode": "requires_grad",
+                               "trainable_params": 160_000},
+    "tweets/minilm/lora": {"method": "peft", "peft_method": "lora",
+                           "peft_options": {"r": 8, "target_modules": ["query", "value"]},
+                           "trainable_params": 10_000},
+    "tweets/minilm/auto_freeze": {"method": "freeze", "policy": "auto_freeze",
+                                  "policy_options": {"every": 10},
+                                  "freeze_mode": "requires_grad", "trainable_params": TOTAL},
+    "tweets/smollm2/full": {"method": "full", "model": "smollm2", "trainable_params": TOTAL},
+    "tweets/smollm2/lora": {"method": "peft", "peft_method": "lora", "model": "smollm2",
+                            "peft_options": {"r": 8}, "trainable_params": 5_000},
+}
+# Validation peaks: full inside its grid; lora above its grid (extended upwards, then interior);
+# bottom_n far below (extended down until the extension limit); SmolLM2's lora far above (extended
+# until the next rate would leave the bounds).
+PEAKS = {"tweets/minilm/full": 1e-4, "tweets/minilm/bottom_n": 1e-6, "tweets/minilm/lora": 5e-3,
+         "tweets/minilm/auto_freeze": 1e-4, "tweets/smollm2/full": 3e-5,
+         "tweets/smollm2/lora": 1e-1}
+# Test accuracy per seed at the chosen rate. Against full (0.72, 0.73, 0.75):
+#   bottom_n: differences -0.02, +0.01, -0.03 -> indistinguishable (hand-computed below)
+#   lora:     differences +0.05, +0.06, +0.07 -> better (interval [+0.0352, +0.0848])
+#   auto_freeze: -0.10, -0.12, -0.11 -> worse
+TEST = {
+    "tweets/minilm/full": (0.72, 0.73, 0.75),
+    "tweets/minilm/bottom_n": (0.70, 0.74, 0.72),
+    "tweets/minilm/lora": (0.77, 0.79, 0.82),
+    "tweets/minilm/auto_freeze": (0.62, 0.61, 0.64),
+    "tweets/smollm2/full": (0.60, 0.62, 0.64),
+    "tweets/smollm2/lora": (0.61, 0.60, 0.66),
 }
 ENVIRONMENT = {
-    "hardware": {"platform": "Linux-test", "cpu_count": 2, "torch_threads": 2},
+    "hardware": {"platform": "Linux-test", "cpu_count": 2, "torch_threads": 1},
     "versions": {"torch": "2.13.0", "transformers": "5.24.0"},
     "python": "3.11.2",
 }
 
 
-def run_fields(method: str, lr: float, seed: int, **extra) -> dict:
-    validation, test, f1 = (values[seed - 1] for values in NUMBERS[(method, lr)])
-    freeze = method == "bottom_n"
-    return {
-        "method": "freeze" if freeze else "full",
-        "policy": "bottom_n" if freeze else None,
-        "policy_options": {"n": 4} if freeze else {},
-        "freeze_mode": "requires_grad" if freeze else None,
-        "peft_method": None,
-        "peft_options": {},
-        "model": "minilm",
-        "task": "classification",
-        "dataset": "tweets",
-        "seed": seed,
-        "learning_rate": lr,
-        "max_steps": 100,
-        "trainable_params": 160_000 if freeze else TOTAL,
-        "total_params": TOTAL,
-        "eval_accuracy": validation,
-        "eval_f1": validation,
-        "test_accuracy": test,
-        "test_f1": f1,
-        "train_runtime": 50.0 if freeze else 100.0,
-        "peak_memory_bytes": (1 if freeze else 2) * 2**30,
-        "peak_memory_kind": "cpu_max_rss",
-        "optimizer_state_bytes": 8 * (160_000 if freeze else TOTAL),
-        "frozen_audit": {"passed": True, "checked": 10} if freeze else None,
-        "log_history": [],
-        **ENVIRONMENT,
-        **extra,
+def validation(cell: str, lr: float) -> float:
+    return 0.8 - 0.02 * (math.log10(lr) - math.log10(PEAKS[cell])) ** 2
+
+
+def parse(argv: list[str]) -> dict:
+    return {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2)}
+
+
+def fake_run(argv: list[str]) -> dict:
+    """What recipes/run.py writes, with made-up numbers: a full-length run evaluates on test,
+    a curve run evaluates every EVERY steps, a cached run counts hits and records."""
+    args = parse(argv)
+    cell = args["config"].removeprefix("configs/").removesuffix(".yaml")
+    lr, seed = float(args["learning_rate"]), int(args["seed"])
+    short = args.get("do_predict") == "False"
+    steps = SHORT_STEPS if short else FULL_STEPS
+    spec = METHODS[cell]
+    score = validation(cell, lr) if short or seed == 0 else 0.5
+    log = []
+    if spec.get("policy") == "auto_freeze":  # depth 1 at step 10, 2 at step 20
+        log += [{"freeze_stage": 0, "trainable_params": TOTAL, "step": 0},
+                {"step": 10, "auto_freeze_depth": 1, "auto_freeze_rates": {"0": 0.01}},
+                {"freeze_stage": 1, "trainable_params": 600_000, "step": 10},
+                {"step": 20, "auto_freeze_depth": 2, "auto_freeze_rates": {"1": 0.01}},
+                {"freeze_stage": 2, "trainable_params": 400_000, "step": 20}]
+    if args.get("eval_strategy") == "steps":
+        for step in range(EVERY, steps + 1, EVERY):
+            log.append({"eval_accuracy": score - 0.1 * (1 - step / steps), "eval_runtime": 1.0,
+                        "step": step})
+    runtime = {"full": 60.0, "freeze": 30.0, "peft": 45.0}[spec["method"]] * steps / FULL_STEPS
+    log += [{"train_runtime": runtime, "step": steps}, {"eval_accuracy": score, "step": steps}]
+    results = {
+        "method": spec["method"], "policy": spec.get("policy"),
+        "policy_options": spec.get("policy_options", {}),
+        "freeze_mode": spec.get("freeze_mode"), "peft_method": spec.get("peft_method"),
+        "peft_options": spec.get("peft_options", {}),
+        "command": " ".join(["recipes/run.py", *argv]),
+        "model": spec.get("model", "minilm"), "task": "classification", "dataset": "tweets",
+        "seed": seed, "learning_rate": lr, "max_steps": steps,
+        "trainable_params": spec["trainable_params"], "total_params": TOTAL,
+        "eval_accuracy": score, "eval_f1": score - 0.05, "train_runtime": runtime,
+        "peak_memory_bytes": 2**30, "peak_memory_kind": "cpu_max_rss",
+        "optimizer_state_bytes": 8 * spec["trainable_params"],
+        "frozen_audit": {"passed": True, "checked": 10} if spec["method"] == "freeze" else None,
+        "prefix_cache": ({"hits": 20, "records": 10, "rebuilds": 0, "record_seconds": 4.0}
+                         if cell == "tweets/minilm/bottom_n" and not short else None),
+        "log_history": log, **ENVIRONMENT,
     }
+    if not short:
+        accuracy = TEST[cell][SEEDS.index(seed)]
+        results.update(test_accuracy=accuracy, test_f1=accuracy - 0.1)
+    folder = Path(args["output_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return results
 
 
-def write_run(root, name: str, payload: dict):
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps(payload))
-    return folder / "results.json"
+PROFILE = {
+    "seeds": list(SEEDS),
+    "lrs": {"default": [3e-5, 1e-4, 3e-4], "adapter": [3e-4, 1e-3, 3e-3]},
+    "grid_extension": {"max_extensions": 2, "bounds": [1e-8, 1e-2]},
+    "sweep": {"num_train_epochs": 1},
+    "common": {"num_train_epochs": 3},
+    "cells": {
+        "tweets/minilm/full": {"curve_fields": {"eval_strategy": "steps", "eval_steps": EVERY}},
+        "tweets/minilm/bottom_n": {"fields": {"cache_frozen_prefix": True},
+                                   "curve_fields": {"eval_strategy": "steps"}},
+        "tweets/minilm/lora": {"lr_grid": "adapter", "curve_fields": {"eval_strategy": "steps"}},
+        "tweets/minilm/auto_freeze": {"curve_fields": {"eval_strategy": "steps"}},
+        "tweets/smollm2/full": {"lrs": [3e-5, 1e-4]},
+        "tweets/smollm2/lora": {"lrs": [3e-4, 1e-3]},
+    },
+}
+BENCH = {
+    "model": "minilm",
+    "methods": [
+        {"label": "full", "method": "full", "policy": None, "policy_options": {},
+         "freeze_mode": None, "peft_method": None, "step_ratio": 1.0, "flop_ratio": 1.0,
+         "trainable_params": TOTAL, "total_params": TOTAL, "optimizer_state_bytes": 8 * TOTAL},
+        {"label": "bottom_n (n=4)", "method": "freeze", "policy": "bottom_n",
+         "policy_options": {"n": 4}, "freeze_mode": "requires_grad", "peft_method": None,
+         "step_ratio": 0.5, "flop_ratio": 0.56, "trainable_params": 400_000,
+         "total_params": TOTAL},
+        {"label": "all_but_head", "method": "freeze", "policy": "all_but_head",
+         "policy_options": {}, "freeze_mode": "requires_grad", "peft_method": None,
+         "step_ratio": 0.3, "flop_ratio": 0.34, "trainable_params": 100_000,
+         "total_params": TOTAL},
+        {"label": "lora", "method": "peft", "policy": None, "policy_options": {},
+         "freeze_mode": None, "peft_method": "lora", "step_ratio": 0.7, "flop_ratio": 0.7,
+         "trainable_params": 10_000, "total_params": TOTAL},
+        {"label": "FreezeTrainer bottom_n (n=4)", "method": "freeze", "policy": "bottom_n",
+         "policy_options": {"n": 4}, "freeze_mode": "requires_grad", "peft_method": None,
+         "step_ratio": 0.9, "flop_ratio": 0.56},
+    ],
+    "targets": {"bottom_n_4_faster_than_lora": {"value": 0.71, "threshold": "< 1",
+                                                "passed": True}},
+    **ENVIRONMENT,
+}
+BENCH_CACHE = {
+    "command": "python recipes/bench_cache.py", "model": "MiniLM", "batch_size": 32,
+    "seq_len": 64, "batches_per_epoch": 6, "epochs": 3,
+    "methods": {
+        "full": {"ratio_to_full": 1.0, "first_epoch_ratio_to_full": 1.0, "cache_bytes": 0},
+        "bottom_n (n=4)": {"ratio_to_full": 0.5, "first_epoch_ratio_to_full": 0.5,
+                           "cache_bytes": 0},
+        "bottom_n (n=4) cached": {"ratio_to_full": 0.2, "first_epoch_ratio_to_full": 0.6,
+                                  "cache_bytes": 2**20},
+    },
+    "targets": {"bottom_n_cached_vs_full": {"value": 0.2, "threshold": "<= 0.35",
+                                            "passed": True}},
+}
 
 
-@pytest.fixture
-def runs_dir(tmp_path):
-    root = tmp_path / "runs"
-    for method, lr in NUMBERS:
-        for seed in (1, 2, 3):
-            write_run(root, f"{method}-{lr:g}-{seed}", run_fields(method, lr, seed))
+def run_comparison(root: Path, monkeypatch, cells=None) -> Path:
+    """recipes/sweep.py over PROFILE's cells (from the repository root, where configs live)."""
+    profile = root.parent / "profile.yaml"
+    profile.write_text(yaml.safe_dump(PROFILE))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sweep, "main", fake_run)
+    for cell in cells or PROFILE["cells"]:
+        sweep.run_cell(str(profile), cell, str(root))
     return root
 
 
-def cells_by_label(root, bench=None):
-    (table,) = build_tables(load_runs(root), bench)
-    return table, {cell.label: cell for cell in table.cells}
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        root = run_comparison(tmp_path_factory.mktemp("cmp") / "runs", monkeypatch)
+    finally:
+        monkeypatch.undo()
+    bench_dir = root.parent / "bench"
+    bench_dir.mkdir()
+    (bench_dir / "bench.json").write_text(json.dumps(BENCH))
+    (bench_dir / "bench_cache.json").write_text(json.dumps(BENCH_CACHE))
+    return root
 
 
-def test_the_learning_rate_is_chosen_on_validation_never_on_test(runs_dir):
-    _, cells = cells_by_label(runs_dir)
-    assert cells["full"].chosen_lr == LOW  # test alone would have picked HIGH (0.91 > 0.72)
-    assert cells["bottom_n (n=4)"].chosen_lr == HIGH  # test alone: LOW (0.95 > 0.715)
-    assert cells["full"].sweep[LOW].mean == pytest.approx(0.82)
-    assert cells["full"].sweep[HIGH].mean == pytest.approx(0.71)
+@pytest.fixture
+def runs(comparison, tmp_path):
+    """A private copy to spoil."""
+    return Path(shutil.copytree(comparison, tmp_path / "runs"))
 
 
-def test_test_metrics_are_mean_and_sample_std_over_seeds_at_the_chosen_rate(runs_dir):
-    _, cells = cells_by_label(runs_dir)
-    accuracy, f1 = cells["full"].test("test_accuracy"), cells["full"].test("test_f1")
-    assert (accuracy.mean, accuracy.std, accuracy.n) == (
-        pytest.approx(0.72),
-        pytest.approx(0.02),
-        3,
-    )
-    assert (f1.mean, f1.std) == (pytest.approx(0.63), pytest.approx(0.03))
-    bottom = cells["bottom_n (n=4)"].test("test_accuracy")
-    assert (bottom.mean, bottom.std) == (pytest.approx(0.715), pytest.approx(0.005))
+def tables_by_model(root: Path, bench: dict | None = BENCH, cache: dict | None = BENCH_CACHE):
+    results = load_results(root)
+    for table in results.tables:
+        pricing.price_table(table, bench, cache)
+    return {table.model: {cell.short: cell for cell in table.cells} for table in
+            results.tables}, results
 
 
-def test_lowest_loss_picks_the_rate_for_causal_lm(tmp_path):
-    root = tmp_path / "runs"
-    for lr, losses in ((LOW, [2.0, 2.2]), (HIGH, [1.5, 1.7])):
-        for seed, loss in enumerate(losses, 1):
-            payload = run_fields("full", LOW, seed, task="causal_lm", learning_rate=lr)
-            payload.update(eval_loss=loss, test_loss=loss + 0.1, test_perplexity=2.0 + lr)
-            write_run(root, f"lm-{lr:g}-{seed}", payload)
-    _, cells = cells_by_label(root)
-    assert cells["full"].chosen_lr == HIGH
-    assert cells["full"].test("test_loss").mean == pytest.approx(1.7)
+# -- layout and learning-rate selection ------------------------------------------------------
 
 
-def test_report_table_rows_plots_and_findings(runs_dir, tmp_path):
+def test_full_length_runs_are_reported_and_short_runs_only_choose_the_rate(comparison):
+    cells, results = tables_by_model(comparison)
+    full = cells["minilm"]["full"]
+    assert [run["seed"] for run in full.runs] == [0, 1, 2]
+    assert all(run["max_steps"] == FULL_STEPS for run in full.runs)
+    assert {run["max_steps"] for run in full.selection.sweep_runs.values()} == {SHORT_STEPS}
+    assert full.chosen_lr == 1e-4 and full.selection.interior
+    assert full.test("test_accuracy").mean == pytest.approx(0.7333333)
+    assert len(results.runs) == 18 and results.incomplete == []
+
+
+def test_grid_extension_is_reported_with_every_score_and_why_the_search_stopped(comparison):
+    cells, _ = tables_by_model(comparison)
+    lora = cells["minilm"]["lora"].selection  # best at the top edge: 9.49e-3 added, worse
+    assert lora.grid == [3e-4, 1e-3, 3e-3]
+    assert lora.added == [pytest.approx(9.49e-3)]
+    assert lora.chosen_lr == 3e-3 and lora.interior
+    assert lora.stopped == "interior" and lora.extensions == 1
+    bottom = cells["minilm"]["bottom_n"].selection  # best below the grid, limit of 2 added
+    assert bottom.stopped == "max_extensions" and not bottom.interior
+    assert bottom.chosen_lr == min(bottom.rates) == pytest.approx(3e-6)
+    smol = cells["smollm2"]["lora"].selection  # 3.33e-3 added; 1.11e-2 would pass 1e-2
+    assert (smol.stopped, smol.extensions, smol.chosen_lr) == ("bounds", 1, pytest.approx(3.33e-3))
+
+    context = markdown.context_of(next(t for t in load_results(comparison).tables
+                                       if t.model == "minilm"))
+    text = markdown.render(markdown.SELECTION_COLUMNS, context.table.cells, context)
+    row = next(line for line in text.splitlines() if line.startswith("| lora |"))
+    # 0.8 - 0.02 * log10(lr / 5e-3) ** 2, in percent
+    assert "| 0.0003: 77.01, 0.001: 79.02, **0.003: 79.90**, 0.00949: 79.85† |" in row
+    assert row.endswith("| interior (1 added) | num_train_epochs=1 (10 steps), seed 0 |")
+    row = next(line for line in text.splitlines() if line.startswith("| bottom_n (n=4) |"))
+    assert "at the bottom edge: extension limit reached (2 added)" in row
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def test_paired_differences_against_full_match_the_hand_computed_interval(comparison):
+    """bottom_n - full per seed: -0.02, +0.01, -0.03. Mean -0.04/3 = -0.013333; deviations
+    -0.006667, +0.023333, -0.016667; squares sum 8.6667e-4; s = sqrt(8.6667e-4 / 2) = 0.020817;
+    s / sqrt(3) = 0.012019; t(0.975, 2) = 4.302653; half-width 0.051712:
+    [-0.065045, +0.038378], which includes zero."""
+    results = load_results(comparison)
+    table = next(t for t in results.tables if t.model == "minilm")
+    diffs = markdown.differences(table, "test_accuracy")
+    bottom = diffs["bottom_n (n=4)"]
+    assert bottom.seeds == (0, 1, 2)
+    assert bottom.differences == pytest.approx((-0.02, 0.01, -0.03))
+    assert bottom.mean == pytest.approx(-0.0133333, abs=1e-6)
+    assert bottom.std == pytest.approx(0.0208167, abs=1e-6)
+    assert (bottom.low, bottom.high) == (pytest.approx(-0.065045, abs=1e-6),
+                                         pytest.approx(0.038378, abs=1e-6))
+    assert not bottom.excludes_zero
+    lora = diffs["lora"]  # +0.05, +0.06, +0.07: s = 0.01, half = 4.302653 * 0.01 / sqrt(3)
+    assert (lora.low, lora.high) == (pytest.approx(0.06 - 0.0248414, abs=1e-6),
+                                     pytest.approx(0.06 + 0.0248414, abs=1e-6))
+    assert markdown.verdict_of(lora, True) == "better than full"
+    assert markdown.verdict_of(diffs["auto_freeze (every=10)"], True) == "worse than full"
+    assert markdown.verdict_of(bottom, True) == "indistinguishable"
+
+
+def test_findings_state_a_difference_only_where_the_interval_excludes_zero(comparison):
+    cells, results = tables_by_model(comparison)
+    lines = markdown.findings(results, BENCH)
+    title = "minilm on tweets (classification)"
+    assert (f"{title}: lora is better than full fine-tuning on test accuracy: +6.00 points, "
+            "95% CI [+3.52, +8.48] over 3 paired seeds.") in lines
+    assert any(line.startswith(f"{title}: auto_freeze (every=10) is worse than full") for line
+               in lines)
+    assert (f"{title}: indistinguishable from full fine-tuning (73.33 ± 1.53) on test accuracy "
+            "at this budget (the 95% interval of the paired difference includes zero): "
+            "bottom_n (n=4).") in lines
+    assert not any("bottom_n (n=4) is" in line for line in lines)
+    smol = [line for line in lines if line.startswith("smollm2")]
+    assert any("indistinguishable" in line and "lora" in line for line in smol)
+
+
+def test_pareto_fronts_of_accuracy_against_share_and_priced_step(comparison):
+    cells, results = tables_by_model(comparison)
+    table = next(t for t in results.tables if t.model == "minilm")
+    share = markdown.pareto_cells(table, lambda c: c.trainable_share)
+    # lora is the smallest and the most accurate: it dominates everything
+    assert [c.short for c in share] == ["lora"]
+    lines = markdown.findings(results, BENCH)
+    assert ("minilm on tweets (classification): Pareto front of test accuracy (mean) against "
+            "priced step time, cheapest first: bottom_n (n=4), lora.") in lines
+
+
+def test_full_fine_tuning_curve_and_plateau_are_stated_from_the_numbers(comparison):
+    cells, results = tables_by_model(comparison)
+    table = next(t for t in results.tables if t.model == "minilm")
+    lines = markdown.curve_markdown(table)
+    assert lines[0] == "| step | 5 | 10 | 15 | 20 | 25 | 30 |"
+    # 0.8 - 0.1 * (1 - step / 30): the last third (25, 30) averages 79.17, the middle (15, 20)
+    # 75.83: gain +3.33 points, over the 1-point threshold
+    assert "is still improving: the mean of the last third of its 6 evaluations is 79.17, " \
+           "the middle third's 75.83 (gain +3.33 points" in lines[4]
+
+
+# -- costs ------------------------------------------------------------------------------------
+
+
+def test_costs_are_priced_from_the_bench_and_the_cache_share_from_hits_and_records(comparison):
+    cells, _ = tables_by_model(comparison)
+    minilm = cells["minilm"]
+    assert (minilm["lora"].priced_ratio, minilm["lora"].priced_source) == (0.7, "bench")
+    bottom = minilm["bottom_n"]
+    # 10 recording steps at 0.6, 20 replaying at 0.2 over 30 steps
+    assert bottom.priced_ratio == pytest.approx((10 * 0.6 + 20 * 0.2) / 30)
+    assert bottom.priced_source == "bench_cache" and bottom.step_ratio == 0.5
+    # cache saves 20 * (0.5 - 0.2) - 10 * (0.6 - 0.5) = 5 full steps; freezing 30 * 0.5 = 15
+    assert bottom.cache_share == pytest.approx(5 / 20)
+    auto = minilm["auto_freeze"]  # 10 steps at 1.0, 10 at 600k trainable, 10 at 400k (=0.5)
+    between = 0.5 + 0.5 * (600_000 - 400_000) / (TOTAL - 400_000)
+    assert auto.priced_source == "bench, by stage"
+    assert auto.priced_ratio == pytest.approx((10 * 1.0 + 10 * between + 10 * 0.5) / 30)
+    assert auto.trainable_share == pytest.approx((TOTAL + 600_000 + 400_000) / 3 / TOTAL)
+    table = load_results(comparison).tables[0]
+    pricing.price_table(table, BENCH, BENCH_CACHE)
+    full = table.full  # training time less in-training evaluation (6 x 1 s in seed 0's run)
+    assert pricing.seconds_per_full_step(table) == pytest.approx((54 / 30 + 2 + 2) / 3)
+    unit = pricing.seconds_per_full_step(table)
+    lora = next(c for c in table.cells if c.short == "lora")
+    run = lora.curve_run
+    assert pricing.cumulative_seconds(table, lora, run, [10, 30]) == pytest.approx(
+        [10 * 0.7 * unit, 30 * 0.7 * unit])
+    assert full.curve_run["seed"] == 0
+    smol, _ = tables_by_model(comparison)
+    assert smol["smollm2"]["lora"].priced_source == "runs"  # the bench ran MiniLM only
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def header(text: str, first: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {first} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_columns_rows_and_sections(comparison, tmp_path):
     out = tmp_path / "report" / "REPORT.md"
-    write_report(runs_dir, out, None, "python recipes/compare.py --results runs")
+    bench = comparison.parent / "bench" / "bench.json"
+    write_report(comparison, out, bench, "python recipes/compare.py --results runs")
     text = out.read_text()
-    assert "python recipes/compare.py --results runs" in text
-    assert "Linux-test; 2 CPUs, 2 torch threads; python 3.11.2" in text
-    assert "torch 2.13.0, transformers 5.24.0" in text
-    assert (
-        "| full | 1,000,000 | 100.00 | 72.00 ± 2.00 | 63.00 ± 3.00 | 3 | 1e-05 | 1.00 (runs) "
-        "| 2.0 GiB (RSS) | 7.6 MiB | n/a |" in text
-    )
-    assert (
-        "| bottom_n (n=4) | 160,000 | 16.00 | 71.50 ± 0.50 | 50.00 ± 0.00 | 3 | 5e-05 "
-        "| 0.50 (runs) | 1.0 GiB (RSS) | 1.2 MiB | passed (6/6) |" in text
-    )
-    assert "within 1 point of full fine-tuning (72.00 ± 2.00): bottom_n (n=4) (71.50" in text
-    assert "the best test accuracy is full's" in text
-    for name in ("accuracy_vs_params.png", "accuracy_vs_time.png", "memory.png"):
+    table = next(t for t in load_results(comparison).tables if t.model == "minilm")
+    declared = [c.title for c in markdown.result_columns(table)]
+    assert header(text, "method")[: len(declared)] == declared == [
+        "method", "trainable (%)", "test accuracy (%)", "macro-F1 (%)",
+        "test accuracy − full points, mean [95% CI]", "macro-F1 − full points [CI]",
+        "paired seeds", "vs full", "lr", "frozen audit"]
+    assert ("| lora | 1 | 79.33 ± 2.52 | 69.33 ± 2.52 | +6.00 [+3.52, +8.48] | "
+            "+6.00 [+3.52, +8.48] | 3 | better than full | 0.003 | n/a |") in text
+    assert "| full | 100 | 73.33 ± 1.53 | 63.33 ± 1.53 | — | — | 3 | reference | 0.0001 |" in text
+    assert [c.title for c in markdown.COST_COLUMNS] == [
+        "method", "trainable (%)", "step time vs full (bench)",
+        "priced step vs full (source); priced run", "training time per run (s, under load)",
+        "peak memory", "optimizer state", "prefix cache per run (mean)"]
+    assert ("| bottom_n (n=4) | 16 | 0.50 | 0.33 (bench_cache); 19 s | 28 ± 3 (30 steps) | "
+            "1.0 GiB (RSS) | 1.2 MiB | 20 replayed / 10 recorded, 0.0 rebuilds, 4 s recording; "
+            "25% of the time saved |") in text
+    assert "| auto_freeze (every=10) | 66.7 (mean over steps; 100 at start) |" in text
+    assert "| auto_freeze (every=10) | 0 | 2 | 2 | 1 @ 10, 2 @ 20 |" in text
+    assert "1 torch thread(s) each on a machine shared with other work" in text
+    assert "no method is ranked by wall time" in text
+    assert "## smollm2 on tweets (classification)" in text
+    assert "## Cost benchmark" in text and "## Frozen-prefix cache" in text
+    for name in ("pareto.png", "time_to_accuracy.png", "validation_curves.png", "memory.png"):
         data = (out.parent / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
         assert f"]({name})" in text
-    assert not (out.parent / "gradual_unfreezing.png").exists()  # no such cell
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
 
 
-def test_step_ratios_and_optimizer_bytes_come_from_the_bench_when_it_has_the_method(
-    runs_dir, tmp_path
-):
-    bench_row = {
-        "label": "bottom_n (n=4)",
-        "method": "freeze",
-        "policy": "bottom_n",
-        "policy_options": {"n": 4},
-        "freeze_mode": "requires_grad",
-        "peft_method": None,
-        "step_ratio": 0.53,
-        "flop_ratio": 0.56,
-        "optimizer_state_bytes": 123,
-    }
-    trainer_row = {**bench_row, "label": "FreezeTrainer bottom_n (n=4)", "step_ratio": 0.9}
-    bench = {
-        "model": "minilm",
-        "methods": [bench_row, trainer_row],
-        "targets": {
-            "bottom_n_4_faster_than_lora": {
-                "value": 0.8,
-                "threshold": "< 1",
-                "passed": False,
-                "explanation": "slow",
-            }
-        },
-    }
-    _, cells = cells_by_label(runs_dir, bench)
-    bottom = cells["bottom_n (n=4)"]
-    assert (bottom.step_ratio, bottom.step_ratio_source) == (0.53, "bench")
-    assert bottom.optimizer_state_source == "runs"  # measured in the runs wins over the bench
-    assert (cells["full"].step_ratio, cells["full"].step_ratio_source) == (1.0, "runs")
+def test_labels_on_the_pareto_plot_do_not_overlap(comparison):
+    from recipes.report import plots
 
-    bench_path = tmp_path / "bench.json"
-    bench_path.write_text(json.dumps(bench))
-    out = tmp_path / "REPORT.md"
-    write_report(runs_dir, out, bench_path, "cmd")
-    text = out.read_text()
-    assert "| 0.53 (bench) |" in text
-    assert "Benchmark target bottom_n_4_faster_than_lora: missed (value 0.8, threshold < 1)" in text
+    _, results = tables_by_model(comparison)
+    fig = plots.plot_pareto(results.tables)
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == len(results.tables[0].cells) or len(boxes) == 2
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (ax.get_title(), a, b)
+        assert ax.get_xlabel() and ax.get_ylabel()
+    assert fig.axes[0].get_xscale() == "log" and "log scale" in fig.axes[0].get_xlabel()
+    plots.pyplot().close("all")
 
 
-def test_gradual_unfreezing_curve_is_averaged_over_seeds_and_plotted(runs_dir, tmp_path):
-    for seed in (1, 2, 3):
-        payload = run_fields("bottom_n", HIGH, seed, policy="gradual_unfreeze", policy_options={})
-        payload["log_history"] = [
-            {"loss": 1.0, "step": 10},
-            {"eval_accuracy": 0.5 + 0.01 * seed, "step": 50},
-            {"eval_accuracy": 0.6 + 0.01 * seed, "step": 100},
-        ]
-        write_run(runs_dir, f"gradual-{seed}", payload)
-    _, cells = cells_by_label(runs_dir)
-    steps, values = compare.validation_curve(cells["gradual_unfreeze"])
-    assert steps == [50, 100] and values == pytest.approx([0.52, 0.62])
-    out = tmp_path / "REPORT.md"
-    write_report(runs_dir, out, None, "cmd")
-    assert (tmp_path / "gradual_unfreezing.png").read_bytes().startswith(b"\x89PNG")
+def test_incomplete_cells_are_listed_and_left_out(runs, monkeypatch):
+    (runs / "tweets/minilm/lora/selection.json").unlink()
+    results = load_results(runs)
+    assert results.incomplete == ["tweets/minilm/lora"]
+    assert "lora" not in {c.short for t in results.tables for c in t.cells if t.model == "minilm"}
 
 
-def test_a_failed_audit_in_any_run_is_reported(runs_dir):
-    path = runs_dir / "bottom_n-1e-05-2" / "results.json"
-    payload = json.loads(path.read_text())
-    payload["frozen_audit"] = {"passed": False, "checked": 10}
-    path.write_text(json.dumps(payload))
-    _, cells = cells_by_label(runs_dir)
-    assert cells["bottom_n (n=4)"].audit == "FAILED (1/6 runs)"
+# -- refusals and atomic writes ---------------------------------------------------------------
 
 
-def test_a_malformed_results_file_names_the_file_and_writes_nothing(runs_dir, tmp_path):
-    bad = runs_dir / "full-1e-05-2" / "results.json"
+def refuse(root: Path, pattern: str):
+    with pytest.raises(ReportError, match=pattern) as error:
+        load_results(root)
+    assert "\n" not in str(error.value)
+
+
+def spoil(path: Path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_malformed_inputs_are_refused_in_one_line_naming_the_file(runs):
+    cell = runs / "tweets/minilm/full"
+    bad = cell / "lr0.0001-seed1" / "results.json"
+    original = bad.read_text()
     bad.write_text('{"method": "full", ')
+    refuse(runs, re.escape(f"{bad}: not a readable JSON file"))
+    bad.write_text(original)
+    spoil(bad, test_f1=None)
+    refuse(runs, re.escape(f"{bad}: no numeric test_f1"))
+    bad.write_text(original)
+
+    selection = cell / "selection.json"
+    saved = selection.read_text()
+    spoil(selection, chosen_lr=3e-4)
+    refuse(runs, re.escape(f"{selection}: chosen_lr 0.0003 is not the best validation score"))
+    selection.write_text(saved)
+    spoil(selection, stopped="tired")
+    refuse(runs, re.escape(f"{selection}: stopped is 'tired'; expected one of interior, "
+                           "max_extensions, bounds"))
+    selection.write_text(saved)
+    short = cell / "sweep" / "lr3e-05-seed0" / "results.json"
+    spoil(short, eval_accuracy=0.1)
+    refuse(runs, re.escape(f"{short}: validation score 0.1 but {selection} records"))
+    short.unlink()
+    refuse(runs, re.escape(f"{selection}: no short run (sweep/lr<rate>-seed0/results.json) "
+                           "for lr 3e-05"))
+    selection.write_text(saved)
+
+
+def test_stale_and_missing_full_length_runs_are_refused(runs):
+    cell = runs / "tweets/minilm/full"
+    stale = cell / "lr3e-05-seed1"
+    shutil.copytree(cell / "lr0.0001-seed1", stale)
+    spoil(stale / "results.json", learning_rate=3e-5)
+    refuse(runs, re.escape(f"{stale / 'results.json'}: lr 3e-05 but {cell / 'selection.json'} "
+                           "chose 0.0001; a stale run? remove it"))
+    shutil.rmtree(stale)
+    shutil.rmtree(cell / "lr0.0001-seed2")
+    refuse(runs, re.escape(f"{cell / 'selection.json'}: seeds [0, 1, 2] but full-length runs "
+                           "for [0, 1]"))
+    refuse(runs.parent / "nothing-here", "no such folder of runs")
+
+
+def test_a_bad_input_leaves_the_previous_report_and_plots(runs, tmp_path):
     out = tmp_path / "out" / "REPORT.md"
     out.parent.mkdir()
     out.write_text("previous report")
-    with pytest.raises(ReportError, match=str(bad)):
-        write_report(runs_dir, out, None, "cmd")
-    assert out.read_text() == "previous report"
+    (runs / "tweets/minilm/full/lr0.0001-seed2/results.json").write_text("[]")
+    with pytest.raises(ReportError, match="not a JSON object"):
+        write_report(runs, out, None, "cmd")
     assert sorted(p.name for p in out.parent.iterdir()) == ["REPORT.md"]
-    with pytest.raises(SystemExit, match="error: .*full-1e-05-2/results.json"):
-        compare.main(["--results", str(runs_dir), "--out", str(out)])
+    assert out.read_text() == "previous report"
 
 
-def test_missing_metrics_and_duplicate_runs_are_refused(runs_dir, tmp_path):
-    write_run(runs_dir, "again", run_fields("full", LOW, 1))
-    with pytest.raises(ReportError, match="same method, learning rate 1e-05 and seed 1"):
-        load_and_build(runs_dir)
-    (runs_dir / "again" / "results.json").write_text(
-        json.dumps({**run_fields("full", LOW, 3), "seed": 9, "test_f1": None})
-    )
-    with pytest.raises(ReportError, match="again/results.json: no numeric test_f1"):
-        load_and_build(runs_dir)
-    with pytest.raises(ReportError, match="no results.json under"):
-        load_runs(tmp_path / "empty")
-
-
-def load_and_build(root):
-    return build_tables(load_runs(root), None)
-
-
-def test_a_failure_while_writing_leaves_no_partial_files(runs_dir, tmp_path, monkeypatch):
+def test_a_failure_while_writing_leaves_no_partial_files(comparison, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
+    from recipes.report import cli, plots
+
+    def two_small_figures(tables):  # what matters is the second write failing
+        return {name: plots.pyplot().figure(figsize=(1, 1)) for name in ("a.png", "b.png")}
+
+    monkeypatch.setattr(cli, "make_plots", two_small_figures)
+    monkeypatch.setitem(markdown.CAPTIONS, "a.png", "a")
+    monkeypatch.setitem(markdown.CAPTIONS, "b.png", "b")
     calls = {"n": 0}
     original = Figure.savefig
 
@@ -250,55 +508,44 @@ def test_a_failure_while_writing_leaves_no_partial_files(runs_dir, tmp_path, mon
     monkeypatch.setattr(Figure, "savefig", flaky)
     out = tmp_path / "out" / "REPORT.md"
     with pytest.raises(OSError, match="disk full"):
-        write_report(runs_dir, out, None, "cmd")
+        write_report(comparison, out, None, "cmd")
     assert list(out.parent.iterdir()) == []
 
 
-def test_method_labels():
-    assert method_label({"method": "full"}) == "full"
-    assert method_label({"method": "peft", "peft_method": "lora"}) == "lora"
-    run = {"method": "freeze", "policy": "bottom_n", "policy_options": {"n": 4}}
-    assert method_label(run) == "bottom_n (n=4)"
-    assert method_label({**run, "freeze_mode": "zero_lr"}) == "bottom_n (n=4) zero_lr"
-    assert method_label({**run, "freeze_mode": "requires_grad"}) == "bottom_n (n=4)"
+def test_the_command_line_entry_point_refuses_in_one_line(runs, tmp_path):
+    bad = runs / "tweets/smollm2/lora/lr0.00333-seed0/results.json"
+    spoil(bad, task="translation")
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "recipes/compare.py"), "--results", str(runs), "--out",
+         str(tmp_path / "REPORT.md")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert process.returncode == 1
+    assert process.stderr.strip() == (f"error: {bad}: unknown task 'translation' (known: "
+                                      "classification, causal_lm)")
+    assert not (tmp_path / "REPORT.md").exists()
 
 
-def test_two_phase_sweep_selects_on_the_shared_seed(tmp_path):
-    """lr A wins on seed 0; seeds 1-2 ran at A only, with lower validation than B's seed 0."""
-    from recipes.compare import build_tables
-
-    def run(lr, seed, val):
-        return {"model": "m", "dataset": "d", "task": "classification", "method": "full",
-                "policy": None, "policy_options": {}, "freeze_mode": None, "peft_method": None,
-                "peft_options": {}, "learning_rate": lr, "seed": seed, "eval_accuracy": val,
-                "eval_f1": val, "test_accuracy": 0.5, "test_f1": 0.5, "trainable_params": 1,
-                "total_params": 1, "train_runtime": 1.0, "max_steps": 1,
-                "_path": f"lr{lr}-seed{seed}/results.json"}
-
-    runs = [run(1e-3, 0, 0.80), run(1e-4, 0, 0.75), run(1e-3, 1, 0.60), run(1e-3, 2, 0.60)]
-    (table,) = build_tables(runs, None)
-    (cell,) = table.cells
-    assert cell.chosen_lr == 1e-3  # a mean over all seeds would have picked 1e-4 (0.75 > 0.667)
-    assert [r["seed"] for r in cell.chosen] == [0, 1, 2]
+# -- per-run helpers kept from the flat report ------------------------------------------------
 
 
 def test_training_seconds_leave_out_evaluation_inside_training():
-    from recipes.compare import training_seconds
-
     run = {"train_runtime": 30.0, "log_history": [
         {"loss": 1.0, "step": 10}, {"eval_runtime": 4.0, "step": 10},
         {"eval_runtime": 5.0, "step": 20}, {"train_runtime": 30.0, "step": 30},
         {"eval_runtime": 6.0, "step": 30},  # the final evaluate(), after training
     ]}
-    assert training_seconds(run) == 21.0
+    assert aggregate.training_seconds(run) == 21.0
 
 
-def test_schedule_timing_does_not_split_bench_matches():
-    from recipes.compare import descriptor
-
+def test_method_labels_and_schedule_timing_does_not_split_bench_matches():
+    assert aggregate.method_label({"method": "peft", "peft_method": "lora"}) == "lora"
+    run = {"method": "freeze", "policy": "bottom_n", "policy_options": {"n": 4}}
+    assert aggregate.method_label(run) == "bottom_n (n=4)"
+    assert aggregate.method_label({**run, "freeze_mode": "zero_lr"}) == "bottom_n (n=4) zero_lr"
     base = {"method": "freeze", "policy": "lisa", "freeze_mode": "requires_grad",
             "peft_method": None}
-    assert descriptor({**base, "policy_options": {"k": 2, "every": 10}}) == descriptor(
-        {**base, "policy_options": {"k": 2}})
-    assert descriptor({**base, "policy_options": {"k": 1}}) != descriptor(
-        {**base, "policy_options": {"k": 2}})
+    assert aggregate.descriptor({**base, "policy_options": {"k": 2, "every": 10}}) == (
+        aggregate.descriptor({**base, "policy_options": {"k": 2}}))
+    assert aggregate.descriptor({**base, "policy_options": {"k": 1}}) != (
+        aggregate.descriptor({**base, "policy_options": {"k": 2}}))

@@ -1,0 +1,263 @@
+"""The report's figures, one row of panels per model family.
+
+- ``pareto.png``: mean test metric (bars: sample standard deviation over seeds) against the
+  trainable share (log axis) and against the priced step time over full fine-tuning's; the
+  Pareto front is drawn as a line through the methods on it.
+- ``time_to_accuracy.png``: validation metric of the selection seed's run against cumulative
+  priced training seconds (``pricing.py``), for every method whose run evaluated during training.
+- ``validation_curves.png``: the same evaluations against optimizer steps (full fine-tuning's
+  curve shows whether it plateaued).
+- ``memory.png``: the runs' peak memory and optimizer state per method.
+
+Point labels are placed by ``place_labels``: each label takes the first free spot around its
+point (eight directions, growing distances) that overlaps no other label, no marker and stays in
+the axes, with a leader line when it sits away from its point.
+"""
+
+from __future__ import annotations
+
+from recipes.report import pricing
+from recipes.report.aggregate import Cell, Table, validation_curve
+from recipes.report.markdown import pareto_cells
+
+FULL_COLOR = "black"
+KINDS = {"cpu_max_rss": "process peak RSS", "cuda": "CUDA max allocated"}
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _scale(table: Table) -> tuple[float, str]:
+    return (100.0, " (%)") if table.metrics.as_percent else (1.0, "")
+
+
+def _metric_name(table: Table, prefix: str) -> str:
+    key = table.metrics.primary if prefix == "test" else table.metrics.select
+    return f"{prefix} {key.split('_', 1)[1]}"
+
+
+# -- labels -----------------------------------------------------------------------------------
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsize: float = 7,
+                 renderer=None):
+    """Annotate each point with its text where it overlaps nothing placed before. Give the
+    ``renderer`` of a figure already drawn in its final layout, or it is drawn here."""
+    fig = ax.figure
+    if renderer is None:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    occupied = []
+    for x, y in points:
+        px, py = to_pixels((x, y))
+        occupied.append((px - 5, py - 5, px + 5, py + 5))
+    annotations = []
+    order = sorted(range(len(points)), key=lambda i: (to_pixels(points[i])[0],
+                                                      to_pixels(points[i])[1]))
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    for i in order:
+        probe = ax.text(0, 0, texts[i], fontsize=fontsize)
+        extent = probe.get_window_extent(renderer)
+        width, height = extent.width, extent.height
+        probe.remove()
+        px, py = to_pixels(points[i])
+        chosen = None
+        for distance in (6, 14, 24, 36, 50, 66, 84):
+            for dx, dy in directions:
+                left = px + dx * distance - (width if dx < 0 else width / 2 if dx == 0 else 0)
+                bottom = py + dy * distance - (height if dy < 0 else height / 2 if dy == 0
+                                               else 0)
+                box = (left, bottom, left + width, bottom + height)
+                inside = (box[0] >= frame.x0 and box[2] <= frame.x1 and box[1] >= frame.y0
+                          and box[3] <= frame.y1)
+                if inside and not any(_overlaps(box, other) for other in occupied):
+                    chosen = (box, distance)
+                    break
+            if chosen:
+                break
+        if chosen is None:  # nowhere free: the last resort is up and right of the point
+            box = (px + 6, py + 6, px + 6 + width, py + 6 + height)
+            chosen = (box, 6)
+        box, distance = chosen
+        occupied.append(box)
+        to_points = 72.0 / fig.dpi  # offsets in points scale with the saved resolution
+        annotations.append(ax.annotate(
+            texts[i], (points[i][0], points[i][1]),
+            xytext=((box[0] - px) * to_points, (box[1] - py) * to_points),
+            textcoords="offset points",
+            ha="left", va="bottom", fontsize=fontsize,
+            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0,
+                        "shrinkB": 3} if distance > 10 else None,
+        ))
+    return annotations
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def _cost_axes(table: Table) -> list[tuple[str, object, str, bool]]:
+    sources = {cell.priced_source for cell in table.cells if cell.priced_ratio is not None}
+    runs_only = sources == {"runs"}
+    step_label = ("step time vs full fine-tuning (ratio, measured in the runs under load)"
+                  if runs_only else "priced step time vs full fine-tuning (ratio, from the bench)")
+    return [
+        ("share", lambda c: c.trainable_share, "trainable share of parameters (%, log scale)",
+         True),
+        ("step", lambda c: c.priced_ratio, step_label, False),
+    ]
+
+
+def plot_pareto(tables: list[Table]):
+    plt = pyplot()
+    fig, axes = plt.subplots(len(tables), 2, figsize=(13, 5.6 * len(tables)), squeeze=False)
+    labels = []
+    for row, table in zip(axes, tables):
+        scale, unit = _scale(table)
+        primary = table.metrics.primary
+        for ax, (kind, cost, xlabel, log_x) in zip(row, _cost_axes(table)):
+            cells = [cell for cell in table.cells if cost(cell) is not None]
+            x_scale = 100.0 if kind == "share" else 1.0
+            front = pareto_cells(table, cost)
+            for cell in cells:
+                stat = cell.test(primary)
+                on_front = cell in front
+                ax.errorbar(cost(cell) * x_scale, stat.mean * scale, yerr=(stat.std or 0) * scale,
+                            fmt="o", capsize=3, ms=6 if on_front else 4,
+                            color=FULL_COLOR if cell.is_full else "C0" if on_front else "C7",
+                            zorder=3)
+            ax.plot([cost(c) * x_scale for c in front],
+                    [c.test(primary).mean * scale for c in front],
+                    "-", color="C3", lw=1.2, alpha=0.8, label="Pareto front",
+                    drawstyle="steps-post")
+            if log_x:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(_plain_numbers())
+            ax.plot([], [], "o", color="C0", label="on the front")
+            ax.plot([], [], "o", color="C7", ms=4, label="dominated")
+            ax.plot([], [], "o", color=FULL_COLOR, label="full fine-tuning")
+            ax.margins(x=0.12, y=0.12)
+            ax.set(xlabel=xlabel, ylabel=f"{_metric_name(table, 'test')}{unit}, mean ± sd",
+                   title=f"{table.title}")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4,
+                      frameon=False)
+            labels.append((ax, [(cost(c) * x_scale, c.test(primary).mean * scale) for c in cells],
+                           [c.short for c in cells]))
+    fig.tight_layout()  # first the layout, then the labels in the final axes
+    fig.canvas.draw()
+    for ax, points, texts in labels:
+        place_labels(ax, points, texts, renderer=fig.canvas.get_renderer())
+    return fig
+
+
+def _plain_numbers():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: f"{value:g}")
+
+
+def _curve_tables(tables: list[Table]) -> list[Table]:
+    return [t for t in tables if any(cell.curve_run is not None for cell in t.cells)]
+
+
+def _curve_cells(table: Table) -> list[Cell]:
+    return [cell for cell in table.cells if cell.curve_run is not None]
+
+
+def plot_time_to_accuracy(tables: list[Table]):
+    panels = [t for t in _curve_tables(tables) if pricing.seconds_per_full_step(t)]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.2), squeeze=False)
+    for ax, table in zip(axes[0], panels):
+        scale, unit = _scale(table)
+        for index, cell in enumerate(_curve_cells(table)):
+            run = cell.curve_run
+            curve = validation_curve(run, table.metrics.select)
+            seconds = pricing.cumulative_seconds(table, cell, run, [step for step, _ in curve])
+            ax.plot(seconds, [value * scale for _, value in curve], marker="o", ms=3,
+                    color=FULL_COLOR if cell.is_full else f"C{index}",
+                    label=f"{cell.short} (lr {cell.chosen_lr:g}; {cell.priced_source})")
+        per_step = pricing.seconds_per_full_step(table)
+        ax.set(xlabel=f"cumulative training cost (s; priced: full fine-tuning's measured "
+                      f"{per_step:.2f} s/step x step ratio)",
+               ylabel=f"{_metric_name(table, 'validation')}{unit}",
+               title=f"{table.title}: seed {_curve_seed(table)}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _curve_seed(table: Table):
+    return next(cell.selection.selection_seed for cell in _curve_cells(table))
+
+
+def plot_validation_curves(tables: list[Table]):
+    panels = _curve_tables(tables)
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.2), squeeze=False)
+    for ax, table in zip(axes[0], panels):
+        scale, unit = _scale(table)
+        for index, cell in enumerate(_curve_cells(table)):
+            curve = validation_curve(cell.curve_run, table.metrics.select)
+            ax.plot([step for step, _ in curve], [value * scale for _, value in curve],
+                    marker="o", ms=3, lw=2.2 if cell.is_full else 1.2,
+                    color=FULL_COLOR if cell.is_full else f"C{index}",
+                    label=f"{cell.short} (lr {cell.chosen_lr:g})")
+        ax.set(xlabel="optimizer step", ylabel=f"{_metric_name(table, 'validation')}{unit}",
+               title=f"{table.title}: seed {_curve_seed(table)}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_memory(tables: list[Table]):
+    plt = pyplot()
+    height = max(3.5, 0.45 * max(len(t.cells) for t in tables) + 2.0)
+    fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), height), squeeze=False)
+    for ax, table in zip(axes[0], tables):
+        labels = [cell.short for cell in table.cells]
+        positions = list(range(len(labels)))
+        peak = [(c.peak_memory or (0, ""))[0] / 2**30 for c in table.cells]
+        state = [(c.optimizer_state_bytes or 0) / 2**30 for c in table.cells]
+        kinds = sorted({KINDS.get(c.peak_memory[1], c.peak_memory[1]) for c in table.cells
+                        if c.peak_memory})
+        ax.barh([p - 0.2 for p in positions], peak, height=0.4,
+                label=f"peak memory of the run ({'/'.join(kinds) or 'not recorded'})")
+        ax.barh([p + 0.2 for p in positions], state, height=0.4, label="optimizer state")
+        ax.set_yticks(positions, labels)
+        ax.invert_yaxis()
+        ax.set(xlabel="memory (GiB)", title=table.title)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
+                  frameon=False)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def make_plots(tables: list[Table]) -> dict[str, object]:
+    """File name -> matplotlib figure."""
+    figures = {"pareto.png": plot_pareto(tables)}
+    for name, figure in (("time_to_accuracy.png", plot_time_to_accuracy(tables)),
+                         ("validation_curves.png", plot_validation_curves(tables))):
+        if figure is not None:
+            figures[name] = figure
+    figures["memory.png"] = plot_memory(tables)
+    return figures
