@@ -75,3 +75,12 @@ def test_plateau_compares_the_last_third_with_the_middle_third():
     assert not plateau(losses, 0.01, higher_is_better=False).reached
     assert plateau(losses[:2], 0.01) is None
     assert math.isclose(plateau(losses, 0.01, False).gain, 0.2)
+
+
+@pytest.mark.parametrize("count", [0, 1000, 1536, 3.3 * 2**20, 1.6 * 2**30, 2 * 2**40])
+def test_the_report_formats_bytes_as_the_library_does(count):
+    from freeze_policies.costs import format_bytes as library
+    from recipes.report.benches import format_bytes
+
+    assert format_bytes(count) == library(count)
+    assert format_bytes(None) == "—"

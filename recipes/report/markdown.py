@@ -220,7 +220,8 @@ SELECTION_COLUMNS = [
 
 def _sweep_fields(cell: Cell) -> str:
     fields = cell.selection.sweep_fields
-    shown = {k: v for k, v in fields.items() if k in ("num_train_epochs", "max_steps")}
+    key = "max_steps" if "max_steps" in fields else "num_train_epochs"  # max_steps wins
+    shown = {key: fields[key]} if key in fields else {}
     runs = cell.selection.sweep_runs.values()
     steps = sorted({run.get("max_steps") for run in runs})
     text = ", ".join(f"{k}={v}" for k, v in shown.items())
