@@ -549,3 +549,39 @@ def test_method_labels_and_schedule_timing_does_not_split_bench_matches():
         aggregate.descriptor({**base, "policy_options": {"k": 2}}))
     assert aggregate.descriptor({**base, "policy_options": {"k": 1}}) != (
         aggregate.descriptor({**base, "policy_options": {"k": 2}}))
+
+
+# -- real files ---------------------------------------------------------------------------------
+
+REAL = ROOT / "tests" / "data" / "report" / "default"  # two cells of the default profile, as
+# recipes/sweep.py wrote them (training-loss log entries, layer groups and cost preview removed)
+
+
+def test_real_cells_paired_interval_and_cache_share_by_hand():
+    """Test accuracy, seeds 0, 1, 2: full 0.7385, 0.7435, 0.738; bottom_n 0.737, 0.751, 0.752.
+    Differences -0.0015, +0.0075, +0.014: mean 0.0066667, s = 0.0077835, s / sqrt(3) =
+    0.0044938, x 4.302653 = 0.019335: [-0.012669, +0.026002]."""
+    cache = {"methods": {
+        "bottom_n (n=4)": {"ratio_to_full": 0.48, "first_epoch_ratio_to_full": 0.48},
+        "bottom_n (n=4) cached": {"ratio_to_full": 0.29, "first_epoch_ratio_to_full": 0.44},
+    }}
+    bench = {"model": "minilm", "methods": [BENCH["methods"][0]], "targets": {}}
+    cells, results = tables_by_model(REAL, bench=bench, cache=cache)
+    (table,) = results.tables
+    diff = markdown.differences(table, "test_accuracy")["bottom_n (n=4)"]
+    assert diff.mean == pytest.approx(0.0066667, abs=1e-6)
+    assert (diff.low, diff.high) == (pytest.approx(-0.012669, abs=1e-5),
+                                     pytest.approx(0.026002, abs=1e-5))
+    assert markdown.verdict_of(diff, True) == "indistinguishable"
+    bottom = cells["minilm"]["bottom_n"]
+    assert bottom.selection.stopped == "interior" and bottom.selection.extensions == 2
+    # per run 94 replayed and 47 recorded of 141 steps: the cache saves 94 x (0.48 - 0.29) -
+    # 47 x (0.44 - 0.48) = 19.74 full steps, freezing 141 x 0.52 = 73.32: a share of 19.74 / 93.06
+    assert bottom.cache_share == pytest.approx(19.74 / 93.06)
+    assert bottom.priced_ratio == pytest.approx((47 * 0.44 + 94 * 0.29) / 141)
+    assert cells["minilm"]["full"].curve_run["seed"] == 0
+    assert len(validation_curve_of(cells["minilm"]["full"])) == 12
+
+
+def validation_curve_of(cell):
+    return aggregate.validation_curve(cell.curve_run, "eval_accuracy")
