@@ -64,21 +64,22 @@ ALBERT (one layer shared by all depths) has no per-depth parameters to freeze an
 
 from __future__ import annotations
 
-import inspect
 import re
-import weakref
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from freeze_policies.errors import FreezePolicyError
+from freeze_policies.trace import Trace
+from freeze_policies.trace import trace as trace_forward
 
 DEPTH_ATTRIBUTES = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-STACK_DEPTH_ATTRIBUTES = (*DEPTH_ATTRIBUTES, "encoder_layers", "decoder_layers",
-                          "num_decoder_layers")
+STACK_DEPTH_ATTRIBUTES = (
+    *DEPTH_ATTRIBUTES,
+    "encoder_layers",
+    "decoder_layers",
+    "num_decoder_layers",
+)
 NORM_CLASS = re.compile(r"norm", re.IGNORECASE)
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
@@ -277,10 +278,16 @@ class Anatomy:
         ``feature_encoder`` (the convolutions reading the raw input).
         """
         if not isinstance(part, str):
-            raise FreezePolicyError(f"{who}: part {part!r} must be a string; parts of "
-                                    f"{self.model_class}: {', '.join(self.part_choices())}")
-        whole = {"embeddings": self.embeddings, "head": self.head, "projector": self.projector,
-                 "feature_encoder": self.features}
+            raise FreezePolicyError(
+                f"{who}: part {part!r} must be a string; parts of "
+                f"{self.model_class}: {', '.join(self.part_choices())}"
+            )
+        whole = {
+            "embeddings": self.embeddings,
+            "head": self.head,
+            "projector": self.projector,
+            "feature_encoder": self.features,
+        }
         if part in whole:
             names = whole[part]
         else:
@@ -290,19 +297,28 @@ class Anatomy:
                 names = found[0].names()
             elif what in ("embeddings", "blocks", "top") and stack_name in self.stack_names():
                 chosen = self.stack(stack_name, who)
-                names = {"embeddings": chosen.embeddings, "top": chosen.top,
-                         "blocks": [n for block in chosen.blocks for n in block]}[what]
+                names = {
+                    "embeddings": chosen.embeddings,
+                    "top": chosen.top,
+                    "blocks": [n for block in chosen.blocks for n in block],
+                }[what]
             else:
-                raise FreezePolicyError(f"{who}: {part!r} is not a part of {self.model_class}; "
-                                        f"its parts: {', '.join(self.part_choices())}")
+                raise FreezePolicyError(
+                    f"{who}: {part!r} is not a part of {self.model_class}; "
+                    f"its parts: {', '.join(self.part_choices())}"
+                )
         if not names:
-            raise FreezePolicyError(f"{who}: {self.model_class} has no {part!r} (no parameter "
-                                    f"there); its parts: {', '.join(self.part_choices())}")
+            raise FreezePolicyError(
+                f"{who}: {self.model_class} has no {part!r} (no parameter "
+                f"there); its parts: {', '.join(self.part_choices())}"
+            )
         return list(names)
 
     def _no_stacks(self, stack: str, who: str):
-        raise FreezePolicyError(f"{who}: stack={stack!r} given, but {self.model_class} has no "
-                                "stack information (an Anatomy built by hand)")
+        raise FreezePolicyError(
+            f"{who}: stack={stack!r} given, but {self.model_class} has no "
+            "stack information (an Anatomy built by hand)"
+        )
 
     def with_tied_aliases(self) -> Anatomy:
         """This anatomy with each tied alias added to its group (and stack part); no ``tied``."""
@@ -312,8 +328,10 @@ class Anatomy:
         for alias, group in self.tied_groups.items():
             extra[group].append(alias)
         stacks = tuple(_stack_with_aliases(stack, self.tied_parts) for stack in self.stacks)
-        projector = [*self.projector,
-                     *(a for a, part in self.tied_parts.items() if part == "projector")]
+        projector = [
+            *self.projector,
+            *(a for a, part in self.tied_parts.items() if part == "projector"),
+        ]
         return Anatomy(
             embeddings=self.embeddings + extra["embeddings"],
             blocks=self.blocks,
@@ -334,10 +352,15 @@ def _stack_with_aliases(stack: Stack, tied_parts: dict[str, str]) -> Stack:
         return [alias for alias, where in tied_parts.items() if where == f"{stack.name}.{part}"]
 
     return Stack(
-        name=stack.name, module=stack.module,
-        embeddings=stack.embeddings + extra("embeddings"), blocks=stack.blocks,
-        block_modules=stack.block_modules, shared=stack.shared + extra("shared"),
-        top=stack.top + extra("top"), features=stack.features, feeds=stack.feeds,
+        name=stack.name,
+        module=stack.module,
+        embeddings=stack.embeddings + extra("embeddings"),
+        blocks=stack.blocks,
+        block_modules=stack.block_modules,
+        shared=stack.shared + extra("shared"),
+        top=stack.top + extra("top"),
+        features=stack.features,
+        feeds=stack.feeds,
     )
 
 
@@ -389,12 +412,19 @@ def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
             "pass blocks=[...] naming modules that own their weights"
         )
     if len(block_lists) == 1:
-        return _single_stack(model, named_modules, lists[0], block_lists[0], block_params,
-                             explicit=blocks is not None and not isinstance(blocks, str))
+        return _single_stack(
+            model,
+            named_modules,
+            lists[0],
+            block_lists[0],
+            block_params,
+            explicit=blocks is not None and not isinstance(blocks, str),
+        )
     return _multi_stack(model, named_modules, lists, block_lists, block_params, block_of)
 
 
 # -- one stack: the flat anatomy ----------------------------------------------------------------
+
 
 def _single_stack(model, named_modules, list_name, block_modules, block_params, explicit):
     param_names = [name for name, _ in model.named_parameters()]
@@ -410,7 +440,7 @@ def _single_stack(model, named_modules, list_name, block_modules, block_params, 
             return "embeddings"
         return "head" if position > last_block else "shared"
 
-    trace = _trace(model, named_modules, [block_modules])
+    trace = trace_forward(model, named_modules, [block_modules])
     groups: dict[str, list[str]] = {"embeddings": [], "shared": [], "head": []}
     for name in param_names:
         if name in in_block:
@@ -449,8 +479,10 @@ def _single_stack(model, named_modules, list_name, block_modules, block_params, 
         model_class=type(model).__name__,
         traced=trace.ok,
         stacks=(stack,),
-        tied_parts={alias: group if group == "head" else f"{stack_name}.{group}"
-                    for alias, group in tied_groups.items()},
+        tied_parts={
+            alias: group if group == "head" else f"{stack_name}.{group}"
+            for alias, group in tied_groups.items()
+        },
         trace=trace.note,
     )
 
@@ -461,6 +493,7 @@ def _single_stack_name(list_name: str) -> str:
 
 
 # -- several stacks ----------------------------------------------------------------------------
+
 
 def _stack_roots(lists: list[str]) -> list[str]:
     """The highest module above each block list that holds no other list."""
@@ -483,10 +516,11 @@ def _multi_stack(model, named_modules, lists, block_lists, block_params, block_o
     roots = _stack_roots(lists)
     short = [root.rsplit(".", 1)[-1] for root in roots]
     names = [s if short.count(s) == 1 else root for s, root in zip(short, roots, strict=True)]
-    trace = _trace(model, named_modules, block_lists, stack_names=names, roots=roots)
+    trace = trace_forward(model, named_modules, block_lists, stack_names=names, roots=roots)
     if not trace.ok:
-        described = ", ".join(f"{n} ({len(b)} blocks)" for n, b in zip(names, block_lists,
-                                                                     strict=True))
+        described = ", ".join(
+            f"{n} ({len(b)} blocks)" for n, b in zip(names, block_lists, strict=True)
+        )
         raise FreezePolicyError(
             f"{model_name} has {len(lists)} stacks of blocks ({described}) but its forward could "
             f"not be traced on a dummy input ({trace.note}); stacks are not guessed. Pass "
@@ -496,8 +530,10 @@ def _multi_stack(model, named_modules, lists, block_lists, block_params, block_o
     param_names = [name for name, _ in model.named_parameters()]
     all_names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
     order = sorted(range(len(lists)), key=lambda k: trace.start[k])
-    feeds = {k: tuple(names[j] for j in order if j != k and names[k] in trace.fed[j])
-             for k in range(len(lists))}
+    feeds = {
+        k: tuple(names[j] for j in order if j != k and names[k] in trace.fed[j])
+        for k in range(len(lists))
+    }
 
     def owner(name: str) -> int | None:
         for k, root in enumerate(roots):
@@ -546,17 +582,19 @@ def _multi_stack(model, named_modules, lists, block_lists, block_params, block_o
 
     stacks = []
     for k in order:
-        stacks.append(Stack(
-            name=names[k],
-            module=roots[k],
-            embeddings=per_stack[k]["embeddings"],
-            blocks=[block_params[module] for module in block_lists[k]],
-            block_modules=list(block_lists[k]),
-            shared=per_stack[k]["shared"],
-            top=per_stack[k]["top"],
-            features=_features(model, named_modules, per_stack[k]["embeddings"], trace),
-            feeds=feeds[k],
-        ))
+        stacks.append(
+            Stack(
+                name=names[k],
+                module=roots[k],
+                embeddings=per_stack[k]["embeddings"],
+                blocks=[block_params[module] for module in block_lists[k]],
+                block_modules=list(block_lists[k]),
+                shared=per_stack[k]["shared"],
+                top=per_stack[k]["top"],
+                features=_features(model, named_modules, per_stack[k]["embeddings"], trace),
+                feeds=feeds[k],
+            )
+        )
 
     tied = _tied_aliases(model)
     tied_parts = {}
@@ -564,8 +602,13 @@ def _multi_stack(model, named_modules, lists, block_lists, block_params, block_o
         k = owner(alias)
         if k is None:
             position = all_names.index(alias)
-            tied_parts[alias] = ("embeddings" if position < first_block else
-                                 "head" if position > last_block else "shared")
+            tied_parts[alias] = (
+                "embeddings"
+                if position < first_block
+                else "head"
+                if position > last_block
+                else "shared"
+            )
         else:
             first = all_names.index(block_params[block_lists[k][0]][0])
             part = "embeddings" if all_names.index(alias) < first else "top"
@@ -584,8 +627,10 @@ def _multi_stack(model, named_modules, lists, block_lists, block_params, block_o
         embeddings=outside["embeddings"] + [n for s in stacks for n in s.embeddings],
         blocks=[names for s in stacks for names in s.blocks],
         head=outside["head"] + [n for s in stacks if s.final for n in s.top],
-        shared=outside["shared"] + outside["projector"]
-        + [n for s in stacks for n in s.shared] + [n for s in stacks if not s.final for n in s.top],
+        shared=outside["shared"]
+        + outside["projector"]
+        + [n for s in stacks for n in s.shared]
+        + [n for s in stacks if not s.final for n in s.top],
         block_modules=[module for s in stacks for module in s.block_modules],
         norms=frozenset(_norm_params(named_modules)),
         tied=tied,
@@ -600,6 +645,7 @@ def _multi_stack(model, named_modules, lists, block_lists, block_params, block_o
 
 
 # -- discovery ---------------------------------------------------------------------------------
+
 
 def _configs(config) -> list:
     """The config and its sub-configs (text_config, vision_config, encoder, decoder ...)."""
@@ -667,7 +713,8 @@ def _discover_stacks(model: nn.Module, named_modules: dict[str, nn.Module]) -> l
         hint = ""
         depth = next(iter(sorted(depths)), None)
         if depth and getattr(config, "num_hidden_groups", depth) != getattr(
-                config, "num_hidden_layers", depth):
+            config, "num_hidden_layers", depth
+        ):
             hint = " (its layers are shared across depths, as in ALBERT)"
         raise FreezePolicyError(
             f"cannot find the transformer blocks of {model_name}{hint}: {problem} {wanted} "
@@ -700,7 +747,7 @@ def _tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _features(model, named_modules, embeddings: list[str], trace: _Trace) -> list[str]:
+def _features(model, named_modules, embeddings: list[str], trace: Trace) -> list[str]:
     """The convolutions first used in ``embeddings`` (with norms inside the same modules)."""
     if not trace.ok:
         return []
@@ -720,250 +767,3 @@ def _features(model, named_modules, embeddings: list[str], trace: _Trace) -> lis
     modules = {name.rpartition(".")[0] for name in out}
     out += [n for n in embeddings if n not in out and n.rpartition(".")[0] in modules]
     return out
-
-
-# -- the trace ---------------------------------------------------------------------------------
-
-def _dummy_inputs(model: nn.Module, multi: bool) -> dict[str, torch.Tensor] | None:
-    """A tiny input for the model's main input (and, with several stacks, its other inputs)."""
-    config = getattr(model, "config", None)
-    first = next(model.parameters())
-    device, dtype = first.device, first.dtype
-    input_name = getattr(model, "main_input_name", "input_ids")
-    accepted = _forward_arguments(model)
-    wanted = [input_name]
-    if multi:
-        wanted += [n for n in ("input_ids", "pixel_values") if n in accepted and n != input_name]
-        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
-            wanted.append("decoder_input_ids")
-    out: dict[str, torch.Tensor] = {}
-    for name in wanted:
-        value = _dummy_input(model, config, name, device, dtype)
-        if value is None:
-            return None
-        out[name] = value
-    image_token = _image_token(config)
-    if multi and "pixel_values" in out and "input_ids" in out and image_token is not None:
-        count = _image_feature_count(model, out["pixel_values"])
-        if count is None:
-            return None
-        image = torch.full((1, count), image_token, device=device, dtype=torch.long)
-        out["input_ids"] = torch.cat([out["input_ids"][:, :1], image, out["input_ids"][:, 1:]], 1)
-    return out
-
-
-def _forward_arguments(model: nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _text_vocab(config) -> int:
-    return getattr(config, "vocab_size", None) or getattr(
-        getattr(config, "text_config", None), "vocab_size", 8
-    )
-
-
-def _dummy_input(model, config, name, device, dtype):
-    if name in ("input_ids", "decoder_input_ids"):
-        vocab = _text_vocab(config)
-        ids = torch.arange(1, 5, device=device).clamp(max=vocab - 1).unsqueeze(0)
-        image_token = _image_token(config)
-        if image_token is not None:  # never an image placeholder by accident
-            ids = torch.where(ids == image_token, (ids + 1) % vocab, ids)
-        return ids
-    if name == "pixel_values":
-        source = config if hasattr(config, "image_size") else getattr(config, "vision_config", None)
-        if source is None or not hasattr(source, "image_size"):
-            return None
-        size = source.image_size
-        height, width = (size, size) if isinstance(size, int) else size
-        channels = getattr(source, "num_channels", 3)
-        return torch.zeros((1, channels, height, width), device=device, dtype=dtype)
-    if name == "input_features":  # Whisper-style log-mel frames: (1, mels, 2 * positions)
-        mels, positions = (getattr(config, "num_mel_bins", None),
-                           getattr(config, "max_source_positions", None))
-        if not mels or not positions:
-            return None
-        return torch.zeros((1, mels, 2 * positions), device=device, dtype=dtype)
-    if name == "input_values":  # raw audio: long enough for a few frames after the convolutions
-        length = 4
-        for kernel, stride in reversed(list(zip(getattr(config, "conv_kernel", ()),
-                                                getattr(config, "conv_stride", ()), strict=False))):
-            length = (length - 1) * stride + kernel
-        length = max(length, 16)
-        generator = torch.Generator().manual_seed(0)
-        return torch.randn((1, length), generator=generator).to(device=device, dtype=dtype)
-    return None
-
-
-def _image_token(config) -> int | None:
-    for attribute in ("image_token_id", "image_token_index"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def _image_feature_count(model: nn.Module, pixel_values: torch.Tensor) -> int | None:
-    """How many placeholder tokens the image needs: the rows ``get_image_features`` returns."""
-    getter = getattr(model, "get_image_features", None)
-    if getter is None:
-        return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            features = getter(pixel_values=pixel_values)
-    except Exception:  # any model whose image path the dummy does not fit: not traced
-        return None
-    finally:
-        model.train(was_training)
-    features = getattr(features, "pooler_output", features)
-    tensors = [t for t in tree_flatten(features)[0] if isinstance(t, torch.Tensor)]
-    return sum(t.shape[:-1].numel() for t in tensors) or None
-
-
-@dataclass
-class _Trace:
-    """What one dummy forward showed: first use of each parameter, each stack's time span."""
-
-    ok: bool
-    note: str
-    first_use: dict[str, int] = field(default_factory=dict)
-    start: list[int] = field(default_factory=list)
-    end: list[int] = field(default_factory=list)
-    fed: list[set[str]] = field(default_factory=list)
-
-    def phase(self, name: str, stack: int) -> str | None:
-        used = self.first_use.get(name)
-        if used is None:
-            return None
-        if used <= self.start[stack]:
-            return "before"
-        return "during" if used <= self.end[stack] else "after"
-
-
-class _Recorder(TorchFunctionMode):
-    """Counts torch calls; records each parameter's first use; follows which stack's outputs
-    (and which outside parameters) reach the blocks of each stack."""
-
-    def __init__(self, names_by_id: dict[int, str], tags: dict[str, str], stacks: int,
-                 follow: bool):
-        super().__init__()
-        self.names_by_id, self.param_tags, self.follow = names_by_id, tags, follow
-        self.clock = 0
-        self.first_use: dict[str, int] = {}
-        self.running: int | None = None
-        self.fed: list[set[str]] = [set() for _ in range(stacks)]
-        self.tensor_tags: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        self.clock += 1
-        tags: set[str] = set()
-        for value in tree_flatten((args, kwargs))[0]:
-            name = self.names_by_id.get(id(value))
-            if name is not None:
-                self.first_use.setdefault(name, self.clock)
-                if name in self.param_tags:
-                    tags.add(self.param_tags[name])
-            elif self.follow and isinstance(value, torch.Tensor):
-                entry = self.tensor_tags.get(id(value))
-                if entry is not None and entry[0]() is value:
-                    tags |= entry[1]
-        result = func(*args, **kwargs)
-        if self.follow and tags:
-            if self.running is not None:
-                self.fed[self.running] |= tags
-            frozen = frozenset(tags)
-            for value in tree_flatten(result)[0]:
-                if isinstance(value, torch.Tensor) and id(value) not in self.names_by_id:
-                    self._tag(value, frozen)
-        return result
-
-    def _tag(self, tensor: torch.Tensor, tags: frozenset[str]) -> None:
-        key = id(tensor)
-        entry = self.tensor_tags.get(key)
-        if entry is not None and entry[0]() is tensor:
-            tags = tags | entry[1]
-        table = self.tensor_tags
-
-        def forget(ref, key=key):
-            if key in table and table[key][0] is ref:
-                del table[key]
-
-        table[key] = (weakref.ref(tensor, forget), tags)
-
-
-def _trace(model: nn.Module, named_modules: dict[str, nn.Module], block_lists: list[list[str]],
-           stack_names: list[str] | None = None, roots: list[str] | None = None) -> _Trace:
-    """Run one dummy forward under the recorder; check that every block ran, in order."""
-    multi = len(block_lists) > 1
-    try:
-        inputs = _dummy_inputs(model, multi)
-    except StopIteration:
-        return _Trace(False, "registration order: the model has no parameters")
-    if inputs is None:
-        return _Trace(False, "registration order: no dummy input for "
-                             f"{getattr(model, 'main_input_name', 'input_ids')!r}")
-    if next(model.parameters()).device.type == "meta":
-        return _Trace(False, "registration order: the model is on the meta device")
-    names_by_id = {id(p): n for n, p in model.named_parameters()}
-    tags: dict[str, str] = {}
-    if multi:
-        owned = [root + "." for root in roots]
-        for name in names_by_id.values():
-            block = next((k for k, modules in enumerate(block_lists)
-                          if any(name.startswith(m + ".") for m in modules)), None)
-            if block is not None:
-                tags[name] = stack_names[block]
-            elif not any(name.startswith(prefix) for prefix in owned):
-                tags[name] = f"~{name}"
-    recorder = _Recorder(names_by_id, tags, len(block_lists), follow=multi)
-    entered: list[list[int]] = [[] for _ in block_lists]
-    start: list[int | None] = [None] * len(block_lists)
-    end: list[int | None] = [None] * len(block_lists)
-
-    def hooks_for(k: int, i: int, last: bool):
-        def enter(*_):
-            entered[k].append(i)
-            if i == 0 and start[k] is None:
-                start[k] = recorder.clock
-            recorder.running = k
-
-        def leave(*_):
-            recorder.running = None
-            if last:
-                end[k] = recorder.clock
-
-        return enter, leave
-
-    handles = []
-    for k, modules in enumerate(block_lists):
-        for i, module in enumerate(modules):
-            enter, leave = hooks_for(k, i, i == len(modules) - 1)
-            handles.append(named_modules[module].register_forward_pre_hook(enter))
-            handles.append(named_modules[module].register_forward_hook(leave))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), recorder:
-            model(**inputs)
-    except Exception as error:  # any model the dummy input does not fit: registration order
-        first_line = (str(error).strip().splitlines() or [""])[0][:120]
-        return _Trace(False, f"registration order: the dummy forward failed "
-                             f"({type(error).__name__}: {first_line})")
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    for k, modules in enumerate(block_lists):
-        firsts = list(dict.fromkeys(entered[k]))
-        if firsts != list(range(len(modules))) or start[k] is None or end[k] is None:
-            where = modules[0].rpartition(".")[0] or modules[0]
-            seen = f"entered {firsts}" if firsts else "never entered"
-            return _Trace(False, f"registration order: the blocks of {where} were {seen} "
-                                 "through their module call during the dummy forward")
-    return _Trace(True, "forward trace", recorder.first_use, start, end, recorder.fed)
