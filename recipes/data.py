@@ -21,8 +21,9 @@ warning on the ``recipes.data`` logger):
 * a CSV / JSON file that is not valid UTF-8: loaded with each invalid byte sequence replaced by
   U+FFFD, and a warning saying how many and on which line the first is (as the embedded tweet
   corpus is read); a UTF-16 file (byte-order mark) is an error asking for UTF-8;
-* a label column with a single class (in ``train``, after subsampling): an error, since a
-  one-class head learns nothing and scores 1.0;
+* a label column with a single class in ``train`` (after subsampling): an error, since a
+  one-class head learns nothing and scores 1.0; one with a different value in every row (10 rows
+  or more: text and label columns swapped) and text and label naming the same column: errors;
 * labels that occur in ``validation`` or ``test`` but never in ``train``: a warning naming them.
   They keep their class in the head (ids stay those of the files), the model never sees them in
   training, and their examples count as errors. A warning, not an error, because a rare class
@@ -100,6 +101,10 @@ def load_classification_splits(
         FileNotFoundError: for a local data file that does not exist.
     """
     _check_arguments(validation_fraction, test_fraction, max_train_samples, max_eval_samples)
+    if text_column == label_column:
+        raise ValueError(
+            f"text_column and label_column are both {text_column!r}; name two different columns"
+        )
     if source == "chatterbot":
         raise ValueError(
             "source 'chatterbot' has no labels; use it with load_causal_lm_splits, or pick "
@@ -112,6 +117,12 @@ def load_classification_splits(
         raw = _load_external(source, dataset_config)
         raw = _select_columns(raw, {text_column: "text", label_column: "label"})
     raw, label_names = _encode_labels(raw)
+    rows = sum(len(split) for split in raw.values())
+    if rows >= 10 and len(label_names) == rows:
+        raise ValueError(
+            f"label column {label_column!r} has a different value in every row ({rows} rows): it "
+            "does not look like a label column (are text_column and label_column swapped?)"
+        )
     splits = _complete_splits(raw, seed, validation_fraction, test_fraction, stratify=True)
     splits = _subsample(splits, seed, max_train_samples, max_eval_samples, stratify=True)
     _check_label_coverage(splits, label_names, label_column)
@@ -207,6 +218,8 @@ def tokenize_classification(
     tokenizers, ``token_type_ids``) plus ``labels``; padding is left to a data collator.
     """
 
+    _check_length("max_length", max_length, tokenizer)
+
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
@@ -229,6 +242,7 @@ def tokenize_causal_lm(
     """
     if block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    _check_length("block_size", block_size, tokenizer)
     eos_id = tokenizer.eos_token_id
 
     def encode(batch):
@@ -255,10 +269,21 @@ def tokenize_causal_lm(
     for name, split in grouped.items():
         if len(split) == 0:
             raise ValueError(
-                f"split {name!r} has fewer than block_size={block_size} tokens; "
-                "use a smaller block_size or more data"
+                f"split {name!r} has fewer than block_size={block_size} tokens per group of "
+                "1,000 texts; use a smaller block size (recipes/run.py: --max_length) or more data"
             )
     return grouped
+
+
+def _check_length(name: str, length: int, tokenizer) -> None:
+    """Refuse sequences longer than the tokenizer says its model takes (position embeddings run
+    out mid-training otherwise, at the first long example)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 10**7 and length > limit:
+        raise ValueError(
+            f"{name}={length} is longer than the model takes ({limit} tokens, the tokenizer's "
+            f"model_max_length); use at most {limit} (recipes/run.py: --max_length)"
+        )
 
 
 # --------------------------------------------------------------------------------------------

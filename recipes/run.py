@@ -217,6 +217,16 @@ class MethodArguments:
             raise ConfigError(
                 f"peft_method={self.peft_method!r} needs method='peft', not {self.method!r}"
             )
+        for name in ("policy", "peft_method"):
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise ConfigError(f"{name}={getattr(self, name)!r} is empty; give a name or leave "
+                                  "it out")
+        for options, needs in (("policy_options", "policy"), ("peft_options", "peft_method")):
+            if getattr(self, options) and not getattr(self, needs):
+                raise ConfigError(
+                    f"{options}={getattr(self, options)!r} is given without {needs}; they would "
+                    f"be ignored: add --{needs} or drop them"
+                )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, MethodArguments, RunTrainingArguments)

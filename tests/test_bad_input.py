@@ -114,6 +114,10 @@ BAD_FLAGS = [
      r"^custom: trainable=\[5\] must be a regex or a list of regexes"),
     (["--policy", "bottom_n", "--policy_options", "[1, 2]"], r"^policy_options='\[1, 2\]' is not "
                                                              r"a mapping"),
+    (["--policy_options", '{"n": 2}'], r"^policy_options=\{'n': 2\} is given without policy; "
+                                       r"they would be ignored"),
+    (["--peft_options", '{"r": 2}'], r"^peft_options=\{'r': 2\} is given without peft_method"),
+    (["--policy", ""], r"^policy='' is empty; give a name or leave it out"),
     (["--eval_strategy", "epochs"], r"--eval_strategy.*invalid choice: 'epochs' \(choose from "
                                   r"'no', 'steps', 'epoch'\)"),
 ]
@@ -293,7 +297,7 @@ def test_fsdp_on_cpu_is_refused_once_by_the_launcher(tmp_path, tiny_bert, config
                "--policy", "bottom_n", "--policy_options", '{"n": 1}', "--use_cpu", "true",
                "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path,
-                          timeout=400)
+                          timeout=900)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr[-3000:]

@@ -212,8 +212,19 @@ def test_tokenize_causal_lm_makes_fixed_blocks(bert_tokenizer):
             assert row["labels"] == row["input_ids"]
     n_tokens = sum(len(ids) for ids in bert_tokenizer(splits["train"]["text"][:])["input_ids"])
     assert len(blocks["train"]) == n_tokens // 32  # one map batch: only the tail is dropped
-    with pytest.raises(ValueError, match="fewer than block_size=100000"):
+    with pytest.raises(ValueError, match=r"^block_size=100000 is longer than the model takes "
+                       r"\(512 tokens, the tokenizer's model_max_length\)"):
         tokenize_causal_lm(splits, bert_tokenizer, block_size=100_000)
+    few = type(splits)({name: splits[name].select(range(2)) for name in SPLITS})
+    with pytest.raises(ValueError, match=r"fewer than block_size=512 tokens .*--max_length"):
+        tokenize_causal_lm(few, bert_tokenizer, block_size=512)
+
+
+def test_classification_max_length_beyond_the_model_is_refused(bert_tokenizer):
+    splits, _ = load_classification_splits("tweets", max_train_samples=8, max_eval_samples=4)
+    with pytest.raises(ValueError, match=r"^max_length=4096 is longer than the model takes "
+                       r"\(512 tokens"):
+        tokenize_classification(splits, bert_tokenizer, max_length=4096)
 
 
 def test_tokenize_classification(bert_tokenizer):
@@ -351,3 +362,12 @@ def test_label_only_in_test_is_named_in_a_warning(tmp_path, caplog):
     warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data"]
     assert warning == ["label 'c' of column 'label' occurs in the test split but not in train: "
                        "the model never trains on it, and 4 test examples count as errors"]
+
+
+def test_label_column_that_is_not_a_label_column(tmp_path):
+    path = write_csv(tmp_path / "rows.csv", [(f"text {i}", "ab"[i % 2]) for i in range(12)])
+    with pytest.raises(ValueError, match=r"label column 'text' has a different value in every row "
+                       r"\(12 rows\).*swapped"):
+        load_classification_splits(path, text_column="label", label_column="text")
+    with pytest.raises(ValueError, match=r"^text_column and label_column are both 'text'"):
+        load_classification_splits(path, label_column="text")
