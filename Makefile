@@ -34,7 +34,6 @@ preview: setup
 	$(PY) -m freeze_policies $(MODEL) --task $(TASK) $(if $(POLICY),--policy $(POLICY)) \
 		$(if $(OPTIONS),--policy_options '$(OPTIONS)')
 
-
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
