@@ -262,11 +262,12 @@ def plateau_sentence(table: Table, curve) -> str:
     if result is None:
         return f"{table.title}: {name} has fewer than 3 evaluations; no plateau can be judged."
     state = ("has plateaued" if result.reached else "is still improving")
+    limit_unit = unit.rstrip("s") if PLATEAU_THRESHOLD * scale == 1 else unit
     return (
         f"{table.title}: {name} {state}: the mean of the last third of its "
         f"{len(curve)} evaluations is {result.last * scale:.2f}, the middle third's "
         f"{result.middle * scale:.2f} (gain {result.gain * scale:+.2f}{unit}; a plateau is a "
-        f"gain under {PLATEAU_THRESHOLD * scale:g}{unit}); best {result.best * scale:.2f} at "
+        f"gain under {PLATEAU_THRESHOLD * scale:g}{limit_unit}); best {result.best * scale:.2f} at "
         f"step {result.best_step} of {table.full.first['max_steps']}."
     )
 
@@ -446,8 +447,11 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
         "- **Costs.** Step-time ratios come from the interleaved benchmark (`bench.json`, "
         "`bench_cache.json`), not from the runs' wall time: a run is priced as its steps x "
         "its priced step ratio x full fine-tuning's measured seconds per step "
-        "(`recipes/report/pricing.py` says how schedules and the cache are priced; `runs` "
-        "marks a ratio taken from the runs' own times where the benchmark has no such method).",
+        "(`recipes/report/pricing.py`). A cached run's recording and replaying steps are priced "
+        "from `bench_cache.json` with the run's own counts; a schedule's steps by the trainable "
+        "count of their stage, interpolated between the bench's frozen-prefix rows, without its "
+        "cache's replay (an upper bound); `runs` marks a ratio taken from the runs' own times "
+        "where the benchmark did not cover the model or method.",
         "",
         "## Hardware and versions",
         "",
