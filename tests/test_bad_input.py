@@ -16,28 +16,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from freeze_policies import FreezePolicyError, anatomy, get_policy
 from freeze_policies.distributed import check_launch, check_processes
 from freeze_policies.policies import Custom
-from recipes.models import resolve_model_path
 from recipes.run import USER_ERROR_EXIT, ConfigError, main, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3,
-                                  num_attention_heads=2, intermediate_size=37,
-                                  vocab_size=tokenizer.vocab_size, num_labels=3)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture
