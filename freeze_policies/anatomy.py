@@ -364,6 +364,18 @@ def _stack_with_aliases(stack: Stack, tied_parts: dict[str, str]) -> Stack:
     )
 
 
+def check_blocks_option(blocks) -> None:
+    """``blocks=`` must be None, a ModuleList's name, or a list of module names."""
+    if blocks is None or isinstance(blocks, str):
+        return
+    if isinstance(blocks, (list, tuple)) and all(isinstance(b, str) for b in blocks):
+        return
+    raise FreezePolicyError(
+        f"blocks={blocks!r} must be a ModuleList's name (for example 'encoder.layer') or a list "
+        "of module names, bottom block first"
+    )
+
+
 def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
     """Group the parameters of ``model`` into embeddings, blocks, head (and shared), per stack.
 
@@ -371,6 +383,7 @@ def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
     of module names bottom first (the model is then one stack). Raises ``FreezePolicyError`` when
     the blocks cannot be found, or several stacks cannot be traced.
     """
+    check_blocks_option(blocks)
     named_modules = dict(model.named_modules())
     if blocks is None:
         lists = _discover_stacks(model, named_modules)

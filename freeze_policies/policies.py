@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from freeze_policies.anatomy import Anatomy, anatomy
+from freeze_policies.anatomy import Anatomy, anatomy, check_blocks_option
 from freeze_policies.apply import set_trainable
 from freeze_policies.errors import FreezePolicyError
 from freeze_policies.registry import get_policy, register_policy
@@ -51,6 +51,7 @@ class Policy:
             raise FreezePolicyError(
                 f"tied_weights={self.tied_weights!r} is not one of {', '.join(TIED_CHOICES)}"
             )
+        check_blocks_option(self.blocks)
 
     # -- what subclasses define -------------------------------------------------------------
     def select(self, anat: Anatomy, stage: int) -> set[str]:

@@ -139,6 +139,7 @@ def load_model_and_tokenizer(
     label_names: list[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     dtype=None,
+    ignore_mismatched_sizes: bool = False,
 ):
     """Load ``(model, tokenizer)`` for ``task`` ("classification" or "causal_lm").
 
@@ -150,6 +151,8 @@ def load_model_and_tokenizer(
         label_names: Class names in id order; they fill ``id2label`` / ``label2id``.
         cache_dir: Where converted checkpoints live (see :func:`default_cache_dir`).
         dtype: Passed to ``from_pretrained`` (e.g. ``"bfloat16"`` or ``torch.float32``) if set.
+        ignore_mismatched_sizes: A checkpoint whose classification head has another number of
+            labels gets a new head; without it that is a ``ValueError`` naming both counts.
 
     A tokenizer without a pad token (usual for decoders) gets its eos token as pad token
     (``<|im_end|>`` for smollm2), and ``model.config.pad_token_id`` is set to match.
@@ -175,7 +178,17 @@ def load_model_and_tokenizer(
     kwargs = {} if dtype is None else {"dtype": dtype}
     if task == "classification":
         kwargs.update(_label_kwargs(num_labels, label_names))
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        kwargs["ignore_mismatched_sizes"] = ignore_mismatched_sizes
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        except RuntimeError as error:
+            if not any(sign in str(error) for sign in ("size mismatch", "ignore_mismatched_sizes")):
+                raise  # (transformers 4 says "size mismatch", 5 names the flag)
+            raise ValueError(
+                f"the classification head of {name!r} does not fit the data's "
+                f"{kwargs['num_labels']} labels; pass --ignore_mismatched_sizes true to replace it "
+                "with a new head"
+            ) from None
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -87,6 +87,11 @@ class ModelArguments:
     model_cache_dir: str | None = field(
         default=None, metadata={"help": "where converted checkpoints live (smollm2)"}
     )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "draw a new classification head when the checkpoint's head has another "
+                  "number of labels than the data (as in transformers' run_glue)"},
+    )
 
     def __post_init__(self):
         from recipes.models import TASKS
@@ -534,6 +539,7 @@ def prepare(model_args, data_args, method_args, training_args):
         model_args.task,
         label_names=label_names,
         cache_dir=model_args.model_cache_dir,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
     if model_args.task == "classification":
         tokenized = data.tokenize_classification(splits, tokenizer, model_args.max_length)

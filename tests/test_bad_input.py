@@ -99,6 +99,9 @@ BAD_FLAGS = [
                                  r"mean --learning_rate\?\)"),
     (["--policy", "custom", "--policy_options", '{"trainable": [5]}'],
      r"^custom: trainable=\[5\] must be a regex or a list of regexes"),
+    (["--policy", "bottom_n", "--policy_options", '{"n": 1, "blocks": 5}'],
+     r"^blocks=5 must be a ModuleList's name \(for example 'encoder\.layer'\) or a list of module "
+     r"names"),
     (["--policy", "bottom_n", "--policy_options", "[1, 2]"], r"^policy_options='\[1, 2\]' is not "
                                                              r"a mapping"),
     (["--policy_options", '{"n": 2}'], r"^policy_options=\{'n': 2\} is given without policy; "
@@ -171,6 +174,19 @@ def test_degenerate_data_is_refused_before_any_model(tmp_path, tiny_bert, no_mod
     with pytest.raises(ConfigError, match=r"data file '.*empty\.csv' is empty \(0 bytes\)"):
         main(argv_for(tmp_path, tiny_bert, "--dataset", str(empty)))
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_head_of_another_label_count(tmp_path, tiny_bert):
+    """tiny_bert's head has 3 outputs; data with 2 labels is refused unless told to replace it."""
+    two_class = tmp_path / "two.csv"
+    two_class.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    argv = argv_for(tmp_path, tiny_bert, "--dataset", str(two_class), "--do_predict", "false")
+    with pytest.raises(ConfigError, match=r"^the classification head of '.*' does not fit the "
+                                          r"data's 2 labels; pass --ignore_mismatched_sizes true"):
+        main(argv)
+    assert not (tmp_path / "out").exists()
+    results = main([*argv, "--ignore_mismatched_sizes", "true"])
+    assert results["trainable_params"] > 0 and (tmp_path / "out" / "results.json").is_file()
 
 
 def test_output_dir_that_cannot_be_a_directory(tmp_path, tiny_bert, no_model_load):
