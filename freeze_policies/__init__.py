@@ -4,7 +4,8 @@
 >>> policy.apply(model)          # sets requires_grad on every parameter
 >>> print(summarize(model))      # per-group trainable / total table
 >>> print(predict_cost(model))   # what the current trainable set costs per step, predicted
->>> trainer = FreezeTrainer(model=model, args=args, train_dataset=ds, freeze_policy=policy)
+>>> trainer = FreezeTrainer(model=model, args=args, train_dataset=ds, freeze_policy=policy,
+...                         freeze_options=FreezeOptions(layer_lr_decay=0.8))
 
 ``FreezeTrainer``, ``FreezeScheduleCallback`` and the optimizer helpers import ``transformers``'
 ``Trainer``; they are loaded on first use, so ``import freeze_policies`` stays light.
@@ -12,9 +13,11 @@
 
 import importlib
 
+from freeze_policies import parts, policies  # noqa: F401  (importing them registers their policies)
 from freeze_policies.adaptive import AutoFreeze, AutoFreezeController
 from freeze_policies.anatomy import Anatomy, anatomy
-from freeze_policies.apply import AuditResult, FrozenAudit, set_trainable, trainable_names
+from freeze_policies.audit import AuditResult, FrozenAudit
+from freeze_policies.base import Policy, ScheduledPolicy
 from freeze_policies.costs import (
     CostPreview,
     gradient_bytes,
@@ -23,15 +26,16 @@ from freeze_policies.costs import (
     saved_for_backward_bytes,
 )
 from freeze_policies.errors import FreezePolicyError, FrozenWeightsMovedError
-from freeze_policies.policies import Policy, ScheduledPolicy
+from freeze_policies.modes import FREEZE_MODES
+from freeze_policies.options import FreezeOptions
 from freeze_policies.registry import get_policy, list_policies, policy_options, register_policy
 from freeze_policies.summary import Summary, summarize
+from freeze_policies.trainable import set_trainable, trainable_names
 
 _LAZY = {
     "FreezeTrainer": "freeze_policies.trainer",
     "FreezeScheduleCallback": "freeze_policies.callbacks",
     "PrefixCache": "freeze_policies.prefix_cache",
-    "FREEZE_MODES": "freeze_policies.optim",
     "build_param_groups": "freeze_policies.optim",
     "create_optimizer": "freeze_policies.optim",
     "apply_freeze_delta": "freeze_policies.delta",
@@ -54,6 +58,7 @@ __all__ = [
     "AutoFreezeController",
     "CostPreview",
     "FreezePolicyError",
+    "FreezeOptions",
     "FreezeScheduleCallback",
     "FreezeTrainer",
     "FrozenAudit",

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from freeze_policies.anatomy import Anatomy
+from freeze_policies.base import ScheduledPolicy, blocks_and_shared
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.policies import ScheduledPolicy, _blocks_and_shared
 from freeze_policies.registry import register_policy
 
 
@@ -111,7 +111,7 @@ class AutoFreeze(ScheduledPolicy):
         depth = min(stage, self.max_depth(anat))
         if depth == 0:
             return set(anat.names())
-        return _blocks_and_shared(anat, range(depth, anat.depth)) | set(anat.head)
+        return blocks_and_shared(anat, range(depth, anat.depth)) | set(anat.head)
 
     def _check(self, anat: Anatomy) -> None:
         if self.min_trainable_blocks > anat.depth:

@@ -34,20 +34,15 @@ in your own ``Trainer`` subclass, and inside ``FreezeTrainer`` (which adds it fo
    (unless already hooked), so reentrant checkpointing neither fails with "element 0 of tensors
    does not require grad" nor silently trains nothing.
 
-``freeze_mode`` says how frozen parameters are kept still: ``requires_grad`` (default: they do not
-require grad, have no gradient and, with ``FreezeTrainer``, no optimizer state), ``zero_lr`` (they
-require grad and sit in lr=0 optimizer groups; needs ``FreezeTrainer`` or
-``optim.create_optimizer``), ``zero_grad`` (they require grad and their gradients are zeroed after
-backward by a post-accumulate-grad hook). The last two support fixed policies only; they make
-every parameter require grad during ``train()`` and set the policy's ``requires_grad`` back at the
-end.
+Each job past the schedule has its module, which the callback calls at its events:
+``freeze_policies.modes`` (the freeze modes), ``resume`` (3 and 4), ``audit`` (5) and
+``checkpointing`` (6). The options (``freeze_mode``, ``audit``) come as a ``FreezeOptions``
+(``freeze_options=``) or as the keyword arguments of those names.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 
 from torch import nn
 from transformers import TrainerCallback
@@ -55,82 +50,28 @@ from transformers.trainer_callback import ExportableState
 
 from freeze_policies.adaptive import AutoFreezeController
 from freeze_policies.anatomy import Anatomy
-from freeze_policies.apply import AuditResult, FrozenAudit, set_trainable
+from freeze_policies.audit import AuditResult, FrozenAudit, audit_metrics, report_audit
+from freeze_policies.base import ever_trainable_names, policy_mixes
+from freeze_policies.checkpointing import ensure_input_grads
 from freeze_policies.costs import gradient_bytes, optimizer_state_bytes
 from freeze_policies.distributed import (
     check_distributed,
     current_setup,
-    policy_mixes,
     trainer_find_unused_parameters,
 )
-from freeze_policies.errors import FreezePolicyError, FrozenWeightsMovedError
-from freeze_policies.optim import check_freeze_mode, ever_trainable_names
-from freeze_policies.policies import Policy
-from freeze_policies.registry import get_policy
+from freeze_policies.modes import prepare_plain_trainer, start_fixed_mode
+from freeze_policies.options import FreezeOptions, freeze_options_from
+from freeze_policies.registry import policy_spec, resolve_policy
+from freeze_policies.resume import (
+    check_optimizer_holds,
+    check_saved_names,
+    held_names,
+    restored_stage,
+    saved_callback_state,
+)
+from freeze_policies.trainable import check_not_peft, set_trainable
 
 logger = logging.getLogger("freeze_policies")
-
-AUDIT_MODES = ("raise", "log", "off")
-
-
-def resolve_policy(spec) -> Policy | None:
-    """A ``Policy`` from a policy, a registered name, or a ``{"name": ..., **options}`` mapping."""
-    if spec is None or isinstance(spec, Policy):
-        return spec
-    if isinstance(spec, str):
-        return get_policy(spec)
-    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        options = dict(spec)
-        return get_policy(options.pop("name"), **options)
-    raise FreezePolicyError(
-        f"freeze_policy={spec!r} is not a policy: pass get_policy(...), a policy name, "
-        "or a dict {'name': ..., **options}"
-    )
-
-
-def policy_spec(policy: Policy | None) -> dict | None:
-    """The JSON form of a policy: ``{"name": ..., **options}`` (what ``resolve_policy`` takes)."""
-    if policy is None:
-        return None
-    return json.loads(json.dumps({"name": policy.name, **policy.options()}, default=str))
-
-
-def check_audit_mode(audit: str) -> None:
-    if audit not in AUDIT_MODES:
-        raise FreezePolicyError(f"audit={audit!r} is not one of {', '.join(AUDIT_MODES)}")
-
-
-def is_peft_model(model: nn.Module) -> bool:
-    """True for a ``peft.PeftModel`` or a transformers model with PEFT adapters loaded."""
-    if getattr(model, "_hf_peft_config_loaded", False):
-        return True
-    try:
-        from peft import PeftModel
-    except ImportError:  # peft not installed: nothing can be a PeftModel
-        return False
-    return isinstance(model, PeftModel)
-
-
-def check_not_peft(model: nn.Module, policy: Policy | None) -> None:
-    if policy is not None and is_peft_model(model):
-        raise FreezePolicyError(
-            f"freeze_policy={policy.name!r} cannot be combined with a PEFT model "
-            f"({type(model).__name__}): PEFT already decides what trains; pass freeze_policy=None "
-            "or apply the policy to a model without adapters"
-        )
-
-
-def zero_grad_hooks(model: nn.Module, frozen: set[str]) -> list:
-    """``freeze_mode="zero_grad"``: zero the gradients of ``frozen`` after each backward."""
-
-    def zero(param):
-        param.grad.zero_()
-
-    return [
-        param.register_post_accumulate_grad_hook(zero)
-        for name, param in model.named_parameters()
-        if name in frozen
-    ]
 
 
 class FreezeScheduleCallback(TrainerCallback, ExportableState):
@@ -138,24 +79,25 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
 
     ``policy``: a policy from ``get_policy``, a registered name, a ``{"name": ..., **options}``
     dict, or None (keep whatever requires grad when training starts; audit the rest).
-    ``audit``: "raise" (default), "log" (log an ERROR) or "off". ``freeze_mode``: "requires_grad"
-    (default), "zero_lr" or "zero_grad" (fixed policies only). See the module docstring.
+    ``freeze_options``: a ``FreezeOptions`` (or a mapping of its fields); the callback reads its
+    ``audit`` ("raise" default, "log": an ERROR, "off") and ``freeze_mode`` ("requires_grad"
+    default, "zero_lr" or "zero_grad", fixed policies only). The keyword arguments ``audit=`` and
+    ``freeze_mode=`` still work in its place. See the module docstring.
     """
 
-    def __init__(self, policy=None, *, audit: str = "raise", freeze_mode: str = "requires_grad"):
-        check_audit_mode(audit)
-        check_freeze_mode(freeze_mode)
+    def __init__(
+        self,
+        policy=None,
+        *,
+        freeze_options: FreezeOptions | dict | None = None,
+        audit: str | None = None,
+        freeze_mode: str | None = None,
+    ):
+        self.options = freeze_options_from(freeze_options, audit=audit, freeze_mode=freeze_mode)
         self.policy = resolve_policy(policy)
-        if freeze_mode != "requires_grad":
-            if self.policy is None:
-                raise FreezePolicyError(f"freeze_mode={freeze_mode!r} needs a freeze_policy")
-            if self.policy.scheduled:
-                raise FreezePolicyError(
-                    f"freeze_mode={freeze_mode!r} supports fixed policies only, not the schedule "
-                    f"{self.policy.name!r}; use freeze_mode='requires_grad'"
-                )
-        self.audit = audit
-        self.freeze_mode = freeze_mode
+        self.options.check_policy(self.policy)
+        self.audit = self.options.audit
+        self.freeze_mode = self.options.freeze_mode
         self.stage: int | None = None
         self.resumed_stage: int | None = None
         self.anat: Anatomy | None = None
@@ -176,16 +118,19 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         self.after_set_trainable = None
 
     # -- binding to a model -----------------------------------------------------------------
-    def bind(self, model: nn.Module) -> Anatomy | None:
-        """Read the anatomy of ``model`` and validate the policy against it (once per model)."""
+    def bind(self, model: nn.Module, anat: Anatomy | None = None) -> Anatomy | None:
+        """Read the anatomy of ``model`` and validate the policy against it (once per model).
+
+        ``anat``: the policy's anatomy of ``model`` when the caller traced it already (it is
+        then not traced again)."""
         if model is self._model:
             return self.anat
         check_not_peft(model, self.policy)
         if self.policy is not None:
-            self.anat = self.policy.anatomy(model)
+            self.anat = anat if anat is not None else self.policy.anatomy(model)
             self._ever = ever_trainable_names(self.policy, self.anat)
             self.trainable_at(0)  # validates options that depend on the model
-            if _is_adaptive(self.policy):
+            if getattr(self.policy, "adaptive", False):
                 self.controller = AutoFreezeController(self.policy, self.anat)
         self._model = model
         self._names_cache = {}
@@ -197,6 +142,11 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
             self._names_cache[stage] = self.policy.trainable_names(self.anat, stage)
         return self._names_cache[stage]
 
+    def forget_stage_names(self) -> None:
+        """Drop the cached ``trainable_at`` answers: the policy computes them again on next use
+        (a benchmark of the uncached path calls this)."""
+        self._names_cache = {}
+
     @property
     def ever_trainable(self) -> frozenset[str] | None:
         """Every name the policy trains at some stage (None without a policy)."""
@@ -206,6 +156,13 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
     def bound_model(self) -> nn.Module | None:
         """The model ``bind`` last read (None before)."""
         return self._model
+
+    @property
+    def current_trainable(self) -> frozenset[str]:
+        """The names that train in the current stage."""
+        if self.policy is None:
+            return self._fixed
+        return self.trainable_at(self.stage if self.stage is not None else 0)
 
     # -- TrainerCallback events ---------------------------------------------------------------
     def on_init_end(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -225,28 +182,23 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
             freeze_mode=self.freeze_mode,
             rewraps=False,
         )
-        if self.freeze_mode == "zero_lr" and optimizer is None:
-            raise FreezePolicyError(
-                "freeze_mode='zero_lr' needs lr=0 optimizer groups, which Trainer does not build: "
-                "use FreezeTrainer, or Trainer(optimizers=(freeze_policies.optim.create_optimizer("
-                "model, args, policy, freeze_mode='zero_lr'), None))"
-            )
-        if self.freeze_mode == "requires_grad":
-            set_trainable(model, self._ever)
-        else:  # zero_lr / zero_grad: every parameter requires grad during train()
-            set_trainable(model, [name for name, _ in model.named_parameters()])
+        prepare_plain_trainer(model, self.freeze_mode, self._ever, optimizer)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.bind(model)
         if self.policy is None:
             self._fixed = frozenset(n for n, p in model.named_parameters() if p.requires_grad)
-        self._held = _held_names(optimizer, model)
-        _check_saved_names(optimizer, model)
+        self._held = held_names(optimizer, model)
+        check_saved_names(optimizer, model)
         self.audit_result, self.audit_metrics, self.resumed_stage = None, {}, None
         if self.controller is not None:  # a new train() starts a new series of decisions
             self.controller = AutoFreezeController(self.policy, self.anat)
 
-        stage = self._restored_stage(state)
+        stage = restored_stage(
+            state, saved_callback_state(state, type(self).__name__), self.state()["args"],
+            self.policy, self.controller,
+        )
+        self.resumed_stage = stage
         if stage is None:
             stage = self._stage_now(state)
         self.stage = None
@@ -255,10 +207,15 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         # checkpoint being resumed was written without this one.
         state.stateful_callbacks.setdefault(type(self).__name__, self.state())
         if self.freeze_mode == "requires_grad":
-            self._apply(model, stage, state)
+            self.apply_stage(model, stage, state)
         else:
-            self._apply_fixed_mode(model, optimizer, kwargs.get("lr_scheduler"))
-        self._ensure_input_grads(model)
+            self._hooks = start_fixed_mode(
+                model, self.freeze_mode, self.trainable_at(0), optimizer,
+                kwargs.get("lr_scheduler"),
+            )
+            self.stage = 0
+            self._measure_grads = True
+        ensure_input_grads(model, self.anat, self.current_trainable)
         if self.audit != "off":
             frozen = [n for n, _ in model.named_parameters() if n not in self.current_trainable]
             self._auditor = FrozenAudit(model, frozen=frozen)
@@ -296,31 +253,14 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         if self._auditor is not None:
             self.audit_result = self._auditor.check(model)
             self._auditor = None
-            metrics = {
-                "frozen_audit_passed": self.audit_result.passed,
-                "frozen_audit_checked": self.audit_result.checked,
-                "frozen_audit_moved": len(self.audit_result.moved),
-                "frozen_audit_max_abs_diff": self.audit_result.max_abs_diff,
-            }
+            metrics = audit_metrics(self.audit_result)
         metrics["optimizer_state_bytes"] = (
             optimizer_state_bytes(optimizer, include_scalars=True) if optimizer else 0
         )
         metrics["gradient_bytes"] = self._gradient_bytes
         self.audit_metrics = metrics
         state.log_history.append({**metrics, "step": state.global_step})
-        result = self.audit_result
-        if result is None or result.passed:
-            if result is not None:
-                logger.info("freeze audit passed: %d frozen parameters unchanged", result.checked)
-            return
-        message = (
-            f"freeze audit failed: {len(result.moved)} of {result.checked} frozen parameters moved "
-            f"during training (freeze_mode={self.freeze_mode!r}, max |diff| "
-            f"{result.max_abs_diff:.3g}): {', '.join(result.moved[:3])}"
-        )
-        if self.audit == "raise":
-            raise FrozenWeightsMovedError(message)
-        logger.error(message)
+        report_audit(self.audit_result, self.audit, self.freeze_mode)
 
     # -- ExportableState: what a checkpoint keeps ---------------------------------------------
     def state(self) -> dict:
@@ -336,13 +276,7 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
             },
         }
 
-    # -- internals ----------------------------------------------------------------------------
-    @property
-    def current_trainable(self) -> frozenset[str]:
-        if self.policy is None:
-            return self._fixed
-        return self.trainable_at(self.stage if self.stage is not None else 0)
-
+    # -- the schedule -------------------------------------------------------------------------
     def _stage_now(self, state) -> int:
         if self.policy is None or not self.policy.scheduled:
             return 0
@@ -355,22 +289,14 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
             return
         stage = self._stage_now(state)
         if stage != self.stage:
-            self._apply(model, stage, state)
+            self.apply_stage(model, stage, state)
 
-    def _apply(self, model: nn.Module, stage: int, state) -> None:
-        """Open exactly the stage's parameters; drop the gradients of all others."""
+    def apply_stage(self, model: nn.Module, stage: int, state) -> None:
+        """Open exactly the stage's parameters; drop the gradients of all others (the schedule
+        calls this at each stage change; ``state`` is the ``TrainerState`` it logs to)."""
         names = self.current_trainable if self.policy is None else self.trainable_at(stage)
-        if self._held is not None:
-            missing = sorted(names - set(self._held.values()))
-            if missing:
-                what = f"stage {stage} of {self.policy.name!r}" if self.policy else "training"
-                raise FreezePolicyError(
-                    f"{what} trains {len(missing)} parameters the "
-                    f"optimizer does not hold ({', '.join(missing[:3])}): pass "
-                    "FreezeScheduleCallback in Trainer(callbacks=[...]) so it prepares the model "
-                    "before the optimizer is built, use FreezeTrainer, or build the optimizer with "
-                    "freeze_policies.optim.create_optimizer"
-                )
+        what = f"stage {stage} of {self.policy.name!r}" if self.policy else "training"
+        check_optimizer_holds(names, self._held, what)
         before = {n for n, p in model.named_parameters() if p.requires_grad}
         set_trainable(model, names)
         for name, param in model.named_parameters():
@@ -394,145 +320,6 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
                 self.policy.name, stage, state.global_step, count,
             )
 
-    def _apply_fixed_mode(self, model: nn.Module, optimizer, lr_scheduler) -> None:
-        """zero_lr / zero_grad: every parameter requires grad; the frozen ones are held still by
-        an lr=0 group or by zeroing their gradients."""
-        trainable = self.trainable_at(0)
-        frozen = {n for n, _ in model.named_parameters() if n not in trainable}
-        set_trainable(model, [n for n, _ in model.named_parameters()])
-        if self.freeze_mode == "zero_lr" and optimizer is not None:
-            lr_of = {
-                id(p): (group["lr"], group.get("initial_lr", group["lr"]))
-                for group in optimizer.param_groups
-                for p in group["params"]
-            }
-            wrong = [
-                n for n, p in model.named_parameters()
-                if n in frozen and id(p) in lr_of and lr_of[id(p)] != (0.0, 0.0)
-            ]
-            if wrong:
-                raise FreezePolicyError(
-                    f"freeze_mode='zero_lr' but {len(wrong)} frozen parameters sit in optimizer "
-                    f"groups with lr != 0 ({', '.join(wrong[:3])}): build the optimizer with "
-                    "FreezeTrainer or freeze_policies.optim.create_optimizer(freeze_mode='zero_lr')"
-                )
-            floors = [m for m in getattr(lr_scheduler, "min_lrs", None) or [] if m > 0]
-            if floors:  # e.g. GreedyLR: max(lr * factor, min_lr) would lift lr=0 to min_lr
-                raise FreezePolicyError(
-                    f"freeze_mode='zero_lr' needs an LR scheduler that keeps lr=0 at 0, but "
-                    f"{type(lr_scheduler).__name__} has a floor min_lr={floors[0]}; use another "
-                    "lr_scheduler_type or freeze_mode='requires_grad'"
-                )
-        if self.freeze_mode == "zero_grad":
-            self._hooks = zero_grad_hooks(model, frozen)
-        self.stage = 0
-        self._measure_grads = True
-
-    def _restored_stage(self, state) -> int | None:
-        """The stage saved in the checkpoint being resumed (None on a fresh start)."""
-        if state.global_step == 0 or self.policy is None:
-            return None
-        saved = state.stateful_callbacks.get(type(self).__name__)
-        if isinstance(saved, list):
-            saved = saved[0]
-        stage = (saved or {}).get("attributes", {}).get("stage")
-        if stage is None:
-            logger.warning(
-                "resuming at step %d from a checkpoint without a saved freeze stage; "
-                "using the schedule's stage for that step", state.global_step,
-            )
-            return None
-        saved_args = saved.get("args", {})
-        ours = self.state()["args"]
-        for key in ("policy", "freeze_mode"):
-            if saved_args.get(key) != ours[key]:
-                raise FreezePolicyError(
-                    f"the checkpoint at step {state.global_step} was trained with {key}="
-                    f"{saved_args.get(key)!r}, this run has {key}={ours[key]!r}; "
-                    "resume with the same one"
-                )
-        stage = int(stage)
-        if self.controller is not None:  # adaptive: the decisions so far come from the checkpoint
-            self.controller.load_state(saved["attributes"]["auto_freeze"])
-            self.resumed_stage = stage
-            return stage
-        # The stage in effect during the last step before the checkpoint, by the schedule; a
-        # fixed policy has one stage, 0, and no schedule to ask.
-        expected = (
-            self.policy.stage_at(state.global_step - 1, max((state.epoch or 0.0) - 1e-6, 0))
-            if self.policy.scheduled
-            else 0
-        )
-        if stage != expected:
-            raise FreezePolicyError(
-                f"the checkpoint at step {state.global_step} was saved in stage {stage}, but "
-                f"{self.policy.name!r} puts that step in stage {expected}: the schedule or the "
-                "steps per epoch changed since; resume with the same settings"
-            )
-        self.resumed_stage = stage
-        return stage
-
-    def _ensure_input_grads(self, model: nn.Module) -> None:
-        if not _is_checkpointing(model):
-            return
-        if self.anat is not None:
-            embeddings_frozen = not set(self.anat.embeddings) <= self.current_trainable
-        else:
-            embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
-                else None
-            embeddings_frozen = embeddings is not None and not all(
-                p.requires_grad for p in embeddings.parameters()
-            )
-        hooked = getattr(model, "_require_grads_hooks", None) or getattr(
-            model, "_require_grads_hook", None
-        )
-        if embeddings_frozen and not hooked and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-            logger.info("gradient checkpointing with frozen embeddings: input grads enabled")
-
-
-def _is_adaptive(policy) -> bool:
-    return bool(getattr(policy, "adaptive", False))
-
-
-def _is_checkpointing(model: nn.Module) -> bool:
-    """Whether ``model`` checkpoints activations (transformers 5 and 4 spell it differently)."""
-    for attribute in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), attribute):
-            return bool(getattr(model, attribute))
-    return False
-
-
-def _held_names(optimizer, model: nn.Module) -> dict[int, str] | None:
-    """id(param) -> name for every parameter the optimizer holds (None without an optimizer)."""
-    if optimizer is None:
-        return None
-    names = {id(p): n for n, p in model.named_parameters()}
-    return {id(p): names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"]}
-
-
-def _check_saved_names(optimizer, model: nn.Module) -> None:
-    """After a resume, the ``param_names`` loaded with the optimizer state name the parameters
-    that state now belongs to; a mismatch means the state went into the wrong parameters."""
-    if optimizer is None:
-        return
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in optimizer.param_groups:
-        saved = group.get("param_names")
-        if saved is None:
-            continue
-        actual = [names.get(id(p)) for p in group["params"]]
-        if list(saved) != actual:
-            wrong = next((i for i, (s, a) in enumerate(zip(saved, actual)) if s != a),
-                         min(len(saved), len(actual)))
-            held = actual[wrong] if wrong < len(actual) else "nothing"
-            meant = saved[wrong] if wrong < len(saved) else "nothing"
-            raise FreezePolicyError(
-                f"optimizer group {group.get('name', '?')!r} holds {held} where its "
-                f"state was saved for {meant}: the checkpoint's optimizer groups do not "
-                "match this model and policy"
-            )
-
 
 def find_freeze_callback(trainer) -> FreezeScheduleCallback | None:
     """The ``FreezeScheduleCallback`` registered with ``trainer`` (None if there is none)."""
@@ -540,11 +327,4 @@ def find_freeze_callback(trainer) -> FreezeScheduleCallback | None:
     return found[-1] if found else None
 
 
-__all__ = [
-    "AUDIT_MODES",
-    "FreezeScheduleCallback",
-    "find_freeze_callback",
-    "is_peft_model",
-    "policy_spec",
-    "resolve_policy",
-]
+__all__ = ["FreezeScheduleCallback", "find_freeze_callback"]

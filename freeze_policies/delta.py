@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from freeze_policies.callbacks import is_peft_model, policy_spec
+from freeze_policies.base import Policy
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.policies import Policy
+from freeze_policies.registry import policy_spec
+from freeze_policies.trainable import is_peft_model
 
 DELTA_WEIGHTS = "freeze_delta.safetensors"
 DELTA_CONFIG = "freeze_delta.json"

@@ -35,7 +35,6 @@ What is chosen here, and why:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterable
 
 import torch
@@ -43,42 +42,12 @@ from torch import nn
 
 from freeze_policies.anatomy import Anatomy, anatomy
 from freeze_policies.errors import FreezePolicyError
+from freeze_policies.modes import optimizer_membership
+from freeze_policies.options import FreezeOptions, check_lr_options, freeze_options_from
+from freeze_policies.registry import resolve_policy
 
-FREEZE_MODES = ("requires_grad", "zero_lr", "zero_grad")
 # Trainer.get_decay_parameter_names' name rule (transformers 4.46 .. 5.x); a test keeps them equal.
 NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
-# Stages scanned to find everything an unbounded schedule (lisa) can open; the scan stops as soon
-# as every parameter has been seen, which for lisa takes a few dozen stages.
-MAX_STAGES_SCANNED = 4096
-
-
-def check_lr_options(layer_lr_decay: float, head_lr_multiplier: float) -> None:
-    """Raise ``FreezePolicyError`` unless 0 < layer_lr_decay <= 1 and head_lr_multiplier > 0."""
-    if (
-        isinstance(layer_lr_decay, bool)
-        or not isinstance(layer_lr_decay, (int, float))
-        or not 0 < layer_lr_decay <= 1
-    ):
-        raise FreezePolicyError(
-            f"layer_lr_decay={layer_lr_decay!r} must be a number in (0, 1] "
-            "(1 = same rate for every layer; ULMFiT used 1/2.6)"
-        )
-    if (
-        isinstance(head_lr_multiplier, bool)
-        or not isinstance(head_lr_multiplier, (int, float))
-        or not math.isfinite(head_lr_multiplier)
-        or head_lr_multiplier <= 0
-    ):
-        raise FreezePolicyError(
-            f"head_lr_multiplier={head_lr_multiplier!r} must be a finite number > 0"
-        )
-
-
-def check_freeze_mode(freeze_mode: str) -> None:
-    if freeze_mode not in FREEZE_MODES:
-        raise FreezePolicyError(
-            f"freeze_mode={freeze_mode!r} is not one of {', '.join(FREEZE_MODES)}"
-        )
 
 
 def decay_parameter_names(model: nn.Module, anat: Anatomy | None = None) -> set[str]:
@@ -87,19 +56,6 @@ def decay_parameter_names(model: nn.Module, anat: Anatomy | None = None) -> set[
 
     names = set(get_parameter_names(model, [nn.LayerNorm], list(NO_DECAY_PATTERNS)))
     return names - set(anat.norms) if anat is not None else names
-
-
-def ever_trainable_names(policy, anat: Anatomy) -> frozenset[str]:
-    """Every parameter name ``policy`` trains at some stage (the union over all its stages)."""
-    stages = policy.num_stages(anat)
-    everything = set(anat.names())
-    union: set[str] = set()
-    limit = stages if stages is not None else MAX_STAGES_SCANNED
-    for stage in range(limit):
-        union |= policy.trainable_names(anat, stage)
-        if union >= everything:
-            break
-    return frozenset(union)
 
 
 def group_learning_rates(
@@ -236,59 +192,47 @@ def create_optimizer(
     args,
     freeze_policy=None,
     *,
+    freeze_options: FreezeOptions | dict | None = None,
     anat: Anatomy | None = None,
-    layer_lr_decay: float = 1.0,
-    head_lr_multiplier: float = 1.0,
-    freeze_mode: str = "requires_grad",
     cls_and_kwargs: tuple | None = None,
     decay_names: Collection[str] | None = None,
+    layer_lr_decay: float | None = None,
+    head_lr_multiplier: float | None = None,
+    freeze_mode: str | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer ``FreezeTrainer`` builds, for a plain ``Trainer`` or a custom loop.
 
     ``args`` are ``TrainingArguments`` (``optim``, ``learning_rate``, ``weight_decay``, the Adam
     options). ``freeze_policy`` is a policy, a name, a ``{"name": ..., **options}`` dict, or None
-    (every parameter that requires grad now trains). ``cls_and_kwargs`` overrides the optimizer
-    ``args.optim`` names; ``decay_names`` overrides who gets weight decay (default:
+    (every parameter that requires grad now trains). ``freeze_options`` (a ``FreezeOptions``)
+    gives ``freeze_mode``, ``layer_lr_decay`` and ``head_lr_multiplier``; the keyword arguments
+    of those names still work in its place and build one. ``anat`` is the policy's anatomy of
+    ``model`` when the caller has it (else it is traced here). ``cls_and_kwargs`` overrides the
+    optimizer ``args.optim`` names; ``decay_names`` overrides who gets weight decay (default:
     ``decay_parameter_names``). Pass the result to ``Trainer(optimizers=(optimizer, None))``
     together with a ``FreezeScheduleCallback``.
     """
-    from freeze_policies.callbacks import resolve_policy
-
-    check_freeze_mode(freeze_mode)
-    check_lr_options(layer_lr_decay, head_lr_multiplier)
+    options = freeze_options_from(
+        freeze_options,
+        freeze_mode=freeze_mode,
+        layer_lr_decay=layer_lr_decay,
+        head_lr_multiplier=head_lr_multiplier,
+    )
     policy = resolve_policy(freeze_policy)
     if policy is not None and anat is None:
         anat = policy.anatomy(model)
     cls, kwargs = cls_and_kwargs or optimizer_cls_and_kwargs(args, model)
     groups = build_param_groups(
         model,
-        **optimizer_membership(model, policy, anat, freeze_mode),
+        **optimizer_membership(model, policy, anat, options.freeze_mode),
         lr=args.learning_rate,
         weight_decay=args.weight_decay,
         anat=anat,
-        layer_lr_decay=layer_lr_decay,
-        head_lr_multiplier=head_lr_multiplier,
+        layer_lr_decay=options.layer_lr_decay,
+        head_lr_multiplier=options.head_lr_multiplier,
         decay_names=decay_names,
     )
     return cls(groups, **dict(kwargs))
-
-
-def optimizer_membership(model: nn.Module, policy, anat, freeze_mode: str) -> dict:
-    """``trainable`` and ``zero_lr_names`` for ``build_param_groups`` under ``freeze_mode``.
-
-    ``requires_grad``: what the policy ever trains. ``zero_lr``: that, plus every other parameter
-    in the lr=0 groups. ``zero_grad``: every parameter, in the ordinary groups.
-    """
-    every = [name for name, _ in model.named_parameters()]
-    if policy is None:
-        ever = {name for name, p in model.named_parameters() if p.requires_grad}
-    else:
-        ever = set(ever_trainable_names(policy, anat))
-    if freeze_mode == "zero_lr":
-        return {"trainable": ever, "zero_lr_names": [n for n in every if n not in ever]}
-    if freeze_mode == "zero_grad":
-        return {"trainable": set(every)}
-    return {"trainable": ever}
 
 
 def group_param_names(optimizer: torch.optim.Optimizer) -> dict[str, list[str]]:

@@ -1,155 +1,34 @@
-"""The named freezing policies.
+"""The named block and name-pattern policies (the part presets are in ``parts``).
 
-A policy is a pure function of a model's ``Anatomy`` and a stage number to the set of parameter
-names that train. Policies never touch a model themselves: ``Policy.apply`` hands the answer to
-``apply.set_trainable``, the one place that sets ``requires_grad``.
-
-Conventions shared by every policy:
+Each policy's docstring says what stays trainable. Conventions they share, beyond the base
+class's (``freeze_policies.base``: tied weights, ``blocks=``, nothing-trainable raises):
 
 - ``shared`` parameters (relative-position tables read by every block) train whenever at least
   one block trains, except under ``bitfit``, ``norm_only`` and ``custom``, which select by name.
-- Tied weights: when a policy would train one name of a tied tensor and freeze another (say the
-  head's ``lm_head.weight`` and the input embedding it is tied to), it raises, unless
-  ``tied_weights="train"`` (train the tensor) or ``tied_weights="freeze"`` (freeze it) says which.
-- ``blocks=`` overrides block discovery (see ``freeze_policies.anatomy``).
-- A policy that leaves nothing trainable raises.
+- ``stack=`` (block policies) names the stack of blocks a policy acts on in a model with several
+  (encoder and decoder, vision tower and language model).
 
 Scheduled policies (``gradual_unfreeze``, ``lisa``) move to the next stage every ``every`` steps
-or epochs; ``stage_at(step, epoch)`` says which stage a point in training is in.
+or epochs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
 
-from torch import nn
-
-from freeze_policies.anatomy import Anatomy, anatomy, check_blocks_option
-from freeze_policies.apply import set_trainable
+from freeze_policies.anatomy import Anatomy
+from freeze_policies.base import Policy, ScheduledPolicy, blocks_and_shared
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.registry import get_policy, register_policy
-
-TIED_CHOICES = ("error", "train", "freeze")
-UNITS = ("steps", "epochs")
-
-
-@dataclass(kw_only=True)
-class Policy:
-    """Base class: subclasses implement ``select`` and register with ``@register_policy``."""
-
-    name: ClassVar[str] = "policy"
-    tied_weights: str = "error"
-    blocks: str | list[str] | None = None
-
-    def __post_init__(self):
-        if self.tied_weights not in TIED_CHOICES:
-            raise FreezePolicyError(
-                f"tied_weights={self.tied_weights!r} is not one of {', '.join(TIED_CHOICES)}"
-            )
-        check_blocks_option(self.blocks)
-
-    # -- what subclasses define -------------------------------------------------------------
-    def select(self, anat: Anatomy, stage: int) -> set[str]:
-        """Names that train at ``stage``; ``anat``'s groups include the tied aliases."""
-        raise NotImplementedError
-
-    def num_stages(self, anat: Anatomy) -> int | None:
-        """How many distinct stages there are (None: unbounded). Fixed policies have one."""
-        return 1
-
-    @property
-    def scheduled(self) -> bool:
-        return False
-
-    # -- shared machinery ---------------------------------------------------------------------
-    def options(self) -> dict:
-        """The policy's options as given to ``get_policy``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def anatomy(self, model: nn.Module) -> Anatomy:
-        return anatomy(model, blocks=self.blocks)
-
-    def trainable_names(self, anat: Anatomy, stage: int = 0) -> frozenset[str]:
-        """The parameter names (as ``named_parameters()`` lists them) that train at ``stage``."""
-        view = _with_tied_aliases(anat)
-        chosen = set(self.select(view, stage))
-        for alias, listed in anat.tied.items():
-            if (alias in chosen) == (listed in chosen):
-                continue
-            if self.tied_weights == "error":
-                trained, frozen = (alias, listed) if alias in chosen else (listed, alias)
-                raise FreezePolicyError(
-                    f"policy {self.name!r} would train {trained} but freeze {frozen}, which is the "
-                    "same tensor (tied weights); pass tied_weights='train' to train both or "
-                    "tied_weights='freeze' to freeze both"
-                )
-            if self.tied_weights == "train":
-                chosen.add(listed)
-            else:
-                chosen.discard(listed)
-        chosen -= set(anat.tied)
-        if not chosen:
-            raise FreezePolicyError(
-                f"policy {self.name!r} leaves nothing trainable in {anat.model_class} "
-                f"at stage {stage}"
-            )
-        return frozenset(chosen)
-
-    def apply(self, model: nn.Module, stage: int = 0, anat: Anatomy | None = None):
-        """Set ``requires_grad`` on every parameter of ``model``; return the trainable names.
-
-        Everything is checked before the model is touched.
-        """
-        names = self.trainable_names(anat or self.anatomy(model), stage)
-        set_trainable(model, names)
-        return names
-
-
-@dataclass(kw_only=True)
-class ScheduledPolicy(Policy):
-    """A policy whose trainable set changes every ``every`` ``unit`` ("steps" or "epochs")."""
-
-    every: int = 1
-    unit: str = "epochs"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every <= 0:
-            raise FreezePolicyError(f"{self.name}: every={self.every!r} must be an integer > 0")
-        if self.unit not in UNITS:
-            raise FreezePolicyError(
-                f"{self.name}: unit={self.unit!r} is not one of {', '.join(UNITS)}"
-            )
-
-    @property
-    def scheduled(self) -> bool:
-        return True
-
-    def stage_at(self, step: int, epoch: float) -> int:
-        """The stage at optimizer step ``step`` (0-based) during ``epoch`` (Trainer's float)."""
-        count = step if self.unit == "steps" else int(epoch + 1e-9)
-        return count // self.every
-
-
-def _with_tied_aliases(anat: Anatomy) -> Anatomy:
-    return anat.with_tied_aliases()
+from freeze_policies.registry import register_policy
 
 
 def _on_stack(policy: Policy, anat: Anatomy) -> tuple[Anatomy, frozenset[str]]:
     """The single-stack view a block policy acts on (its ``stack=`` option) and the names outside
     it; see ``Anatomy.stack_view``. A single-stack model gives itself and nothing outside."""
     return anat.stack_view(policy.stack, policy.name)
-
-
-def _blocks_and_shared(anat: Anatomy, indices) -> set[str]:
-    """The names of the given blocks, plus the shared parameters if any block trains."""
-    names = {name for i in indices for name in anat.blocks[i]}
-    return names | set(anat.shared) if names else names
 
 
 def _check_count(policy: str, option: str, value: int, anat: Anatomy, low: int) -> None:
@@ -195,7 +74,7 @@ class BottomN(Policy):
     def select(self, anat, stage):
         view, outside = _on_stack(self, anat)
         _check_count("bottom_n", "n", self.n, view, low=0)
-        return _blocks_and_shared(view, range(self.n, view.depth)) | set(view.head) | outside
+        return blocks_and_shared(view, range(self.n, view.depth)) | set(view.head) | outside
 
 
 @register_policy("top_n")
@@ -218,7 +97,7 @@ class TopN(Policy):
     def select(self, anat, stage):
         view, _ = _on_stack(self, anat)
         _check_count("top_n", "n", self.n, view, low=1)
-        return _blocks_and_shared(view, range(view.depth - self.n, view.depth)) | set(view.head)
+        return blocks_and_shared(view, range(view.depth - self.n, view.depth)) | set(view.head)
 
 
 @register_policy("all_but_head")
@@ -266,7 +145,7 @@ class GradualUnfreeze(ScheduledPolicy):
             return set(anat.names())
         view, _ = _on_stack(self, anat)
         opened = min(stage * self.blocks_per_stage, view.depth)
-        return _blocks_and_shared(view, range(view.depth - opened, view.depth)) | set(view.head)
+        return blocks_and_shared(view, range(view.depth - opened, view.depth)) | set(view.head)
 
     def _check(self, anat):
         if self.blocks_per_stage > anat.depth:
@@ -309,7 +188,7 @@ class Lisa(ScheduledPolicy):
 
     def select(self, anat, stage):
         view, _ = _on_stack(self, anat)
-        blocks = _blocks_and_shared(view, self.sampled_blocks(anat, stage))
+        blocks = blocks_and_shared(view, self.sampled_blocks(anat, stage))
         return blocks | set(view.embeddings) | set(view.head)
 
 
@@ -389,105 +268,3 @@ class Custom(Policy):
 
         trainable = matching(self.trainable) if self.trainable else set(names)
         return trainable - matching(self.frozen)
-
-
-# -- stacks and parts: presets for encoder-decoder, speech and vision-language models ----------
-
-def _part_list(policy: str, parts) -> list[str] | None:
-    if parts is None:
-        return None
-    parts = [parts] if isinstance(parts, str) else parts
-    if not isinstance(parts, (list, tuple)) or not parts:
-        raise FreezePolicyError(f"{policy}: parts={parts!r} must be a part name or a non-empty "
-                                "list of them, e.g. parts=['encoder'] or ['vision_tower', "
-                                "'projector']")
-    return list(parts)
-
-
-def _resolve_parts(policy: str, parts: list[str] | None, anat: Anatomy) -> set[str]:
-    if parts is None:  # the model's only stack
-        if len(anat.stacks) != 1:
-            raise FreezePolicyError(
-                f"{policy}: {anat.model_class} has {len(anat.stacks)} stacks "
-                f"({', '.join(anat.stack_names())}); pass parts=[...] from: "
-                f"{', '.join(anat.part_choices())}"
-            )
-        parts = [anat.stacks[0].name]
-    return {name for part in parts for name in anat.part_names(part, policy)}
-
-
-@register_policy("freeze_parts")
-@dataclass(kw_only=True)
-class FreezeParts(Policy):
-    """Freezes the named parts of the model; everything else trains (or what ``policy`` trains).
-
-    ``parts``: stack names (``encoder``, ``decoder``, ``vision_tower``, ``language_model``,
-    ``text_model`` ...: the whole stack, its embeddings, blocks and top), ``<stack>.embeddings``,
-    ``<stack>.blocks``, ``<stack>.top``, ``embeddings``, ``head``, ``projector`` and
-    ``feature_encoder`` (see ``Anatomy.part_names``); default: the model's only stack. The
-    recipes: ``parts=['encoder']`` (Whisper's ``freeze_encoder()``), ``['feature_encoder']``
-    (wav2vec2's ``freeze_feature_encoder()``), ``['vision_tower']`` (ms-swift's ``freeze_vit``),
-    ``['language_model', 'head']`` (``freeze_llm``), ``['projector']`` (``freeze_aligner``).
-
-    ``policy`` composes: a policy spec (``{"name": "bottom_n", "n": 2, "stack":
-    "language_model"}``) whose trainable set, at every stage of its schedule, is cut by the
-    frozen parts. ``tied_weights`` and ``blocks`` are given here, not inside ``policy``.
-    """
-
-    parts: list[str] | str | None = None
-    policy: dict | None = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.parts = _part_list("freeze_parts", self.parts)
-        self.inner = None
-        if self.policy is None:
-            return
-        spec = dict(self.policy) if isinstance(self.policy, dict) else None
-        name = spec.pop("name", None) if spec else None
-        if not isinstance(name, str):
-            raise FreezePolicyError(f"freeze_parts: policy={self.policy!r} must be a mapping with "
-                                    "a 'name' and that policy's options, e.g. {'name': "
-                                    "'bottom_n', 'n': 2, 'stack': 'language_model'}")
-        if name in ("freeze_parts", "train_parts", "auto_freeze"):
-            raise FreezePolicyError(f"freeze_parts: policy {name!r} cannot be nested in "
-                                    "freeze_parts; give its parts or options directly")
-        passed = sorted(set(spec) & {"tied_weights", "blocks"})
-        if passed:
-            raise FreezePolicyError(f"freeze_parts: give {', '.join(passed)} to freeze_parts "
-                                    "itself, not inside policy=")
-        self.inner = get_policy(name, **spec)
-
-    @property
-    def scheduled(self) -> bool:
-        return self.inner is not None and self.inner.scheduled
-
-    def stage_at(self, step: int, epoch: float) -> int:
-        return self.inner.stage_at(step, epoch) if self.scheduled else 0
-
-    def num_stages(self, anat):
-        return self.inner.num_stages(anat) if self.inner is not None else 1
-
-    def select(self, anat, stage):
-        frozen = _resolve_parts("freeze_parts", self.parts, anat)
-        base = self.inner.select(anat, stage) if self.inner else set(anat.names())
-        return set(base) - frozen
-
-
-@register_policy("train_parts")
-@dataclass(kw_only=True)
-class TrainParts(Policy):
-    """Trains only the named parts (names as for ``freeze_parts``); default: the head.
-
-    ``parts=['projector']`` is LLaVA's first stage (the projector alone);
-    ``['projector', 'language_model', 'head']`` its second (vision tower frozen).
-    """
-
-    parts: list[str] | str = field(default_factory=lambda: ["head"])
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.parts = _part_list("train_parts", self.parts)
-
-    def select(self, anat, stage):
-        return _resolve_parts("train_parts", self.parts, anat)

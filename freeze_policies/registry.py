@@ -1,16 +1,18 @@
-"""Named policies: ``register_policy`` adds one, ``get_policy`` builds one from name + options."""
+"""Named policies: ``register_policy`` adds one, ``get_policy`` builds one from name + options,
+``resolve_policy`` accepts every form a user may hand over (a policy, a name, a spec mapping) and
+``policy_spec`` writes the JSON form back."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
+from freeze_policies.base import Policy
 from freeze_policies.errors import FreezePolicyError
-
-if TYPE_CHECKING:
-    from freeze_policies.policies import Policy
 
 _POLICIES: dict[str, type[Policy]] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -70,3 +72,25 @@ def _policy_class(name: str) -> type[Policy]:
             f"unknown policy {name!r}{hint}; valid policies: {', '.join(list_policies())}"
         )
     return _POLICIES[name]
+
+
+def resolve_policy(spec) -> Policy | None:
+    """A ``Policy`` from a policy, a registered name, or a ``{"name": ..., **options}`` mapping."""
+    if spec is None or isinstance(spec, Policy):
+        return spec
+    if isinstance(spec, str):
+        return get_policy(spec)
+    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        options = dict(spec)
+        return get_policy(options.pop("name"), **options)
+    raise FreezePolicyError(
+        f"freeze_policy={spec!r} is not a policy: pass get_policy(...), a policy name, "
+        "or a dict {'name': ..., **options}"
+    )
+
+
+def policy_spec(policy: Policy | None) -> dict | None:
+    """The JSON form of a policy: ``{"name": ..., **options}`` (what ``resolve_policy`` takes)."""
+    if policy is None:
+        return None
+    return json.loads(json.dumps({"name": policy.name, **policy.options()}, default=str))

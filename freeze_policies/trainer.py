@@ -1,24 +1,33 @@
 """``FreezeTrainer``: a ``Trainer`` that freezes by policy, schedules it, and proves it.
 
-``FreezeTrainer(model, args, ..., freeze_policy=...)`` takes every ``Trainer`` argument plus:
+``FreezeTrainer(model, args, ..., freeze_policy=..., freeze_options=...)`` takes every
+``Trainer`` argument plus:
 
 - ``freeze_policy``: a policy from ``get_policy``, a registered name, a
   ``{"name": ..., **options}`` dict, or None (train whatever requires grad when training starts).
-- ``freeze_mode``: ``"requires_grad"`` (default), ``"zero_lr"`` or ``"zero_grad"`` (see
-  ``freeze_policies.callbacks``; the last two accept fixed policies only).
-- ``layer_lr_decay`` (0 < x <= 1, default 1) and ``head_lr_multiplier`` (> 0, default 1):
-  layer-wise learning rates as optimizer groups (see ``freeze_policies.optim``).
-- ``audit``: ``"raise"`` (default), ``"log"`` or ``"off"``: what the frozen-weights audit does
-  when a frozen weight moved.
-- ``cache_frozen_prefix`` (default False): cache the output of the frozen embeddings + lowest
-  frozen blocks per example and train the top from it (``freeze_policies.prefix_cache``); the
-  prefix runs in eval mode (no dropout there). ``prefix_cache_dir`` spills it to disk.
-  ``frozen_prefix_eval`` gives the same eval-mode prefix without caching: the uncached run a
-  cached one matches.
-- ``frozen_dtype``: ``"bfloat16"``, ``"float16"`` or None (default: dtypes as loaded). Frozen
-  matrices are stored in that dtype and trainable parameters in float32; a parameter a schedule
-  opens is upcast (from its low-precision value), one it closes is downcast. Needs ``bf16=True``
-  or ``fp16=True``; see ``freeze_policies.precision``. ``trainer.dtype_moves`` lists the moves.
+- ``freeze_options``: a ``FreezeOptions`` (``freeze_policies.options``; a mapping of its fields
+  works too), every other option of freezing, validated once:
+
+  - ``freeze_mode``: ``"requires_grad"`` (default), ``"zero_lr"`` or ``"zero_grad"`` (see
+    ``freeze_policies.modes``; the last two accept fixed policies only).
+  - ``layer_lr_decay`` (0 < x <= 1, default 1) and ``head_lr_multiplier`` (> 0, default 1):
+    layer-wise learning rates as optimizer groups (see ``freeze_policies.optim``).
+  - ``audit``: ``"raise"`` (default), ``"log"`` or ``"off"``: what the frozen-weights audit does
+    when a frozen weight moved.
+  - ``cache_frozen_prefix`` (default False): cache the output of the frozen embeddings + lowest
+    frozen blocks per example and train the top from it (``freeze_policies.prefix_cache``); the
+    prefix runs in eval mode (no dropout there). ``prefix_cache_dir`` spills it to disk.
+    ``frozen_prefix_eval`` gives the same eval-mode prefix without caching: the uncached run a
+    cached one matches.
+  - ``frozen_dtype``: ``"bfloat16"``, ``"float16"`` or None (default: dtypes as loaded). Frozen
+    matrices are stored in that dtype and trainable parameters in float32; a parameter a
+    schedule opens is upcast (from its low-precision value), one it closes is downcast. Needs
+    ``bf16=True`` or ``fp16=True``; see ``freeze_policies.precision``. ``trainer.dtype_moves``
+    lists the moves.
+
+  Each of these is also accepted as a keyword argument of ``FreezeTrainer`` itself
+  (``FreezeTrainer(..., freeze_mode="zero_lr", audit="log")``), as before ``FreezeOptions``
+  existed: the keywords build the ``FreezeOptions``. Give each option one way, not both.
 
 What it does on top of ``Trainer``:
 
@@ -37,7 +46,11 @@ What it does on top of ``Trainer``:
   combinations that cannot train correctly are refused before training
   (``freeze_policies.distributed``).
 - ``train`` returns the audit in ``TrainOutput.metrics`` and ``trainer.frozen_audit`` (an
-  ``AuditResult``); ``trainer.state.log_history`` has it too.
+  ``AuditResult``); ``trainer.state.log_history`` has it too. ``freeze_metrics()`` gathers what
+  a report needs (trainable counts, audit, cost figures, prefix-cache figures) in one dict.
+- ``trainer.anatomy`` is the anatomy of the model, traced once per run (the policy's, with its
+  ``blocks=``) and handed to the optimizer, the cache and the guards; pass it to ``summarize``
+  and ``predict_cost`` instead of tracing again.
 - ``evaluate`` leaves the random generators (Python, NumPy, torch CPU and CUDA) as it found them:
   each DataLoader iterator draws its base seed from the global torch generator, so a plain
   ``Trainer``'s evaluations during training shift every later dropout mask and shuffle, and a
@@ -53,26 +66,21 @@ import random
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import Trainer
 
-from freeze_policies.apply import AuditResult, set_trainable
-from freeze_policies.callbacks import (
-    FreezeScheduleCallback,
-    check_audit_mode,
-    check_not_peft,
-    find_freeze_callback,
-)
-from freeze_policies.distributed import DDPRewrapper, check_trainer
+from freeze_policies.anatomy import Anatomy, anatomy
+from freeze_policies.audit import AuditResult
+from freeze_policies.callbacks import FreezeScheduleCallback, find_freeze_callback
+from freeze_policies.ddp import DDPRewrapper
+from freeze_policies.distributed import check_trainer
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.optim import check_freeze_mode, check_lr_options, create_optimizer
-from freeze_policies.precision import (
-    DtypeMove,
-    check_frozen_dtype,
-    check_precision_options,
-    place,
-    upcast,
-)
+from freeze_policies.modes import check_scheduler_type
+from freeze_policies.optim import create_optimizer
+from freeze_policies.options import FreezeOptions, freeze_options_from
+from freeze_policies.precision import DtypeMove, check_precision_options, place, upcast
 from freeze_policies.prefix_cache import PrefixCache
+from freeze_policies.trainable import check_not_peft, set_trainable
 
 
 class FreezeTrainer(Trainer):
@@ -82,39 +90,37 @@ class FreezeTrainer(Trainer):
         self,
         *args,
         freeze_policy=None,
-        freeze_mode: str = "requires_grad",
-        layer_lr_decay: float = 1.0,
-        head_lr_multiplier: float = 1.0,
-        audit: str = "raise",
-        cache_frozen_prefix: bool = False,
+        freeze_options: FreezeOptions | dict | None = None,
+        freeze_mode: str | None = None,
+        layer_lr_decay: float | None = None,
+        head_lr_multiplier: float | None = None,
+        audit: str | None = None,
+        cache_frozen_prefix: bool | None = None,
         prefix_cache_dir: str | None = None,
-        frozen_prefix_eval: bool = False,
+        frozen_prefix_eval: bool | None = None,
         frozen_dtype=None,
         **kwargs,
     ):
-        # Everything that can be checked without the Trainer is checked before it is built.
-        check_freeze_mode(freeze_mode)
-        frozen_dtype = check_frozen_dtype(frozen_dtype)
-        check_audit_mode(audit)
-        check_lr_options(layer_lr_decay, head_lr_multiplier)
-        if cache_frozen_prefix and freeze_mode != "requires_grad":
-            raise FreezePolicyError(
-                f"cache_frozen_prefix needs freeze_mode='requires_grad', not {freeze_mode!r}: "
-                "the other modes compute gradients through every frozen weight"
-            )
-        callback = FreezeScheduleCallback(freeze_policy, audit=audit, freeze_mode=freeze_mode)
+        # Everything that can be checked without the Trainer is checked before it is built:
+        # the options once, in FreezeOptions; the options against the policy in the callback.
+        options = freeze_options_from(
+            freeze_options,
+            freeze_mode=freeze_mode,
+            layer_lr_decay=layer_lr_decay,
+            head_lr_multiplier=head_lr_multiplier,
+            audit=audit,
+            cache_frozen_prefix=cache_frozen_prefix,
+            prefix_cache_dir=prefix_cache_dir,
+            frozen_prefix_eval=frozen_prefix_eval,
+            frozen_dtype=frozen_dtype,
+        )
+        callback = FreezeScheduleCallback(freeze_policy, freeze_options=options)
         model = kwargs.get("model", args[0] if args else None)
         if model is not None:
             check_not_peft(model, callback.policy)
 
         super().__init__(*args, **kwargs)
-        scheduler = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
-        if freeze_mode == "zero_lr" and scheduler == "greedy":
-            raise FreezePolicyError(
-                "freeze_mode='zero_lr' cannot use lr_scheduler_type='greedy': its min_lr floor "
-                "would lift the lr=0 groups; use another lr_scheduler_type or "
-                "freeze_mode='requires_grad'"
-            )
+        check_scheduler_type(options.freeze_mode, self.args.lr_scheduler_type)
         if find_freeze_callback(self) is not None:
             raise FreezePolicyError(
                 "FreezeTrainer adds its own FreezeScheduleCallback; pass freeze_policy= instead of "
@@ -125,34 +131,56 @@ class FreezeTrainer(Trainer):
         # autocast as accelerate runs it: fp16 on CPU gets none (accelerate's native_amp=False)
         precision = self.accelerator.mixed_precision if self.accelerator.native_amp else None
         check_precision_options(
-            frozen_dtype, freeze_mode=freeze_mode, mixed_precision=precision, sharding=sharding
+            options.torch_frozen_dtype, freeze_mode=options.freeze_mode,
+            mixed_precision=precision, sharding=sharding,
         )
-        self.frozen_dtype = frozen_dtype
+        self.freeze_options = options
         self.dtype_moves: list[DtypeMove] = []
         self._end_figures: dict = {}
         self._resuming = False  # True while train() loads a checkpoint (see train)
+        self._anatomy: tuple[nn.Module, Anatomy] | None = None  # (model, its anatomy)
         callback.after_set_trainable = self._follow_dtypes
-        self.freeze_mode = freeze_mode
-        self.layer_lr_decay = layer_lr_decay
-        self.head_lr_multiplier = head_lr_multiplier
         self.frozen_audit: AuditResult | None = None
         self.add_callback(callback)
         self.prefix_cache = None
         if self.model is not None:
             self._freeze_before_optimizer(self.model)
-        if cache_frozen_prefix or frozen_prefix_eval:
-            if freeze_policy is None:
-                raise FreezePolicyError(
-                    "cache_frozen_prefix / frozen_prefix_eval need a freeze_policy with a frozen "
-                    "prefix (e.g. bottom_n, all_but_head, gradual_unfreeze)"
-                )
+        if options.uses_prefix:
             self.prefix_cache = PrefixCache(
                 self.model,
                 self.freeze_callback.anat,
-                directory=prefix_cache_dir,
-                replay=cache_frozen_prefix,
+                directory=options.prefix_cache_dir,
+                replay=options.cache_frozen_prefix,
                 wait_for_prefix=bool(getattr(self.freeze_callback.policy, "adaptive", False)),
             )
+
+    # the options, as attributes of the trainer (read-only: the options object is the record)
+    @property
+    def freeze_mode(self) -> str:
+        return self.freeze_options.freeze_mode
+
+    @property
+    def layer_lr_decay(self) -> float:
+        return self.freeze_options.layer_lr_decay
+
+    @property
+    def head_lr_multiplier(self) -> float:
+        return self.freeze_options.head_lr_multiplier
+
+    @property
+    def frozen_dtype(self) -> torch.dtype | None:
+        return self.freeze_options.torch_frozen_dtype
+
+    @property
+    def anatomy(self) -> Anatomy:
+        """The anatomy of the model: the policy's (traced when the policy was bound), or, without
+        a policy, ``anatomy(model)`` traced on first use; once per model either way."""
+        model = self.freeze_callback.bound_model or self.model
+        if self.freeze_callback.anat is not None and model is self.freeze_callback.bound_model:
+            return self.freeze_callback.anat
+        if self._anatomy is None or self._anatomy[0] is not model:
+            self._anatomy = (model, anatomy(model))
+        return self._anatomy[1]
 
     @property
     def freeze_callback(self) -> FreezeScheduleCallback:
@@ -170,6 +198,40 @@ class FreezeTrainer(Trainer):
         metrics = {**self.freeze_callback.audit_metrics, **self._end_figures}
         keys = ("optimizer_state_bytes", "gradient_bytes", "parameter_bytes")
         return {k: metrics[k] for k in keys if k in metrics}
+
+    def freeze_metrics(self) -> dict:
+        """What a report needs about the freezing of this run, as plain values.
+
+        - ``trainable_params``: the parameters the policy trains at stage 0 (under ``zero_lr`` /
+          ``zero_grad`` every parameter requires grad, but only these are updated); without a
+          policy, those that require grad now.
+        - ``trainable_params_max``: the parameters some stage of the policy trains.
+        - After ``train``: the audit (``frozen_audit_passed``, ``frozen_audit_checked``,
+          ``frozen_audit_moved``, ``frozen_audit_max_abs_diff``) and the cost figures
+          (``optimizer_state_bytes``, ``gradient_bytes``, ``parameter_bytes``).
+        - ``prefix_cache``: with ``cache_frozen_prefix``, the cache's counters (``hits``,
+          ``records``, ``rebuilds``, ``record_seconds``), its ``bytes`` and ``depth``; else None.
+        """
+        callback = self.freeze_callback
+        sizes = {name: p.numel() for name, p in self.model.named_parameters()}
+        if callback.policy is None:
+            now = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            counts = {"trainable_params": now, "trainable_params_max": now}
+        else:
+            counts = {
+                "trainable_params": sum(sizes[n] for n in callback.trainable_at(0)),
+                "trainable_params_max": sum(sizes[n] for n in callback.ever_trainable),
+            }
+        cache = self.prefix_cache
+        cache_figures = None
+        if cache is not None and cache.replay:
+            cache_figures = {**cache.stats, "bytes": cache.nbytes, "depth": cache.depth}
+        return {
+            **counts,
+            **callback.audit_metrics,
+            **self._end_figures,
+            "prefix_cache": cache_figures,
+        }
 
     def _freeze_before_optimizer(self, model) -> None:
         """Bind the policy to ``model`` (validating it) and set the state before the optimizer."""
@@ -214,14 +276,14 @@ class FreezeTrainer(Trainer):
         decay = set(self.get_decay_parameter_names(opt_model))  # a subclass may override it
         if anat is not None:
             decay -= set(anat.norms)
+        elif self.layer_lr_decay != 1.0 or self.head_lr_multiplier != 1.0:
+            anat = self.anatomy  # layer-wise rates need the blocks; traced once, kept
         self.optimizer = create_optimizer(
             opt_model,
             self.args,
             callback.policy,
+            freeze_options=self.freeze_options,
             anat=anat,
-            layer_lr_decay=self.layer_lr_decay,
-            head_lr_multiplier=self.head_lr_multiplier,
-            freeze_mode=self.freeze_mode,
             cls_and_kwargs=getattr(self, "optimizer_cls_and_kwargs", None),
             decay_names=decay,
         )

@@ -45,8 +45,8 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from freeze_policies import FreezeScheduleCallback, FrozenAudit, get_policy  # noqa: E402
-from freeze_policies.optim import FREEZE_MODES, create_optimizer  # noqa: E402
+from freeze_policies import FREEZE_MODES, FreezeScheduleCallback, FrozenAudit, get_policy  # noqa: E402
+from freeze_policies.optim import create_optimizer  # noqa: E402
 
 MODES = ("full", *FREEZE_MODES)
 
@@ -136,8 +136,8 @@ def machinery(base, args, policy, step_s: float) -> dict:
     stages = callback.policy.num_stages(callback.anat)
 
     def apply_stage():
-        callback._names_cache.clear()  # uncached: the policy computes the names again
-        callback._apply(model, (callback.stage + 1) % stages, state)
+        callback.forget_stage_names()  # uncached: the policy computes the names again
+        callback.apply_stage(model, (callback.stage + 1) % stages, state)
 
     def schedule_check():  # what every step pays: stage_at + compare, no change
         callback.on_step_begin(args, state, control, model=model)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_trainer_support import (
+from trainer_support import (
     RandomTokens,
     Recorder,
     make_args,

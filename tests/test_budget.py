@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer_support import RandomTokens, make_model, one_torch_thread  # noqa: F401
+from trainer_support import RandomTokens, make_model, one_torch_thread  # noqa: F401
 
 from freeze_policies import FreezePolicyError, anatomy, predict_cost
 from freeze_policies import budget as budget_module

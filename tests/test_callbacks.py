@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer_support import (
+from trainer_support import (
     RandomTokens,
     Recorder,
     changed,
@@ -266,7 +266,7 @@ def test_saved_param_names_of_another_length_are_a_clear_error():
     import torch
     from torch import nn
 
-    from freeze_policies.callbacks import _check_saved_names
+    from freeze_policies.resume import check_saved_names
 
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(
@@ -274,4 +274,4 @@ def test_saved_param_names_of_another_length_are_a_clear_error():
     )
     with pytest.raises(FreezePolicyError, match=r"group 'g' holds nothing where its state was "
                        r"saved for bias"):
-        _check_saved_names(optimizer, model)
+        check_saved_names(optimizer, model)

@@ -1,4 +1,4 @@
-"""Freezing under DDP, FSDP and DeepSpeed (issue 6).
+"""Freezing under DDP, FSDP and DeepSpeed.
 
 - Guards: ``check_distributed`` is a pure function of a ``DistributedSetup``; every refusal and
   every allowed combination has a row here, and ``FreezeTrainer`` / ``FreezeScheduleCallback``
@@ -25,17 +25,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-from test_trainer_support import RandomTokens, make_args, make_model
+from trainer_support import RandomTokens, make_args, make_model
 from transformers import Trainer
 
 from freeze_policies import FreezePolicyError, FreezeScheduleCallback, FreezeTrainer, get_policy
 from freeze_policies import distributed as dist_module
+from freeze_policies.base import policy_mixes
+from freeze_policies.ddp import REGISTERED, DDPRewrapper
 from freeze_policies.distributed import (
-    REGISTERED,
-    DDPRewrapper,
     DistributedSetup,
     check_distributed,
-    policy_mixes,
     setup_from_state,
     trainer_find_unused_parameters,
 )

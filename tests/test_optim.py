@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer_support import (
+from trainer_support import (
     ARCHS,
     RandomTokens,
     make_args,
@@ -14,16 +14,16 @@ from test_trainer_support import (
 from transformers import Trainer
 
 from freeze_policies import FreezePolicyError, FreezeScheduleCallback, FreezeTrainer, get_policy
-from freeze_policies.callbacks import _check_saved_names
+from freeze_policies.base import ever_trainable_names
+from freeze_policies.modes import optimizer_membership
 from freeze_policies.optim import (
     _check_coverage,
     build_param_groups,
     create_optimizer,
     decay_parameter_names,
-    ever_trainable_names,
     group_param_names,
-    optimizer_membership,
 )
+from freeze_policies.resume import check_saved_names
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -119,11 +119,11 @@ def test_optimizer_state_loaded_into_other_params_is_caught():
     groups = build_param_groups(model, [n for n, _ in model.named_parameters()], lr=1.0,
                                 weight_decay=0.0)
     optimizer = torch.optim.AdamW(groups)
-    _check_saved_names(optimizer, model)  # consistent: nothing raised
+    check_saved_names(optimizer, model)  # consistent: nothing raised
     first = optimizer.param_groups[0]
     first["param_names"] = list(reversed(first["param_names"]))
     with pytest.raises(FreezePolicyError, match="trainable/decay.*state was saved for"):
-        _check_saved_names(optimizer, model)
+        check_saved_names(optimizer, model)
 
 
 # -- bad input: one-line FreezePolicyError naming the value and the valid choices ---------------

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_run import run
-from test_trainer_support import (
+from trainer_support import (
     RandomTokens,
     make_args,
     make_model,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer_support import (
+from trainer_support import (
     RandomTokens,
     changed,
     make_args,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import one_torch_thread  # noqa: F401
 from tiny_models import STACK_CASES
+from trainer_support import one_torch_thread  # noqa: F401
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,

@@ -1,4 +1,4 @@
-"""FreezeTrainer on tiny BERT, Llama and GPT-2: each numbered point of issue 3, shown by training.
+"""FreezeTrainer on tiny BERT, Llama and GPT-2: what it adds to Trainer, shown by training.
 
 Every test snapshots the weights, trains a few steps under AdamW with weight decay 0.1 and
 lr 1e-2, and compares with ``torch.equal`` or inspects ``optimizer.state``.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer_support import (
+from trainer_support import (
     ARCHS,
     RandomTokens,
     Recorder,
@@ -23,7 +23,8 @@ from transformers import TrainerCallback
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, get_policy
 from freeze_policies.errors import FrozenWeightsMovedError
-from freeze_policies.optim import FREEZE_MODES, group_param_names
+from freeze_policies.modes import FREEZE_MODES
+from freeze_policies.optim import group_param_names
 
 
 def make_trainer(arch, tmp_path, policy, model=None, callbacks=(), args=None, **options):
@@ -482,3 +483,11 @@ def test_schedule_counts_optimizer_steps_under_gradient_accumulation(tmp_path):
     callback = trainer.freeze_callback
     for step, names in enumerate(recorder.grad_names):
         assert names == callback.trainable_at(step // 2), step
+
+
+def test_test_cases_build_and_run():
+    for arch in ARCHS:
+        model = make_model(arch)
+        batch = RandomTokens(arch, n=2)[0]
+        out = model(input_ids=batch["input_ids"][None], labels=batch["labels"][None])
+        assert torch.isfinite(out.loss)

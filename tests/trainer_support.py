@@ -1,4 +1,5 @@
-"""Shared pieces of the trainer, optimizer and callback tests: tiny models, data, recorders.
+"""Shared pieces of the trainer, optimizer and callback tests: tiny models, data, recorders
+(a helper module, not a test file; its table is checked by test_trainer.py).
 
 TEST_CASES is the one table of architectures every parametrized test uses: tiny BERT
 (sequence classification), Llama (causal LM) and GPT-2 (sequence classification) built from
@@ -154,11 +155,3 @@ class Recorder(TrainerCallback):
                     for p, s in optimizer.state.items()
                 }
             )
-
-
-def test_test_cases_build_and_run():
-    for arch in ARCHS:
-        model = make_model(arch)
-        batch = RandomTokens(arch, n=2)[0]
-        out = model(input_ids=batch["input_ids"][None], labels=batch["labels"][None])
-        assert torch.isfinite(out.loss)
