@@ -18,14 +18,9 @@ from freeze_policies.adaptive import AutoFreeze, AutoFreezeController
 from freeze_policies.anatomy import Anatomy, anatomy
 from freeze_policies.audit import AuditResult, FrozenAudit
 from freeze_policies.base import Policy, ScheduledPolicy
-from freeze_policies.costs import (
-    CostPreview,
-    gradient_bytes,
-    optimizer_state_bytes,
-    predict_cost,
-    saved_for_backward_bytes,
-)
+from freeze_policies.costs import CostPreview, predict_cost
 from freeze_policies.errors import FreezePolicyError, FrozenWeightsMovedError
+from freeze_policies.measure import gradient_bytes, optimizer_state_bytes, saved_for_backward_bytes
 from freeze_policies.modes import FREEZE_MODES
 from freeze_policies.options import FreezeOptions
 from freeze_policies.registry import get_policy, list_policies, policy_options, register_policy

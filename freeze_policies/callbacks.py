@@ -53,12 +53,12 @@ from freeze_policies.anatomy import Anatomy
 from freeze_policies.audit import AuditResult, FrozenAudit, audit_metrics, report_audit
 from freeze_policies.base import ever_trainable_names, policy_mixes
 from freeze_policies.checkpointing import ensure_input_grads
-from freeze_policies.costs import gradient_bytes, optimizer_state_bytes
 from freeze_policies.distributed import (
     check_distributed,
     current_setup,
     trainer_find_unused_parameters,
 )
+from freeze_policies.measure import gradient_bytes, optimizer_state_bytes
 from freeze_policies.modes import prepare_plain_trainer, start_fixed_mode
 from freeze_policies.options import FreezeOptions, freeze_options_from
 from freeze_policies.registry import policy_spec, resolve_policy

@@ -65,12 +65,8 @@ import torch
 from torch import nn
 
 from freeze_policies import anatomy, get_policy, set_trainable
-from freeze_policies.costs import (
-    gradient_bytes,
-    optimizer_state_bytes,
-    predict_cost,
-    saved_for_backward_bytes,
-)
+from freeze_policies.costs import predict_cost
+from freeze_policies.measure import gradient_bytes, optimizer_state_bytes, saved_for_backward_bytes
 from recipes.report.aggregate import method_label
 from recipes.report.benches import bench_markdown
 from recipes.run import environment, write_json_atomic

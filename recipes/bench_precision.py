@@ -16,7 +16,7 @@ Each child builds a ``FreezeTrainer`` (AdamW lr 1e-5, weight decay 0.01, ``adamw
 x ``--seq-len`` tokens, 3 labels, seed 0, the batch ``recipes/bench.py`` uses) and trains
 ``--steps`` steps. Reported per variant:
 
-- **accounted memory** (``freeze_policies.costs.account_memory``): parameter bytes as stored
+- **accounted memory** (``freeze_policies.measure.account_memory``): parameter bytes as stored
   (frozen and trainable, by dtype) + gradient bytes (the most held at an optimizer step) +
   optimizer state (with AdamW's step scalars) + bytes saved for backward by one training-mode
   forward under the same autocast (parameters' own storages excluded).
@@ -71,7 +71,7 @@ def measure(args) -> dict:
     )
 
     from freeze_policies import FreezeTrainer, get_policy, saved_for_backward_bytes
-    from freeze_policies.costs import account_memory, peak_rss_bytes
+    from freeze_policies.measure import account_memory, peak_rss_bytes
     from freeze_policies.precision import dtype_bytes
     from recipes.bench import make_batch
     from recipes.models import resolve_model_path

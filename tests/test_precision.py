@@ -31,7 +31,7 @@ from trainer_support import (
 from transformers import TrainerCallback
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, get_policy, list_policies
-from freeze_policies.costs import account_memory, parameter_bytes, peak_rss_bytes
+from freeze_policies.measure import account_memory, parameter_bytes, peak_rss_bytes
 from freeze_policies.precision import (
     check_frozen_dtype,
     check_precision_options,
