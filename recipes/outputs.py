@@ -9,7 +9,7 @@ Before any model is loaded (``open_run_dir``):
 - An ``output_dir`` that is not empty is refused unless ``--overwrite_output_dir true`` (the
   earlier run's ``checkpoint-*`` folders, ``results.json``, weights, delta, adapter, config and
   model card are then removed, so two runs never mix) or a resume is asked for.
-- Writability is checked by ``recipes.run.check_output_dir`` while the arguments are parsed;
+- Writability is checked by ``recipes.arguments.check_output_dir`` while the arguments are parsed;
   nothing is created before training. The directories of ``output_dir`` that did not exist when
   the run started are removed again if the run fails while they are empty (``RunDir.failed``),
   and so are the temporary files of an interrupted write.
@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,25 +247,6 @@ def _first_local_process() -> bool:
 def _rmdir_if_empty(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not empty, or already gone
         folder.rmdir()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` through a temporary file renamed into place; the file gets
-    the mode a plain ``open`` would give it (0666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(handle, 0o666 & ~umask)
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=2, sort_keys=True, default=str)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- after training ---------------------------------------------------------------------------

@@ -47,7 +47,8 @@ if __package__ in (None, ""):
 
 import yaml
 
-from recipes.run import ConfigError, main, write_json_atomic
+from recipes.common import ConfigError, write_json_atomic
+from recipes.run import main
 
 DEFAULT_BOUNDS = (1e-6, 1.0)
 DEFAULT_MAX_EXTENSIONS = 3

@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from freeze_policies import FreezePolicyError, anatomy, get_policy
 from freeze_policies.distributed import check_launch, check_processes
 from freeze_policies.policies import Custom
-from recipes.run import USER_ERROR_EXIT, ConfigError, main, parse_args
+from recipes.common import USER_ERROR_EXIT, ConfigError
+from recipes.run import main, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

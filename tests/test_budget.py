@@ -112,7 +112,8 @@ def test_measure_step_seconds_changes_no_weight_and_restores_requires_grad(model
 
 
 def test_the_launcher_refuses_a_budget_beside_a_policy_before_loading_anything():
-    from recipes.run import ConfigError, parse_args
+    from recipes.common import ConfigError
+    from recipes.run import parse_args
 
     with pytest.raises(ConfigError, match=r"budget_step_ratio / budget_memory_gb pick the policy "
                                           r"\(bottom_n\); do not also give policy='top_n'"):
@@ -124,7 +125,8 @@ def test_the_launcher_refuses_a_budget_beside_a_policy_before_loading_anything()
 
 
 def test_the_launcher_reports_an_impossible_budget_in_one_line(tmp_path):
-    from recipes.run import ConfigError, main
+    from recipes.common import ConfigError
+    from recipes.run import main
 
     with pytest.raises(ConfigError, match=r"^budget max_step_ratio=0.01 cannot be met: the deepest "
                                           r"freeze, bottom_n\(n=6\)"):

@@ -3,12 +3,12 @@
 import dataclasses
 from pathlib import Path
 
-import peft
 import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from freeze_policies import get_policy
+from recipes.peft_methods import PEFT_METHODS, config_class
 from recipes.run import parse_args
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -16,8 +16,6 @@ RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml")
                      if not {"accelerate", "experiments"} & set(p.parts))
 PROFILES = sorted((CONFIGS / "experiments").glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
-PEFT_CLASSES = {"lora": peft.LoraConfig, "dora": peft.LoraConfig, "ia3": peft.IA3Config,
-                "prefix_tuning": peft.PrefixTuningConfig, "prompt_tuning": peft.PromptTuningConfig}
 
 
 def relative(path: Path) -> str:
@@ -42,8 +40,20 @@ def test_run_config_parses_and_its_method_builds(path):
     if method.method == "freeze":
         get_policy(method.policy, **method.policy_options)
     if method.method == "peft":
-        config_class = PEFT_CLASSES[method.peft_method]
-        assert set(method.peft_options) <= {f.name for f in dataclasses.fields(config_class)}
+        fields = dataclasses.fields(config_class(method.peft_method))
+        assert set(method.peft_options) <= {f.name for f in fields}
+
+
+@pytest.mark.parametrize("name", list(PEFT_METHODS))
+def test_every_peft_baseline_has_its_config_and_a_peft_class(name):
+    import peft
+
+    entry = PEFT_METHODS[name]
+    assert issubclass(config_class(name), peft.PeftConfig)
+    path = CONFIGS.parent / entry.config
+    assert path in RUN_CONFIGS, f"{name}: {entry.config} is missing"
+    method = parse_args(["--config", str(path)])[2]
+    assert (method.method, method.peft_method) == ("peft", name)
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=relative)
@@ -77,7 +87,7 @@ def test_experiment_profile_cells_exist_and_fields_parse(path):
 
 
 def test_missing_experiment_profile_is_a_clear_error():
-    from recipes.run import ConfigError
+    from recipes.common import ConfigError
     from recipes.sweep import load_profile
 
     with pytest.raises(ConfigError, match=r"experiment profile 'configs/experiments/nope.yaml' "

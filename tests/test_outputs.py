@@ -25,8 +25,9 @@ from transformers import (
 )
 
 from freeze_policies import FreezePolicyError, get_policy, load_freeze_delta, save_freeze_delta
-from recipes.outputs import CARD_MARKER, write_json_atomic
-from recipes.run import ConfigError, main
+from recipes.common import ConfigError, write_json_atomic
+from recipes.outputs import CARD_MARKER
+from recipes.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_METRICS = ("test_loss", "test_accuracy", "test_f1")
@@ -65,8 +66,9 @@ def loading_code(card: str) -> str:
 def evaluate_test_split(model, tokenizer, tiny_bert, tmp_path) -> dict:
     """The launcher's test split, tokenized and batched as the run did, on ``model``."""
     from recipes import data
+    from recipes.build import load_data
     from recipes.metrics import make_compute_metrics
-    from recipes.run import load_data, parse_args
+    from recipes.run import parse_args
 
     model_args, data_args, _, _ = parse_args(flags(tiny_bert, tmp_path / "unused"))
     splits, _labels = load_data(model_args, data_args)

@@ -20,7 +20,8 @@ from transformers import (
 )
 
 from freeze_policies import list_policies
-from recipes.run import ConfigError, main
+from recipes.common import ConfigError
+from recipes.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat and dog ran to park happy sad day good bad".split()

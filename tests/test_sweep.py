@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from recipes import sweep
-from recipes.run import ConfigError
+from recipes.common import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

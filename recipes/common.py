@@ -1,0 +1,110 @@
+"""What every script under ``recipes/`` shares: the error they raise for bad input and how it
+ends the process, the environment they record, and how they write JSON.
+
+- ``ConfigError`` is a ``ValueError`` whose message is one line naming the bad value and the valid
+  choices; ``exit_on_user_error`` prints that line as ``error: ...`` on stderr and exits with
+  status 2 (``USER_ERROR_EXIT``, as argparse does on a usage error; a crash exits 1).
+- ``environment`` is the record of versions and hardware every results and benchmark file ends
+  with, so that two files can be compared for where they ran.
+- ``write_json_atomic`` never leaves a half-written file: a temporary file renamed into place.
+
+This module imports torch lazily (``environment``), so the report and the sweep can use it
+without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+USER_ERROR_EXIT = 2  # as argparse exits on a usage error; a crash exits 1
+VERSIONED = ("torch", "transformers", "peft", "accelerate", "datasets", "evaluate")
+
+
+class ConfigError(ValueError):
+    """Bad configuration: one line naming the bad value and the valid choices."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its class name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def exit_on_user_error(error: BaseException):
+    """Bad input: one line on stderr and exit status 2, without a traceback.
+
+    Under a multi-process launcher every process meets the same bad value, so only the first
+    process of each machine (``LOCAL_RANK`` 0) prints; the others exit quietly with the same
+    status. The launcher (torchrun, under ``accelerate launch``) then reports the failed
+    processes in its own words: it treats any non-zero exit as a worker failure, and no worker can
+    silence that.
+    """
+    if os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) == "0":
+        print(f"error: {first_line(error)}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR_EXIT)
+
+
+def parse_mapping(name: str, value) -> dict:
+    """A mapping option given as a dict (YAML config) or as YAML / JSON text (a flag).
+
+    ``None`` is ``{}``; anything that does not parse to a mapping is a ``ConfigError``.
+    ``python -m freeze_policies`` parses its ``--policy_options`` by the same rule in its own
+    code (a deliberate parallel: the library does not import the recipes).
+    """
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name}={value!r} is not a mapping (e.g. '{{\"n\": 4}}')")
+    return parsed
+
+
+def environment() -> dict:
+    """Versions of the libraries a run depends on, the hardware and Python."""
+    import torch
+
+    hardware = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        hardware["gpu"] = torch.cuda.get_device_name(0)
+        hardware["gpu_count"] = torch.cuda.device_count()
+    return {
+        "versions": {name: version(name) for name in VERSIONED},
+        "hardware": hardware,
+        "python": platform.python_version(),
+    }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` through a temporary file renamed into place; the file gets
+    the mode a plain ``open`` would give it (0666 less the umask). Keys are sorted, and values
+    JSON does not know are written as their ``str``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)
+        with os.fdopen(handle, "w") as out:
+            json.dump(payload, out, indent=2, sort_keys=True, default=str)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
