@@ -26,6 +26,9 @@ from freeze_policies.costs import format_bytes
 from freeze_policies.errors import FreezePolicyError
 
 TASKS = ("classification", "causal_lm")
+# Bad input is handled as the recipes handle it (recipes/common.py: one ``error:`` line, exit
+# status 2, mapping options as JSON or YAML). A deliberate parallel, not a shared helper: the
+# library is installed without the recipes and must not import them.
 USER_ERROR_EXIT = 2
 
 
