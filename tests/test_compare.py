@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from recipes import sweep
-from recipes.report import aggregate, markdown, pricing
-from recipes.report.aggregate import ReportError, load_results
+from recipes.report import aggregate, columns, markdown, pricing
+from recipes.report.aggregate import ReportError
 from recipes.report.cli import write_report
+from recipes.report.reading import load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 1_000_000
@@ -242,9 +243,9 @@ def test_grid_extension_is_reported_with_every_score_and_why_the_search_stopped(
     smol = cells["smollm2"]["lora"].selection  # 3.33e-3 added; 1.11e-2 would pass 1e-2
     assert (smol.stopped, smol.extensions, smol.chosen_lr) == ("bounds", 1, pytest.approx(3.33e-3))
 
-    context = markdown.context_of(next(t for t in load_results(comparison).tables
+    context = columns.context_of(next(t for t in load_results(comparison).tables
                                        if t.model == "minilm"))
-    text = markdown.render(markdown.SELECTION_COLUMNS, context.table.cells, context)
+    text = columns.render(columns.SELECTION_COLUMNS, context.table.cells, context)
     row = next(line for line in text.splitlines() if line.startswith("| lora |"))
     # 0.8 - 0.02 * log10(lr / 5e-3) ** 2, in percent
     assert "| 0.0003: 77.01, 0.001: 79.02, **0.003: 79.90**, 0.00949: 79.85† |" in row
@@ -263,7 +264,7 @@ def test_paired_differences_against_full_match_the_hand_computed_interval(compar
     [-0.065045, +0.038378], which includes zero."""
     results = load_results(comparison)
     table = next(t for t in results.tables if t.model == "minilm")
-    diffs = markdown.differences(table, "test_accuracy")
+    diffs = columns.differences(table, "test_accuracy")
     bottom = diffs["bottom_n (n=4)"]
     assert bottom.seeds == (0, 1, 2)
     assert bottom.differences == pytest.approx((-0.02, 0.01, -0.03))
@@ -275,9 +276,9 @@ def test_paired_differences_against_full_match_the_hand_computed_interval(compar
     lora = diffs["lora"]  # +0.05, +0.06, +0.07: s = 0.01, half = 4.302653 * 0.01 / sqrt(3)
     assert (lora.low, lora.high) == (pytest.approx(0.06 - 0.0248414, abs=1e-6),
                                      pytest.approx(0.06 + 0.0248414, abs=1e-6))
-    assert markdown.verdict_of(lora, True) == "better than full"
-    assert markdown.verdict_of(diffs["auto_freeze (every=10)"], True) == "worse than full"
-    assert markdown.verdict_of(bottom, True) == "indistinguishable"
+    assert columns.verdict_of(lora, True) == "better than full"
+    assert columns.verdict_of(diffs["auto_freeze (every=10)"], True) == "worse than full"
+    assert columns.verdict_of(bottom, True) == "indistinguishable"
 
 
 def test_findings_state_a_difference_only_where_the_interval_excludes_zero(comparison):
@@ -364,7 +365,7 @@ def test_report_columns_rows_and_sections(comparison, tmp_path):
     write_report(comparison, out, bench, "python recipes/compare.py --results runs")
     text = out.read_text()
     table = next(t for t in load_results(comparison).tables if t.model == "minilm")
-    declared = [c.title for c in markdown.result_columns(table)]
+    declared = [c.title for c in columns.result_columns(table)]
     assert header(text, "method")[: len(declared)] == declared == [
         "method", "trainable (%)", "test accuracy (%)", "macro-F1 (%)",
         "test accuracy − full points, mean [95% CI]", "macro-F1 − full points [CI]",
@@ -372,7 +373,7 @@ def test_report_columns_rows_and_sections(comparison, tmp_path):
     assert ("| lora | 1 | 79.33 ± 2.52 | 69.33 ± 2.52 | +6.00 [+3.52, +8.48] | "
             "+6.00 [+3.52, +8.48] | 3 | better than full | 0.003 | n/a |") in text
     assert "| full | 100 | 73.33 ± 1.53 | 63.33 ± 1.53 | — | — | 3 | reference | 0.0001 |" in text
-    assert [c.title for c in markdown.COST_COLUMNS] == [
+    assert [c.title for c in columns.COST_COLUMNS] == [
         "method", "trainable (%)", "step time vs full (bench)",
         "priced step vs full (source); priced run", "training time per run (s, under load)",
         "peak memory", "optimizer state", "prefix cache per run (mean)"]
@@ -568,11 +569,11 @@ def test_real_cells_paired_interval_and_cache_share_by_hand():
     bench = {"model": "minilm", "methods": [BENCH["methods"][0]], "targets": {}}
     cells, results = tables_by_model(REAL, bench=bench, cache=cache)
     (table,) = results.tables
-    diff = markdown.differences(table, "test_accuracy")["bottom_n (n=4)"]
+    diff = columns.differences(table, "test_accuracy")["bottom_n (n=4)"]
     assert diff.mean == pytest.approx(0.0066667, abs=1e-6)
     assert (diff.low, diff.high) == (pytest.approx(-0.012669, abs=1e-5),
                                      pytest.approx(0.026002, abs=1e-5))
-    assert markdown.verdict_of(diff, True) == "indistinguishable"
+    assert columns.verdict_of(diff, True) == "indistinguishable"
     bottom = cells["minilm"]["bottom_n"]
     assert bottom.selection.stopped == "interior" and bottom.selection.extensions == 2
     # per run 94 replayed and 47 recorded of 141 steps: the cache saves 94 x (0.48 - 0.29) -

@@ -11,7 +11,8 @@ One job per module:
 - ``cli``: ``python recipes/compare.py``; atomic writes.
 """
 
-from recipes.report.aggregate import ReportError, load_results
+from recipes.report.aggregate import ReportError
 from recipes.report.cli import main, write_report
+from recipes.report.reading import load_results
 
 __all__ = ["ReportError", "load_results", "main", "write_report"]

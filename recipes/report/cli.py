@@ -14,11 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from recipes.report.aggregate import ReportError, load_bench, load_results
+from recipes.report.aggregate import ReportError
 from recipes.report.benches import SECTIONS
 from recipes.report.markdown import report_markdown
 from recipes.report.plots import make_plots, pyplot
 from recipes.report.pricing import price_table
+from recipes.report.reading import load_bench, load_results
 
 
 def bench_sections(folder: Path) -> tuple[dict | None, dict | None, list[tuple[str, str]]]:

@@ -176,38 +176,12 @@ def _curve_cells(table: Table) -> list[Cell]:
     return [cell for cell in table.cells if cell.curve_run is not None]
 
 
-def plot_time_to_accuracy(tables: list[Table]):
-    panels = [t for t in _curve_tables(tables) if pricing.seconds_per_full_step(t)]
-    if not panels:
-        return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.2), squeeze=False)
-    for ax, table in zip(axes[0], panels):
-        scale, unit = _scale(table)
-        for index, cell in enumerate(_curve_cells(table)):
-            run = cell.curve_run
-            curve = validation_curve(run, table.metrics.select)
-            seconds = pricing.cumulative_seconds(table, cell, run, [step for step, _ in curve])
-            ax.plot(seconds, [value * scale for _, value in curve], marker="o", ms=3,
-                    color=FULL_COLOR if cell.is_full else f"C{index}",
-                    label=f"{cell.short} (lr {cell.chosen_lr:g}; {cell.priced_source})")
-        per_step = pricing.seconds_per_full_step(table)
-        ax.set(xlabel=f"cumulative training cost (s; priced: full fine-tuning's measured "
-                      f"{per_step:.2f} s/step x step ratio)",
-               ylabel=f"{_metric_name(table, 'validation')}{unit}",
-               title=f"{table.title}: seed {_curve_seed(table)}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return fig
+def _curve_figure(panels: list[Table], series, xlabel):
+    """One panel per table, each cell's validation curve in it (full fine-tuning in its colour).
 
-
-def _curve_seed(table: Table):
-    return next(cell.selection.selection_seed for cell in _curve_cells(table))
-
-
-def plot_validation_curves(tables: list[Table]):
-    panels = _curve_tables(tables)
+    ``series(table, cell, curve)`` gives the curve's x values, its legend label and any further
+    ``plot`` keywords; ``xlabel(table)`` the panel's x-axis label. None without panels.
+    """
     if not panels:
         return None
     plt = pyplot()
@@ -216,16 +190,41 @@ def plot_validation_curves(tables: list[Table]):
         scale, unit = _scale(table)
         for index, cell in enumerate(_curve_cells(table)):
             curve = validation_curve(cell.curve_run, table.metrics.select)
-            ax.plot([step for step, _ in curve], [value * scale for _, value in curve],
-                    marker="o", ms=3, lw=2.2 if cell.is_full else 1.2,
-                    color=FULL_COLOR if cell.is_full else f"C{index}",
-                    label=f"{cell.short} (lr {cell.chosen_lr:g})")
-        ax.set(xlabel="optimizer step", ylabel=f"{_metric_name(table, 'validation')}{unit}",
+            xs, label, style = series(table, cell, curve)
+            ax.plot(xs, [value * scale for _, value in curve], marker="o", ms=3,
+                    color=FULL_COLOR if cell.is_full else f"C{index}", label=label, **style)
+        ax.set(xlabel=xlabel(table), ylabel=f"{_metric_name(table, 'validation')}{unit}",
                title=f"{table.title}: seed {_curve_seed(table)}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_time_to_accuracy(tables: list[Table]):
+    def series(table, cell, curve):
+        seconds = pricing.cumulative_seconds(table, cell, cell.curve_run,
+                                             [step for step, _ in curve])
+        return seconds, f"{cell.short} (lr {cell.chosen_lr:g}; {cell.priced_source})", {}
+
+    def xlabel(table):
+        return (f"cumulative training cost (s; priced: full fine-tuning's measured "
+                f"{pricing.seconds_per_full_step(table):.2f} s/step x step ratio)")
+
+    panels = [t for t in _curve_tables(tables) if pricing.seconds_per_full_step(t)]
+    return _curve_figure(panels, series, xlabel)
+
+
+def _curve_seed(table: Table):
+    return next(cell.selection.selection_seed for cell in _curve_cells(table))
+
+
+def plot_validation_curves(tables: list[Table]):
+    def series(table, cell, curve):
+        return ([step for step, _ in curve], f"{cell.short} (lr {cell.chosen_lr:g})",
+                {"lw": 2.2 if cell.is_full else 1.2})
+
+    return _curve_figure(_curve_tables(tables), series, lambda table: "optimizer step")
 
 
 def plot_memory(tables: list[Table]):
