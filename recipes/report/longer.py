@@ -1,0 +1,79 @@
+"""Longer runs beside the profile's: where a method's validation curve levels off.
+
+A profile fixes one budget for every method. Whether that budget reaches full fine-tuning's
+plateau is checked by a run of the same cell at a longer budget (same rate, same seed, more
+epochs), kept in its own folder with the cell's relative path, for example
+``results/runs/longer/tweets/minilm/full/lr0.0003-seed0`` beside
+``results/runs/default/tweets/minilm/full/lr0.0003-seed0``. ``--longer FOLDER`` adds, per longer
+run: its validation curve, the plateau rule applied to it, and its test score beside the profile's
+run of the same cell, rate and seed. One seed: the section says where the curve levels off, it
+does not rank methods.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recipes.report.stats import plateau
+
+THRESHOLD = 0.01  # the plateau rule of the profile's own curve (recipes/report/markdown.py)
+
+
+def curve_of(run: dict, metric: str = "eval_accuracy") -> list[tuple[int, float]]:
+    """(step, value) of every in-training evaluation, the last one once."""
+    points = {}
+    for entry in run.get("log_history", []):
+        if metric in entry:
+            points[int(entry["step"])] = float(entry[metric])
+    return sorted(points.items())
+
+
+def longer_markdown(longer_root: str | Path, profile_roots: list[str | Path]) -> list[str]:
+    """The section's lines; empty when the folder holds no run."""
+    longer_root = Path(longer_root)
+    runs = sorted(longer_root.rglob("results.json")) if longer_root.is_dir() else []
+    if not runs:
+        return []
+    lines = ["### Longer runs: where the curve levels off", ""]
+    for path in runs:
+        relative = path.parent.relative_to(longer_root)
+        run = json.loads(path.read_text())
+        base = next((json.loads((Path(root) / relative / "results.json").read_text())
+                     for root in profile_roots
+                     if (Path(root) / relative / "results.json").is_file()), None)
+        lines += _one_run(relative, run, base)
+    return lines
+
+
+def _one_run(relative: Path, run: dict, base: dict | None) -> list[str]:
+    curve = curve_of(run)
+    steps = run.get("max_steps") or (curve[-1][0] if curve else 0)
+    lines = [f"`{relative}` at {run.get('epoch', 0):g} epochs ({steps} steps): `python "
+             f"{run.get('command', '?')}`.", ""]
+    if curve:
+        lines += ["| step | " + " | ".join(str(step) for step, _ in curve) + " |",
+                  "|---|" + "---:|" * len(curve),
+                  "| validation accuracy (%) | "
+                  + " | ".join(f"{100 * value:.1f}" for _, value in curve) + " |", ""]
+    result = plateau(curve, THRESHOLD)
+    if result is not None:
+        state = "has plateaued" if result.reached else "is still improving"
+        lines.append(
+            f"Its validation accuracy {state}: the last third of its {len(curve)} evaluations "
+            f"averages {100 * result.last:.2f}, the middle third {100 * result.middle:.2f} "
+            f"(gain {100 * result.gain:+.2f} points; a plateau is a gain under "
+            f"{100 * THRESHOLD:g} point); best {100 * result.best:.2f} at step {result.best_step}."
+        )
+    if base is not None and "test_accuracy" in run and "test_accuracy" in base:
+        base_curve = curve_of(base)
+        best_base = max((v for _, v in base_curve), default=None)
+        ours, theirs = 100 * run["test_accuracy"], 100 * base["test_accuracy"]
+        lines.append(
+            f"Test accuracy {ours:.2f} against {theirs:.2f}"
+            f" for the profile's run of the same cell, rate and seed at {base.get('epoch', 0):g} "
+            f"epochs ({base.get('max_steps')} steps)"
+            + (f", whose best validation accuracy was {100 * best_base:.2f}" if best_base else "")
+            + "; one seed, so a difference under the profile's seed spread is not a difference."
+        )
+    return [*lines, ""]

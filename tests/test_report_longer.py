@@ -1,0 +1,37 @@
+"""The report's longer-run section: the curve, the plateau rule, the profile's run beside it."""
+
+import json
+
+from recipes.report.longer import curve_of, longer_markdown
+
+
+def write_run(folder, accuracies, test, epoch, steps):
+    folder.mkdir(parents=True)
+    history = [{"step": 10 * (i + 1), "eval_accuracy": a} for i, a in enumerate(accuracies)]
+    history.append({"step": 10 * len(accuracies), "eval_accuracy": accuracies[-1]})  # final eval
+    (folder / "results.json").write_text(json.dumps({
+        "log_history": history, "test_accuracy": test, "epoch": epoch, "max_steps": steps,
+        "command": f"recipes/run.py --num_train_epochs {epoch:g}"}))
+
+
+def test_a_flat_last_third_has_plateaued_and_sits_beside_the_profile_run(tmp_path):
+    cell = "tweets/minilm/full/lr0.0003-seed0"
+    write_run(tmp_path / "longer" / cell, [0.60, 0.70, 0.72, 0.73, 0.74, 0.74, 0.745, 0.74, 0.742],
+              test=0.752, epoch=6, steps=90)
+    write_run(tmp_path / "default" / cell, [0.60, 0.70, 0.71], test=0.7385, epoch=3, steps=30)
+    lines = "\n".join(longer_markdown(tmp_path / "longer", [tmp_path / "default"]))
+    assert ("| validation accuracy (%) | 60.0 | 70.0 | 72.0 | 73.0 | 74.0 | 74.0 | 74.5 | 74.0 "
+            "| 74.2 |") in lines
+    # middle third 73.00, 74.00, 74.00 -> 73.67; last third 74.50, 74.00, 74.20 -> 74.23
+    assert "has plateaued: the last third of its 9 evaluations averages 74.23, the middle third " \
+           "73.67 (gain +0.57 points" in lines
+    assert "Test accuracy 75.20 against 73.85 for the profile's run of the same cell, rate and " \
+           "seed at 3 epochs (30 steps), whose best validation accuracy was 71.00" in lines
+
+
+def test_a_rising_curve_is_still_improving_and_an_empty_folder_adds_nothing(tmp_path):
+    write_run(tmp_path / "longer" / "a" / "lr1-seed0", [0.5, 0.6, 0.7], test=0.7, epoch=2,
+              steps=30)
+    assert "is still improving" in "\n".join(longer_markdown(tmp_path / "longer", []))
+    assert longer_markdown(tmp_path / "missing", []) == []
+    assert curve_of({"log_history": [{"step": 3, "loss": 1.0}]}) == []
