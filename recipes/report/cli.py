@@ -16,6 +16,7 @@ from pathlib import Path
 
 from recipes.report.aggregate import ReportError
 from recipes.report.benches import SECTIONS
+from recipes.report.longer import longer_markdown
 from recipes.report.markdown import report_markdown
 from recipes.report.plots import make_plots, pyplot
 from recipes.report.pricing import price_table
@@ -34,7 +35,7 @@ def bench_sections(folder: Path) -> tuple[dict | None, dict | None, list[tuple[s
 
 
 def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | None,
-                 command: str) -> Path:
+                 command: str, longer: Path | None = None) -> Path:
     """Read, check and aggregate everything, then write the report and plots atomically.
 
     ``results_dir`` is one folder of cells or a list of them (one per profile). The benchmark
@@ -53,7 +54,8 @@ def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | N
         price_table(table, bench, bench_cache)
     try:
         plots = make_plots(results.tables)
-        text = report_markdown(results, command, bench, list(plots), sections)
+        extra = longer_markdown(longer, folders) if longer is not None else []
+        text = report_markdown(results, command, bench, list(plots), sections, extra)
         out.parent.mkdir(parents=True, exist_ok=True)
         staged: list[tuple[str, Path]] = []
         try:
@@ -103,6 +105,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench", default=None,
                         help="bench.json; bench_cache.json and bench_freeze_modes.json are read "
                         "from its folder (default: bench.json next to the report, if present)")
+    parser.add_argument("--longer", default=None,
+                        help="a folder of cells rerun at a longer budget (same relative paths as "
+                        "under --results): their curves and plateau (recipes/report/longer.py)")
     return parser
 
 
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> Path:
     shown = sys.argv[1:] if argv is None else argv
     command = "python recipes/compare.py " + " ".join(map(shlex.quote, shown))
     try:
-        path = write_report([Path(folder) for folder in args.results], out, bench, command)
+        path = write_report([Path(folder) for folder in args.results], out, bench, command,
+                            Path(args.longer) if args.longer else None)
     except ReportError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {path}")

@@ -35,7 +35,7 @@ def longer_markdown(longer_root: str | Path, profile_roots: list[str | Path]) ->
     runs = sorted(longer_root.rglob("results.json")) if longer_root.is_dir() else []
     if not runs:
         return []
-    lines = ["### Longer runs: where the curve levels off", ""]
+    lines = ["## Longer runs: where the curve levels off", ""]
     for path in runs:
         relative = path.parent.relative_to(longer_root)
         run = json.loads(path.read_text())

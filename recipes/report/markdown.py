@@ -224,7 +224,7 @@ CAPTIONS = {
 
 
 def report_markdown(results: Results, command: str, bench: dict | None, plots: list[str],
-                    bench_sections: list[tuple[str, str]]) -> str:
+                    bench_sections: list[tuple[str, str]], longer: list[str] = ()) -> str:
     parts = [
         "# Results: freezing policies compared with full fine-tuning and PEFT",
         "",
@@ -276,6 +276,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
             *curve_markdown(table),
             *auto_freeze_markdown(table),
         ]
+    parts += longer  # recipes/report/longer.py: the cells rerun at a longer budget, if any
     if plots:
         parts += ["## Plots", ""]
         for name in plots:
