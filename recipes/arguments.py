@@ -1,6 +1,7 @@
 """The launcher's arguments: ``ModelArguments``, ``DataArguments``, ``MethodArguments`` (with
 ``RunTrainingArguments``, ``transformers.TrainingArguments`` plus the output options), and the
-checks each makes of its own fields.
+checks each makes of its own fields. ``MethodArguments`` extends the library's ``FreezeOptions``,
+so the freeze options' flags are its fields and their checks are the library's, made once.
 
 Each dataclass checks in ``__post_init__`` what it can check alone, so a bad value is a one-line
 ``ConfigError`` naming it before any data or model is loaded; the checks across dataclasses and
@@ -13,16 +14,16 @@ differs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 
+from freeze_policies import FreezeOptions
 from recipes.common import ConfigError, parse_mapping
 from recipes.outputs import RunTrainingArguments
 from recipes.peft_methods import PEFT_METHODS
 
 METHODS = ("full", "freeze", "peft")
-FREEZE_MODES = ("requires_grad", "zero_lr", "zero_grad")
-AUDITS = ("raise", "log", "off")
 RECIPE_DEFAULTS = {
     "output_dir": "outputs/run",
     "per_device_train_batch_size": 32,
@@ -97,7 +98,10 @@ class DataArguments:
 
 
 @dataclass
-class MethodArguments:
+class MethodArguments(FreezeOptions):
+    """The method and its options; the freeze options (freeze mode, layer-wise learning rates,
+    audit, prefix cache, frozen dtype) are the library's ``FreezeOptions`` fields, checked by it."""
+
     method: str | None = field(
         default=None,
         metadata={"help": "full | freeze | peft; by default freeze if a policy is given, peft if a "
@@ -108,28 +112,6 @@ class MethodArguments:
     )
     policy_options: str | None = field(
         default=None, metadata={"help": "policy options: YAML mapping, or JSON on the command line"}
-    )
-    freeze_mode: str = field(
-        default="requires_grad", metadata={"help": "requires_grad | zero_lr | zero_grad"}
-    )
-    layer_lr_decay: float = field(default=1.0, metadata={"help": "lr factor per block downwards"})
-    head_lr_multiplier: float = field(default=1.0, metadata={"help": "lr factor for the head"})
-    audit: str = field(
-        default="raise",
-        metadata={"help": "frozen-weights audit when a frozen weight moved: raise | log | off"},
-    )
-    cache_frozen_prefix: bool = field(
-        default=False,
-        metadata={"help": "cache the frozen prefix's output per example and train the top from "
-                  "it (the prefix runs in eval mode); needs a policy with a frozen prefix"},
-    )
-    prefix_cache_dir: str | None = field(
-        default=None, metadata={"help": "keep the prefix cache on disk here instead of in RAM"}
-    )
-    frozen_dtype: str | None = field(
-        default=None,
-        metadata={"help": "bfloat16 | float16: store frozen weights in it, trainable ones in "
-                  "float32 (needs --bf16 or --fp16); default: dtypes as loaded"},
     )
     budget_step_ratio: float | None = field(
         default=None,
@@ -172,10 +154,7 @@ class MethodArguments:
                 f"budget_step_ratio / budget_memory_gb need method='freeze', not {self.method!r}"
             )
         choice("method", self.method, METHODS)
-        choice("freeze_mode", self.freeze_mode, FREEZE_MODES)
-        choice("audit", self.audit, AUDITS)
-        if self.frozen_dtype is not None:
-            choice("frozen_dtype", self.frozen_dtype, ("bfloat16", "float16"))
+        super().__post_init__()  # FreezeOptions: the freeze options, each checked once
         if self.method == "freeze" and not self.policy and not budget:
             raise ConfigError("method='freeze' needs a policy; see freeze_policies.list_policies()")
         if self.method != "freeze" and self.policy:
@@ -198,6 +177,11 @@ class MethodArguments:
                     f"{options}={getattr(self, options)!r} is given without {needs}; they would "
                     f"be ignored: add --{needs} or drop them"
                 )
+
+    @property
+    def freeze_options(self) -> FreezeOptions:
+        """The freeze options alone, as the trainer takes them."""
+        return FreezeOptions.from_dict(dataclasses.asdict(self), ignore_unknown=True)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, MethodArguments, RunTrainingArguments)

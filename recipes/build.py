@@ -92,13 +92,7 @@ def prepare(model_args, data_args, method_args, training_args):
         processing_class=tokenizer,
         compute_metrics=make_compute_metrics(model_args.task),
         freeze_policy=policy,
-        freeze_mode=method_args.freeze_mode,
-        layer_lr_decay=method_args.layer_lr_decay,
-        head_lr_multiplier=method_args.head_lr_multiplier,
-        audit=method_args.audit,
-        cache_frozen_prefix=method_args.cache_frozen_prefix,
-        prefix_cache_dir=method_args.prefix_cache_dir,
-        frozen_dtype=method_args.frozen_dtype,
+        freeze_options=method_args.freeze_options,
     )
     if model_args.task == "classification":
         # Sequence classifiers average their loss per batch; they take **kwargs, so Trainer would

@@ -47,20 +47,6 @@ from recipes.parsing import parse_args
 from recipes.peft_methods import added_tokens
 
 
-def policy_counts(trainer, summary) -> dict:
-    """Trainable counts as the policy means them: under zero_lr / zero_grad every parameter
-    requires grad, but only the policy's set is updated. ``trainable_params_max`` counts every
-    parameter some stage of a schedule trains."""
-    callback = trainer.freeze_callback
-    if callback.policy is None:
-        return {"trainable_params": summary.trainable, "trainable_params_max": summary.trainable}
-    sizes = {name: p.numel() for name, p in trainer.model.named_parameters()}
-    return {
-        "trainable_params": sum(sizes[n] for n in callback.trainable_at(0)),
-        "trainable_params_max": sum(sizes[n] for n in callback.ever_trainable),
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run one fine-tuning job; return (and write) its results."""
     model_args, data_args, method_args, training_args = parse_args(argv)
@@ -128,7 +114,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         trainer.run_outputs = outputs
         trainer.save_model()  # RunTrainer: the model, the adapter or the delta, and the tokenizer
 
-    audit = getattr(trainer, "frozen_audit", None)
+    audit = trainer.frozen_audit
     timing = ("_runtime", "_per_second")
     results = {
         "method": method_args.method,
@@ -144,7 +130,6 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "seed": training_args.seed,
         "learning_rate": training_args.learning_rate,
         "max_steps": trainer.state.max_steps,
-        **policy_counts(trainer, summary),
         "total_params": total_params(trainer.model),
         "groups": summary.as_dict()["groups"],
         "cost_preview": preview.as_dict(),
@@ -155,9 +140,11 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "train_samples_per_second": train_output.metrics["train_samples_per_second"],
         "train_steps_per_second": train_output.metrics["train_steps_per_second"],
         **peak_memory(),
-        **getattr(trainer, "cost_figures", {}),
+        # trainable counts as the policy means them (under zero_lr / zero_grad every parameter
+        # requires grad, only the policy's set is updated), the audit's and the cost figures,
+        # the prefix cache's counters
+        **trainer.freeze_metrics(),
         "frozen_audit": audit.as_dict() if audit is not None else None,
-        "prefix_cache": prefix_cache_stats(trainer),
         "log_history": trainer.state.log_history,
         "resumed_from": run_dir.checkpoint,
         "saved": outputs.saved if outputs is not None else None,
@@ -181,13 +168,6 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
                 f"(the run's outputs are in {str(run_dir.path)!r})"
             ) from error
     return results
-
-
-def prefix_cache_stats(trainer) -> dict | None:
-    cache = trainer.prefix_cache
-    if cache is None or not cache.replay:
-        return None
-    return {**cache.stats, "bytes": cache.nbytes, "depth": cache.depth}
 
 
 def peak_memory() -> dict:
