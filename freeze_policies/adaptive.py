@@ -20,8 +20,20 @@ The criterion, evaluated every ``every`` optimizer steps (one *window*):
    the same way, at most ``max_per_decision`` blocks per window. Never above the floor: at least
    ``min_trainable_blocks`` blocks keep training; the head never freezes.
 
+**Several stacks** (encoder and decoder, vision tower and language model): ``stack=`` names the
+stack the controller measures and freezes, as for the other block policies, and a model with
+several stacks and none named is refused with the list of its stacks. The depth then counts that
+stack's blocks only: stage ``d`` freezes the stack's embeddings and its blocks ``0..d-1``; the
+stack's other blocks, its shared parameters and top, the model's head and everything outside the
+stack train at every stage (the rule of ``bottom_n(stack=...)``: it freezes the bottom of the
+stack only). The decisions' depth and rate indices count within the stack. A table tied between
+stacks (T5's and BART's ``shared``, read by both stacks' ``embed_tokens`` and the LM head; Whisper's
+decoder tokens and ``proj_out``) follows ``tied_weights``: without it, the first stage that freezes
+the stack's embeddings would train one use and freeze another, so the policy is refused when bound.
+
 Freezing is bottom-up only, so the frozen prefix stays contiguous and the frozen-prefix cache
-(``cache_frozen_prefix``) deepens with it. Decisions are taken on the main process and broadcast,
+(``cache_frozen_prefix``) deepens with it; the cache works on single-stack models only and refuses
+a model with several stacks in one line. Decisions are taken on the main process and broadcast,
 so every DDP rank freezes the same blocks at the same step; each decision is appended to
 ``state.log_history`` (``auto_freeze_depth``, ``auto_freeze_rates``) and kept in
 ``AutoFreezeController.decisions``. The controller's window sums go into the checkpoint, so a
@@ -51,6 +63,10 @@ class AutoFreeze(ScheduledPolicy):
     20), ``percentile`` (0-100, default 50), ``max_change`` (absolute cap on the change rate,
     default None), ``max_per_decision`` (default 1), ``min_trainable_blocks`` (the floor,
     default 1), ``initial_depth`` (frozen depth at the start, default 0).
+    With several stacks of blocks (encoder and decoder, vision tower and language model),
+    ``stack=`` names the one it measures and freezes: its embeddings and blocks ``0..d-1`` are
+    frozen at stage ``d``, everything outside the stack trains (as under ``bottom_n``); the
+    depth, the floor and ``initial_depth`` count that stack's blocks.
     """
 
     every: int = 20
@@ -60,6 +76,7 @@ class AutoFreeze(ScheduledPolicy):
     max_per_decision: int = 1
     min_trainable_blocks: int = 1
     initial_depth: int = 0
+    stack: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,12 +110,19 @@ class AutoFreeze(ScheduledPolicy):
         """The stage is decided by the training signal, not by the step count."""
         return True
 
+    def view(self, anat: Anatomy) -> tuple[Anatomy, frozenset[str]]:
+        """The stack measured and frozen (``stack=``) as a single-stack anatomy, and the names
+        outside it (none on a single-stack model); see ``Anatomy.stack_view``."""
+        return anat.stack_view(self.stack, self.name)
+
     def max_depth(self, anat: Anatomy) -> int:
+        """The deepest frozen depth, in blocks of the stack acted on (``anat``: that view)."""
         return anat.depth - self.min_trainable_blocks
 
     def num_stages(self, anat):
-        self._check(anat)
-        return self.max_depth(anat) + 1
+        view, _ = self.view(anat)
+        self._check(view)
+        return self.max_depth(view) + 1
 
     def stage_at(self, step: int, epoch: float) -> int:
         raise FreezePolicyError(
@@ -107,11 +131,12 @@ class AutoFreeze(ScheduledPolicy):
         )
 
     def select(self, anat, stage):
-        self._check(anat)
-        depth = min(stage, self.max_depth(anat))
+        view, outside = self.view(anat)
+        self._check(view)
+        depth = min(stage, self.max_depth(view))
         if depth == 0:
             return set(anat.names())
-        return blocks_and_shared(anat, range(depth, anat.depth)) | set(anat.head)
+        return blocks_and_shared(view, range(depth, view.depth)) | set(view.head) | outside
 
     def _check(self, anat: Anatomy) -> None:
         if self.min_trainable_blocks > anat.depth:
@@ -161,14 +186,19 @@ class AutoFreezeController:
     ``observe(model)`` after each backward (before the optimizer step); ``end_of_step(step)``
     after the step: at the end of a window it returns the new depth (or None when nothing
     changed). ``state()`` / ``load_state()`` carry the window sums through a checkpoint.
+    ``anat`` is the whole model's anatomy; the blocks measured are those of the policy's stack
+    (``self.anat``, the single-stack view), indexed from that stack's bottom.
     """
 
     def __init__(self, policy: AutoFreeze, anat: Anatomy):
-        policy.num_stages(anat)  # validates against the model
+        # Every stage is checked now, not when training reaches it: the stack named (with several
+        # stacks), the options against its depth, and tied weights split by a deeper stage.
+        for stage in range(policy.num_stages(anat)):
+            policy.trainable_names(anat, stage)
         self.policy = policy
-        self.anat = anat
+        self.anat, _ = policy.view(anat)
         self.depth = policy.initial_depth
-        self.window_sums: list[float] = [0.0] * anat.depth
+        self.window_sums: list[float] = [0.0] * self.anat.depth
         self.window_steps = 0
         self.previous: list[float] | None = None
         self.decisions: list[dict] = []
