@@ -35,3 +35,4 @@ def test_a_rising_curve_is_still_improving_and_an_empty_folder_adds_nothing(tmp_
     assert "is still improving" in "\n".join(longer_markdown(tmp_path / "longer", []))
     assert longer_markdown(tmp_path / "missing", []) == []
     assert curve_of({"log_history": [{"step": 3, "loss": 1.0}]}) == []
+

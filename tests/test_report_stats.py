@@ -84,3 +84,15 @@ def test_the_report_formats_bytes_as_the_library_does(count):
 
     assert format_bytes(count) == library(count)
     assert format_bytes(None) == "—"
+
+
+def test_bonferroni_interval_against_a_hand_computed_case():
+    from recipes.report.stats import bonferroni, paired_difference
+
+    diff = paired_difference({0: 3.0, 1: 4.0, 2: 5.0}, {0: 2.0, 1: 2.0, 2: 2.0})  # 1, 2, 3
+    wide = bonferroni(diff, 2)
+    # mean 2, sd 1, n 3; level 1 - 0.05/2 = 0.975: t(0.9875, df 2) = 0.975 * sqrt(2 / 0.049375)
+    half = 0.975 * (2 / 0.049375) ** 0.5 / 3 ** 0.5
+    assert abs(wide.confidence - 0.975) < 1e-12
+    assert abs(wide.low - (2 - half)) < 1e-6 and abs(wide.high - (2 + half)) < 1e-6
+    assert bonferroni(diff, 1) == diff

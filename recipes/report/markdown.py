@@ -24,7 +24,7 @@ from recipes.report.columns import (
     search_text,
     verdict_of,
 )
-from recipes.report.stats import pareto_front, plateau
+from recipes.report.stats import bonferroni, pareto_front, plateau
 
 PLATEAU_THRESHOLD = 0.01  # one accuracy point (or 0.01 of loss): a third of the curve gaining
 # less than that is a plateau at this validation size
@@ -162,13 +162,21 @@ def findings(results: Results, bench: dict | None) -> list[str]:
                     apart.append((cell, diff))
                 else:
                     same.append(cell.label)
+            compared = sum(1 for d in diffs.values() if d is not None and d.low is not None)
             for cell, diff in apart:
                 word = verdict_of(diff, metrics.higher_is_better).replace(" than full", "")
+                wide = bonferroni(diff, compared)
+                holds = wide.low > 0 or wide.high < 0
                 out.append(
                     f"{table.title}: {cell.label} is {word} than full fine-tuning on test {name}: "
                     f"{diff.mean * scale:+.2f}{unit}, {CONFIDENCE:.0%} CI "
                     f"[{diff.low * scale:+.2f}, {diff.high * scale:+.2f}] over {diff.n} paired "
-                    "seeds."
+                    f"seeds; with the {compared} methods compared at once (Bonferroni, "
+                    f"{wide.confidence:.2%} each) the interval is [{wide.low * scale:+.2f}, "
+                    f"{wide.high * scale:+.2f}]: "
+                    + ("it still excludes zero." if holds else
+                       "it includes zero, so this difference may be one of the chance "
+                       "exclusions expected among that many intervals.")
                 )
             if same:
                 out.append(
@@ -241,7 +249,9 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
         f"method, so each method's test score is compared with full fine-tuning's of the same "
         f"seed: mean difference and its {CONFIDENCE:.0%} t-interval (t quantile for n − 1 "
         "degrees of freedom). A method differs from full fine-tuning only where that interval "
-        "excludes zero.",
+        "excludes zero. Every method is compared with the same reference, so among m intervals "
+        "about m/20 exclude zero by chance: each such finding also gives the Bonferroni interval "
+        "over all m comparisons, and says whether it still excludes zero.",
         "- **Costs.** Step-time ratios come from the interleaved benchmark (`bench.json`, "
         "`bench_cache.json`), not from the runs' wall time: a run is priced as its steps x "
         "its priced step ratio x full fine-tuning's measured seconds per step "

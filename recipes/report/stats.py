@@ -144,6 +144,22 @@ def paired_difference(method: dict, reference: dict, confidence: float = 0.95
     return PairedDifference(seeds, differences, mean, std, mean - half, mean + half, confidence)
 
 
+def bonferroni(diff: PairedDifference, comparisons: int) -> PairedDifference:
+    """The same paired difference with its interval widened for ``comparisons`` tests at once.
+
+    Each method is compared with the same reference, so with m methods about m x (1 -
+    confidence) intervals exclude zero by chance alone; Bonferroni's interval is the t-interval
+    at confidence 1 - (1 - confidence) / m, which holds for all m together."""
+    if comparisons < 1:
+        raise ValueError(f"comparisons={comparisons} must be >= 1")
+    level = 1.0 - (1.0 - diff.confidence) / comparisons
+    if diff.std is None:
+        return PairedDifference(diff.seeds, diff.differences, diff.mean, None, None, None, level)
+    half = t_quantile((1.0 + level) / 2.0, diff.n - 1) * diff.std / math.sqrt(diff.n)
+    return PairedDifference(diff.seeds, diff.differences, diff.mean, diff.std, diff.mean - half,
+                            diff.mean + half, level)
+
+
 # -- Pareto fronts -----------------------------------------------------------------------------
 
 
