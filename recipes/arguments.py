@@ -46,9 +46,17 @@ class ModelArguments:
         default="minilm",
         metadata={"help": "'minilm' or 'smollm2' (embedded, offline), a local folder or a hub id"},
     )
-    task: str = field(default="classification", metadata={"help": "classification | causal_lm"})
+    task: str = field(
+        default="classification",
+        metadata={"help": "classification | causal_lm | seq2seq (an encoder-decoder: T5, BART)"},
+    )
     max_length: int = field(
-        default=128, metadata={"help": "max tokens per example (classification) or block size"}
+        default=128,
+        metadata={"help": "max tokens per example (classification), block size (causal_lm) or "
+                  "max source tokens (seq2seq)"},
+    )
+    max_target_length: int = field(
+        default=64, metadata={"help": "seq2seq: max target tokens (longer targets are cut)"}
     )
     model_cache_dir: str | None = field(
         default=None, metadata={"help": "where converted checkpoints live (smollm2)"}
@@ -64,6 +72,7 @@ class ModelArguments:
 
         choice("task", self.task, TASKS)
         positive_int("max_length", self.max_length)
+        positive_int("max_target_length", self.max_target_length)
 
 
 @dataclass
@@ -75,6 +84,12 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "hub dataset config"})
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
     label_column: str = field(default="label", metadata={"help": "column holding the label"})
+    source_column: str = field(
+        default="source", metadata={"help": "seq2seq: column holding the source (input) text"}
+    )
+    target_column: str = field(
+        default="target", metadata={"help": "seq2seq: column holding the target (output) text"}
+    )
     data_seed_splits: int = field(
         default=42, metadata={"help": "seed of the train/validation/test split (not the run seed)"}
     )
@@ -92,7 +107,7 @@ class DataArguments:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
-        for name in ("dataset", "text_column", "label_column"):
+        for name in ("dataset", "text_column", "label_column", "source_column", "target_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a non-empty string")
 

@@ -14,7 +14,7 @@ from recipes.peft_methods import build_peft_model
 
 
 def load_data(model_args, data_args):
-    """(splits, label names) for classification; (splits, None) for causal_lm."""
+    """(splits, label names) for classification; (splits, None) for causal_lm and seq2seq."""
     from recipes import data
 
     common = dict(
@@ -28,6 +28,12 @@ def load_data(model_args, data_args):
         return data.load_classification_splits(
             data_args.dataset, label_column=data_args.label_column, **common
         )
+    if model_args.task == "seq2seq":
+        from recipes.seq2seq import load_seq2seq_splits
+
+        del common["text_column"]
+        return load_seq2seq_splits(data_args.dataset, source_column=data_args.source_column,
+                                   target_column=data_args.target_column, **common), None
     return data.load_causal_lm_splits(data_args.dataset, **common), None
 
 
@@ -66,6 +72,15 @@ def prepare(model_args, data_args, method_args, training_args):
                 tokenized["validation"] = validation.shuffle(
                     seed=data_args.data_seed_splits
                 ).select(range(data_args.max_validation_samples))
+    elif model_args.task == "seq2seq":
+        from transformers import DataCollatorForSeq2Seq
+
+        from recipes.seq2seq import tokenize_seq2seq
+
+        tokenized = tokenize_seq2seq(splits, tokenizer, model_args.max_length,
+                                     model_args.max_target_length)
+        # pads labels with -100; decoder_input_ids from the labels through the model
+        collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     else:
         tokenized = data.tokenize_causal_lm(splits, tokenizer, model_args.max_length)
         collator = default_data_collator
@@ -83,6 +98,8 @@ def prepare(model_args, data_args, method_args, training_args):
         method_args.policy_options = policy.options() if policy is not None else {}
     if policy is not None:  # check the policy against this model before any output is made
         policy.trainable_names(policy.anatomy(model))
+    if model_args.task == "seq2seq":  # RunTrainer with Seq2SeqTrainer's evaluation
+        from recipes.seq2seq import RunSeq2SeqTrainer as RunTrainer
     trainer = RunTrainer(
         model=model,
         args=training_args,

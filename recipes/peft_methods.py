@@ -80,7 +80,8 @@ def added_tokens(name: str | None, options: dict) -> int:
 
 
 def build_peft_model(model, task: str, name: str, options: dict):
-    """Wrap ``model`` with PEFT baseline ``name`` for ``task`` (classification | causal_lm);
+    """Wrap ``model`` with PEFT baseline ``name`` for ``task`` (classification | causal_lm |
+    seq2seq: PEFT's SEQ_CLS, CAUSAL_LM, SEQ_2_SEQ_LM task types);
     the classification head trains in every method (see the module docstring)."""
     import peft
 
@@ -88,7 +89,8 @@ def build_peft_model(model, task: str, name: str, options: dict):
 
     entry = PEFT_METHODS[name]
     options = peft_options(name, options)
-    task_type = peft.TaskType.SEQ_CLS if task == "classification" else peft.TaskType.CAUSAL_LM
+    task_type = {"classification": peft.TaskType.SEQ_CLS,
+                 "seq2seq": peft.TaskType.SEQ_2_SEQ_LM}.get(task, peft.TaskType.CAUSAL_LM)
     if task == "classification" and entry.saves_head:
         head_modules = sorted({param.rsplit(".", 1)[0] for param in anatomy(model).head})
         options.setdefault("modules_to_save", head_modules)
@@ -109,7 +111,8 @@ def build_peft_model(model, task: str, name: str, options: dict):
 
 
 def smoke_forward(model) -> None:
-    """One no-grad forward on two tokens, so incompatibilities surface before training."""
+    """One no-grad forward on two tokens (and two decoder tokens for an encoder-decoder), so
+    incompatibilities surface before training."""
     import torch
 
     was_training = model.training
@@ -118,6 +121,8 @@ def smoke_forward(model) -> None:
     ids = torch.tensor([[1, 2]], device=device)
     try:
         with torch.no_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            encoder_decoder = getattr(model.config, "is_encoder_decoder", False)
+            decoder = {"decoder_input_ids": ids} if encoder_decoder else {}
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), **decoder)
     finally:
         model.train(was_training)

@@ -94,7 +94,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         if training_args.do_predict else {}
     )
     for metrics, prefix in ((validation, "eval"), (test, "test")):
-        if model_args.task == "causal_lm" and metrics:
+        if model_args.task in ("causal_lm", "seq2seq") and metrics:
             metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
     outputs = None
     if training_args.save_model:

@@ -1,8 +1,9 @@
 """Metric helpers for transformers' ``Trainer``.
 
 ``make_compute_metrics("classification")`` reports accuracy and macro-F1 through the local
-`evaluate` module in ``classification.py`` (loaded by path, so it works offline). Causal-LM runs
-report perplexity, which the caller derives from the evaluation loss with :func:`perplexity`.
+`evaluate` module in ``classification.py`` (loaded by path, so it works offline). Causal-LM and
+sequence-to-sequence runs report perplexity, which the caller derives from the evaluation loss
+with :func:`perplexity`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "causal_lm", "seq2seq")
 CLASSIFICATION_METRIC_PATH = str(Path(__file__).resolve().with_name("classification.py"))
 """Absolute path of the accuracy / macro-F1 module, for ``evaluate.load``."""
 
@@ -28,12 +29,13 @@ def make_compute_metrics(task: str):
     """Return a ``compute_metrics(eval_pred)`` callable for ``Trainer``, or None.
 
     For ``"classification"`` the callable takes the argmax of the logits and returns
-    ``{"accuracy": ..., "f1": ...}``. For ``"causal_lm"`` this returns None: per-token logits are
-    too large to collect, and perplexity comes from ``perplexity(metrics["eval_loss"])``.
+    ``{"accuracy": ..., "f1": ...}``. For ``"causal_lm"`` and ``"seq2seq"`` this returns None:
+    per-token logits are too large to collect, and perplexity comes from
+    ``perplexity(metrics["eval_loss"])``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    if task == "causal_lm":
+    if task in ("causal_lm", "seq2seq"):
         return None
     metric = load_classification_metric()
 
