@@ -21,8 +21,10 @@ from recipes.report.aggregate import (
     Results,
     Selection,
     Table,
-    cell_key,
     method_label,
+)
+from recipes.report.aggregate import (
+    cell_key as aggregate_cell_key,
 )
 
 REQUIRED_KEYS = ("method", "model", "task", "seed", "learning_rate", "trainable_params",
@@ -157,6 +159,13 @@ def read_cell(root: Path, selection_path: Path, run_paths: list[Path],
         raise ReportError(f"{selection_path}: seeds {selection.seeds} but full-length runs for "
                           f"{sorted(seen, key=str)}")
     everything = runs + list(selection.sweep_runs.values())
+    # A cell's short runs may set their own options (a schedule compressed to the short length,
+    # recorded in selection.json's sweep_fields): those options are not part of the identity.
+    own = [name for name in ("policy_options", "peft_options") if name in selection.sweep_fields]
+
+    def cell_key(run: dict) -> tuple:
+        return aggregate_cell_key({k: v for k, v in run.items() if k not in own})
+
     keys = {cell_key(run) for run in everything}
     tables = {(str(run["model"]), str(run.get("dataset", "")), run["task"]) for run in everything}
     if len(keys) > 1 or len(tables) > 1:
