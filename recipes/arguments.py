@@ -20,8 +20,8 @@ from importlib.util import find_spec
 
 from freeze_policies import FreezeOptions
 from recipes.common import ConfigError, parse_mapping
-from recipes.outputs import RunTrainingArguments
 from recipes.peft_methods import PEFT_METHODS
+from recipes.run_dir import RunTrainingArguments
 
 METHODS = ("full", "freeze", "peft")
 RECIPE_DEFAULTS = {

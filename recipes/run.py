@@ -11,8 +11,8 @@ in ``recipes.arguments.RECIPE_DEFAULTS``; a config only says what differs.
 
 This file runs a job (``main``: output_dir settled, build, train, evaluate, save, results.json);
 the arguments are ``recipes.arguments`` and ``recipes.parsing``, the building of data, model and
-trainer ``recipes.build``, the PEFT baselines ``recipes.peft_methods``, the outputs
-``recipes.outputs``.
+trainer ``recipes.build``, the PEFT baselines ``recipes.peft_methods``, the checks on
+``output_dir`` before a run ``recipes.run_dir``, what is saved after it ``recipes.outputs``.
 
 Outputs in ``output_dir`` (``recipes.outputs``): the saved model (the whole model, the PEFT
 adapter, or with ``--save_trainable_only`` a freeze delta) with its tokenizer and a model card,
@@ -36,15 +36,10 @@ import torch
 
 from recipes.build import prepare
 from recipes.common import ConfigError, environment, exit_on_user_error, write_json_atomic
-from recipes.outputs import (
-    OutputError,
-    RunOutputs,
-    check_output_options,
-    open_run_dir,
-    total_params,
-)
+from recipes.outputs import RunOutputs, total_params
 from recipes.parsing import parse_args
 from recipes.peft_methods import added_tokens
+from recipes.run_dir import OutputError, check_output_options, open_run_dir
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -26,8 +26,8 @@ from transformers import (
 
 from freeze_policies import FreezePolicyError, get_policy, load_freeze_delta, save_freeze_delta
 from recipes.common import ConfigError, write_json_atomic
-from recipes.outputs import CARD_MARKER
 from recipes.run import main
+from recipes.run_dir import CARD_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_METRICS = ("test_loss", "test_accuracy", "test_f1")
@@ -268,7 +268,7 @@ def test_failed_run_leaves_no_empty_directory_and_no_temporary_file(tmp_path, ti
     def dump_fails(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs.json, "dump", dump_fails)
+    monkeypatch.setattr(json, "dump", dump_fails)  # write_json_atomic's write of results.json
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
         main(flags(tiny_bert, out))

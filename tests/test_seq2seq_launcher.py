@@ -3,6 +3,7 @@ pairs: a frozen encoder, resume, LoRA, and bad input."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,15 @@ def test_frozen_encoder_keeps_its_weights_bit_identical_and_reports_eval_and_tes
     assert "shared.weight" in trained and torch.equal(base["shared.weight"],
                                                       trained["shared.weight"])
     assert any(not torch.equal(base[n], trained[n]) for n in decoder)
+
+    card = (out / "README.md").read_text()  # the model card's loading code loads this model
+    code = re.search(r"## Loading\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert "AutoModelForSeq2SeqLM" in code
+    namespace = {}
+    exec(code, namespace)
+    reloaded = namespace["model"].state_dict()
+    assert namespace["model"].config.is_encoder_decoder
+    assert all(torch.equal(reloaded[n], trained[n]) for n in trained)
 
 
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_t5):
