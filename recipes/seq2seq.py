@@ -31,7 +31,7 @@ from transformers import Seq2SeqTrainer
 from recipes.data import _check_length, load_chatterbot_conversations
 from recipes.data_files import load_external, select_columns
 from recipes.outputs import RunTrainer
-from recipes.splits import check_arguments, complete_splits, subsample
+from recipes.splits import SplitSizes
 
 
 class RunSeq2SeqTrainer(RunTrainer, Seq2SeqTrainer):
@@ -56,13 +56,10 @@ def load_seq2seq_splits(
     source_column: str = "source",
     target_column: str = "target",
     dataset_config: str | None = None,
-    seed: int = 42,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
+    **split_options,
 ) -> datasets.DatasetDict:
-    """``train`` / ``validation`` / ``test`` splits of source/target pairs (module docstring).
+    """``train`` / ``validation`` / ``test`` splits of source/target pairs (module docstring);
+    ``split_options`` as for ``recipes.data.load_causal_lm_splits`` (``SplitSizes``).
 
     Returns:
         A ``DatasetDict`` whose splits have exactly the string columns ``source`` and ``target``;
@@ -72,7 +69,7 @@ def load_seq2seq_splits(
         ValueError: one line for a missing column (naming the flag and the columns there are),
             the two columns being one, ``"tweets"`` (no pairs), or bad fractions / sample counts.
     """
-    check_arguments(validation_fraction, test_fraction, max_train_samples, max_eval_samples)
+    sizes = SplitSizes(**split_options)
     if source == "tweets":
         raise ValueError(
             "source 'tweets' has no source/target pairs; use 'chatterbot', or a file or Hub "
@@ -101,8 +98,7 @@ def load_seq2seq_splits(
         lambda row: bool(row["source"] and row["source"].strip()
                          and row["target"] and row["target"].strip())
     )
-    splits = complete_splits(raw, seed, validation_fraction, test_fraction, stratify=False)
-    return subsample(splits, seed, max_train_samples, max_eval_samples, stratify=False)
+    return sizes.carve(raw, stratify=False)
 
 
 def tokenize_seq2seq(

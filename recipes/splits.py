@@ -14,6 +14,7 @@ split, so that cutting ``train`` never changes ``validation`` or ``test``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -46,6 +47,40 @@ def check_label_coverage(
                 label_column, "" if len(missing) > 1 else "s", name,
                 "them" if len(missing) > 1 else "it", count, name, "" if count == 1 else "s",
             )
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How a loader carves and subsamples its splits: the ``**split_options`` every loader of
+    ``recipes.data`` and ``recipes.seq2seq`` takes, checked when built (before any data is read).
+
+    Args:
+        seed: Seed for carving missing splits and for subsampling.
+        validation_fraction: Share of the ``train`` pool carved out as ``validation`` when the
+            source has no validation split.
+        test_fraction: Share of the ``train`` pool carved out as ``test`` when the source has no
+            test split.
+        max_train_samples: Keep at most this many ``train`` rows.
+        max_eval_samples: Keep at most this many rows in ``validation`` and in ``test`` each.
+    """
+
+    seed: int = 42
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def __post_init__(self):
+        check_arguments(self.validation_fraction, self.test_fraction, self.max_train_samples,
+                        self.max_eval_samples)
+
+    def carve(self, raw: datasets.DatasetDict, *, stratify: bool) -> datasets.DatasetDict:
+        """The missing splits carved from ``train`` (``complete_splits``), then ``subsample``d;
+        ``stratify`` by the ``label`` column (classification) or not."""
+        splits = complete_splits(raw, self.seed, self.validation_fraction, self.test_fraction,
+                                 stratify=stratify)
+        return subsample(splits, self.seed, self.max_train_samples, self.max_eval_samples,
+                         stratify=stratify)
 
 
 def check_arguments(

@@ -107,9 +107,15 @@ def test_subsampling_is_stratified_and_deterministic():
         (dict(max_train_samples=0), "max_train_samples must be a positive integer"),
     ],
 )
-def test_bad_split_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        load_classification_splits("tweets", **kwargs)
+@pytest.mark.parametrize("loader", [load_classification_splits, load_causal_lm_splits])
+def test_bad_split_arguments(kwargs, message, loader):
+    with pytest.raises(ValueError, match=message):  # before any data is read
+        loader("no-such-file.csv", **kwargs)
+
+
+def test_unknown_split_option_is_named():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_train_sample'"):
+        load_causal_lm_splits("chatterbot", max_train_sample=10)
 
 
 def test_chatterbot_is_not_a_classification_source():
