@@ -83,7 +83,10 @@ def example_options(name: str, depth: int) -> dict:
 
 
 def parse_options(text: str | None) -> dict:
-    """``--policy_options``: a JSON (or YAML flow) mapping."""
+    """``--policy_options``: a JSON (or YAML flow) mapping.
+
+    The launcher parses its mapping flags by the same rule (``recipes.common.parse_mapping``): a
+    deliberate parallel, since the library must not import the recipes."""
     if text is None:
         return {}
     import yaml
