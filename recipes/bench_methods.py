@@ -4,11 +4,14 @@ Every method is described with the fields a ``results.json`` uses (``Method``), 
 matches bench rows to runs by the same label. The PEFT rows are the baselines of
 ``recipes.peft_methods.PEFT_METHODS`` that have ``bench_options``, in the table's order; the
 freeze rows are fixed here. Each ``Runner`` owns a deep copy of the base model with the method's
-freezing or adapters and its own ``torch.optim.AdamW`` (lr 1e-5, weight decay 0.01):
+freezing or adapters and its own ``torch.optim.AdamW`` (lr 1e-5, weight decay 0.01) over the
+groups ``freeze_policies.optim.build_param_groups`` makes, as ``FreezeTrainer`` does. The freeze
+modes are the library's (``freeze_policies.modes``):
 
 - ``requires_grad``: the frozen parameters are outside autograd and the optimizer;
-- ``zero_lr``: every parameter requires grad, the frozen ones sit in an lr=0 group;
-- ``zero_grad``: every parameter trains, the frozen ones' gradients are zeroed after backward.
+- ``zero_lr``: every parameter requires grad, the frozen ones sit in lr=0 groups;
+- ``zero_grad``: every parameter trains, the frozen ones' gradients are zeroed after backward by
+  the library's post-accumulate-grad hooks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from torch import nn
 
 from freeze_policies import anatomy, get_policy, set_trainable
 from freeze_policies.measure import gradient_bytes
+from freeze_policies.modes import zero_grad_hooks
+from freeze_policies.optim import build_param_groups
 from recipes.benchlib import LEARNING_RATE, WEIGHT_DECAY, synchronize
 from recipes.peft_methods import PEFT_METHODS, added_tokens, build_peft_model
 from recipes.report.aggregate import method_label
@@ -87,14 +92,12 @@ class Runner:
         model: nn.Module,
         optimizer,
         frozen: list[nn.Parameter],
-        zero_frozen_grads: bool,
         seq_len_priced: int,
     ):
         self.spec = spec
         self.model = model
         self.optimizer = optimizer
         self.frozen = frozen
-        self.zero_frozen_grads = zero_frozen_grads
         self.seq_len_priced = seq_len_priced
         self.gradient_bytes = 0
         self.cuda_step_peak = 0
@@ -105,10 +108,7 @@ class Runner:
 
     def step(self, batch: dict, measure: bool = False) -> None:
         loss = self.model(**batch).loss
-        loss.backward()
-        if self.zero_frozen_grads:
-            for param in self.frozen:
-                param.grad.zero_()
+        loss.backward()  # zero_grad: the library's hooks zero the frozen gradients here
         if measure:
             self.gradient_bytes = gradient_bytes(self.model)
         self.optimizer.step()
@@ -145,17 +145,17 @@ def build_runner(spec: Method, base: nn.Module, batch_seq_len: int) -> Runner:
         )
     else:
         trainable = {name for name, param in params.items() if param.requires_grad}
-    frozen = [param for name, param in params.items() if name not in trainable]
-    trained = [param for name, param in params.items() if name in trainable]
+    frozen = [name for name in params if name not in trainable]
 
+    # The freeze modes as the library sets them up (freeze_policies.modes and .optim): zero_lr
+    # puts the frozen parameters in lr=0 groups, zero_grad zeroes their gradients by hooks.
     mode = spec.freeze_mode or "requires_grad"
     set_trainable(model, trainable if mode == "requires_grad" else list(params))
-    if mode == "zero_lr":
-        groups = [{"params": trained}, {"params": frozen, "lr": 0.0}]
-    elif mode == "zero_grad":
-        groups = [{"params": trained + frozen}]
-    else:
-        groups = [{"params": trained}]
+    in_groups = list(params) if mode == "zero_grad" else trainable
+    groups = build_param_groups(model, in_groups, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                                zero_lr_names=frozen if mode == "zero_lr" else ())
+    if mode == "zero_grad":
+        zero_grad_hooks(model, set(frozen))
     optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     model.train()
-    return Runner(spec, model, optimizer, frozen, mode == "zero_grad", seq_len_priced)
+    return Runner(spec, model, optimizer, [params[name] for name in frozen], seq_len_priced)

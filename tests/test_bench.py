@@ -138,3 +138,38 @@ def test_bench_runs_one_round_on_a_tiny_model(tiny_bert_folder, tmp_path):
     full = written["methods"][0]
     assert full["step_ratio"] == 1.0 and full["flop_ratio"] == pytest.approx(1.0)
     assert set(written["targets"]) == set(payload["targets"]) and written["batch_size"] == 2
+
+
+@pytest.mark.parametrize("mode", ["requires_grad", "zero_lr", "zero_grad"])
+def test_bench_freeze_modes_keep_the_frozen_weights_and_are_the_librarys(mode, tiny_bert_folder):
+    """bench.py's bottom_n rows freeze as the trainer does: frozen weights bit-identical after
+    two steps (requires_grad, zero_lr); no optimizer state for them under requires_grad; lr=0
+    groups under zero_lr; under zero_grad their gradients zeroed by the library's hooks (weight
+    decay still moves them there, as the modes' docstring says)."""
+    from recipes.bench_methods import build_runner, freeze
+
+    base = benchlib.load_classifier(str(tiny_bert_folder))
+    spec = freeze("bottom_n", mode, n=1)
+    runner = build_runner(spec, base, 8)
+    frozen = {id(p) for p in runner.frozen}
+    names = {n for n, p in runner.model.named_parameters() if id(p) in frozen}
+    assert names and all(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")) for n in names)
+    before = {n: p.detach().clone() for n, p in runner.model.named_parameters()}
+    batch = benchlib.random_batch(base.config.vocab_size, 2, 8)
+    for _ in range(2):
+        runner.step(batch, measure=True)
+    after = dict(runner.model.named_parameters())
+    if mode != "zero_grad":
+        assert all(torch.equal(before[n], after[n]) for n in names)
+    assert any(not torch.equal(before[n], after[n]) for n in after if n not in names)
+    state = runner.optimizer.state
+    if mode == "requires_grad":
+        assert not any(id(p) in frozen for p in state)
+        assert all(not p.requires_grad for p in runner.frozen)
+    if mode == "zero_lr":
+        frozen_groups = [g for g in runner.optimizer.param_groups if g.get("name", "").startswith(
+            "frozen")]
+        assert frozen_groups and all(g["lr"] == 0.0 for g in frozen_groups)
+        assert {id(p) for g in frozen_groups for p in g["params"]} == frozen
+    if mode == "zero_grad":
+        assert all(torch.count_nonzero(state[p]["exp_avg"]) == 0 for p in runner.frozen)
