@@ -1,5 +1,14 @@
 """The frozen-weights audit: a snapshot of what is frozen, compared bit for bit after training.
 
+Under sharding the audit compares whole values, gathered on every rank (``whole_values``): a
+DeepSpeed ZeRO-3 parameter is an empty placeholder outside its forward (gathered one parameter at a
+time with ``deepspeed.zero.GatheredParameters``), an FSDP1 parameter is a view of this rank's
+shard (gathered with ``FullyShardedDataParallel.summon_full_params``, no write-back), an FSDP2
+parameter is a DTensor (``full_tensor()``). Those snapshots are kept on the CPU, so the audit
+holds no whole copy of the frozen weights in accelerator memory. The gathers are collectives:
+every rank takes the snapshot and the check, as the callback does on every process. Names are
+compared without FSDP1's and activation checkpointing's wrapper prefixes.
+
 ``audit`` says what a failed audit does: ``"raise"`` (default: ``FrozenWeightsMovedError`` after
 training, the model left as trained), ``"log"`` (an ERROR in the ``freeze_policies`` logger) or
 ``"off"`` (no snapshot at all). ``audit_metrics`` turns a result into the ``frozen_audit_*``
@@ -8,8 +17,9 @@ entries that land in ``log_history`` and ``TrainOutput.metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,6 +35,62 @@ AUDIT_MODES = ("raise", "log", "off")
 def check_audit_mode(audit: str) -> None:
     if audit not in AUDIT_MODES:
         raise FreezePolicyError(f"audit={audit!r} is not one of {', '.join(AUDIT_MODES)}")
+
+
+# What FSDP1 and activation checkpointing add to parameter names outside a summon.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def clean_name(name: str) -> str:
+    """``name`` without the wrapper prefixes FSDP1 and activation checkpointing insert."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _is_fsdp1(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # a torch built without distributed
+        return False
+    return any(isinstance(module, FullyShardedDataParallel) for module in model.modules())
+
+
+@contextlib.contextmanager
+def _fsdp1_unsharded(model: nn.Module) -> Iterator[None]:
+    if not _is_fsdp1(model):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+        yield
+
+
+def _copy(param: torch.Tensor) -> torch.Tensor:
+    """A copy of ``param``'s whole value: ZeRO-3 gathered, a DTensor's full tensor (both moved
+    to the CPU), any other tensor as it is, on its device."""
+    if hasattr(param, "ds_id"):  # a DeepSpeed ZeRO-3 parameter: a placeholder until gathered
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            return param.detach().clone().cpu()
+    full_tensor = getattr(param, "full_tensor", None)
+    if callable(full_tensor):  # an FSDP2 DTensor
+        return full_tensor().detach().clone().cpu()
+    return param.detach().clone()
+
+
+def whole_values(model: nn.Module, names: Collection[str]) -> dict[str, torch.Tensor]:
+    """Copies of the whole values of the parameters ``names`` (wrapper prefixes removed), gathered
+    when sharded (see the module docstring; a collective there: call it on every rank)."""
+    wanted = {clean_name(name) for name in names}
+    with _fsdp1_unsharded(model):
+        return {
+            clean: _copy(param)
+            for name, param in model.named_parameters()
+            if (clean := clean_name(name)) in wanted
+        }
 
 
 @dataclass
@@ -52,35 +118,34 @@ class FrozenAudit:
     """
 
     def __init__(self, model: nn.Module, frozen: Collection[str] | None = None):
-        params = dict(model.named_parameters())
+        params = {clean_name(name): param for name, param in model.named_parameters()}
         if frozen is None:
             frozen = [name for name, param in params.items() if not param.requires_grad]
-        unknown = sorted(set(frozen) - params.keys())
+        frozen = {clean_name(name) for name in frozen}
+        unknown = sorted(frozen - params.keys())
         if unknown:
             raise FreezePolicyError(
                 f"{len(unknown)} frozen names are not parameters of {type(model).__name__}: "
                 f"{', '.join(unknown[:3])}"
             )
-        self.snapshot = {name: params[name].detach().clone() for name in frozen}
+        self.snapshot = whole_values(model, frozen)
 
     def opened(self, names: Collection[str]) -> None:
         for name in names:
-            self.snapshot.pop(name, None)
+            self.snapshot.pop(clean_name(name), None)
 
     def closed(self, model: nn.Module, names: Collection[str]) -> None:
         """Start auditing ``names`` from their values now (a schedule froze them)."""
-        params = dict(model.named_parameters())
-        for name in names:
-            self.snapshot[name] = params[name].detach().clone()
+        self.snapshot.update(whole_values(model, names))
 
     def check(self, model: nn.Module) -> AuditResult:
-        params = dict(model.named_parameters())
+        now = whole_values(model, self.snapshot)
         moved, worst = [], 0.0
         for name, before in self.snapshot.items():
-            now = params[name].detach()
-            if not torch.equal(now, before):
+            after = now[name]
+            if not torch.equal(after, before.to(after.device)):
                 moved.append(name)
-                diff = (now.float() - before.to(now.device).float()).abs().max().item()
+                diff = (after.float() - before.to(after.device).float()).abs().max().item()
                 worst = max(worst, diff)
         return AuditResult(not moved, len(self.snapshot), moved, worst)
 
