@@ -48,18 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from recipes.benchlib import (
-    LEARNING_RATE,
-    WEIGHT_DECAY,
-    StepTimer,
-    add_flags,
-    check_positive,
-    load_classifier,
-    random_batch,
-    repeated_rows,
-    training_args,
-    write_result,
-)
+from recipes import benchlib
 
 TARGET_RATIO = 0.75
 VARIANTS = {
@@ -80,14 +69,15 @@ def measure(args) -> dict:
     variant = VARIANTS[args.child]
     device = torch.device(args.device)
     load_dtype = variant["load_dtype"]
-    model = load_classifier(args.model, None if load_dtype is None else getattr(torch, load_dtype))
-    batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len)
-    rows = repeated_rows(batch, args.steps)
+    dtype = None if load_dtype is None else getattr(torch, load_dtype)
+    model = benchlib.load_classifier(args.model, dtype)
+    batch = benchlib.random_batch(model.config.vocab_size, args.batch_size, args.seq_len)
+    rows = benchlib.repeated_rows(batch, args.steps)
     policy = get_policy(args.policy, n=args.n)
 
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as scratch:
-        arguments = training_args(scratch, args.batch_size, args.steps, device, bf16=True)
-        timer = StepTimer(device)
+        arguments = benchlib.training_args(scratch, args.batch_size, args.steps, device, bf16=True)
+        timer = benchlib.StepTimer(device)
         trainer = FreezeTrainer(
             model=model,
             args=arguments,
@@ -177,7 +167,7 @@ def markdown(payload: dict) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_flags(parser, out="results/bench_precision.json", model="smollm2", batch_size=8)
+    benchlib.add_flags(parser, out="results/bench_precision.json", model="smollm2", batch_size=8)
     parser.add_argument("--policy", default="bottom_n", help="a policy with an option n")
     parser.add_argument("--n", type=int, default=24, help="blocks frozen (with the embeddings)")
     parser.add_argument("--steps", type=int, default=2)
@@ -188,7 +178,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    check_positive(args, "steps", "batch_size", "seq_len")
+    benchlib.check_positive(args, "steps", "batch_size", "seq_len")
     if args.child:
         result = measure(args)
         Path(args.child_out).write_text(json.dumps(result))
@@ -215,12 +205,13 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "device": args.device,
         "autocast": "bf16",
-        "optimizer": f"torch.optim.AdamW(lr={LEARNING_RATE}, weight_decay={WEIGHT_DECAY})",
+        "optimizer": f"torch.optim.AdamW(lr={benchlib.LEARNING_RATE}, "
+                     f"weight_decay={benchlib.WEIGHT_DECAY})",
         "variants": rows,
         "targets": targets,
         "peak_rss_ratio": rss,
     }
-    payload = write_result(args.out, payload, "recipes/bench_precision.py", argv, started)
+    payload = benchlib.write_result(args.out, payload, "recipes/bench_precision.py", argv, started)
     print(markdown(payload))
     print(f"\npeak RSS ratio (bf16_frozen / fp32_frozen): {rss:.3f}")
     print(f"wrote {args.out} ({payload['bench_runtime_s']} s)")
