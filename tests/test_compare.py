@@ -176,6 +176,21 @@ BENCH_CACHE = {
                                             "passed": True}},
 }
 
+MIB = 2**20
+BENCH_PRECISION = {
+    "command": "python recipes/bench_precision.py", "model": "smollm2",
+    "policy": {"name": "bottom_n", "n": 24}, "batch_size": 8, "seq_len": 64, "device": "cpu",
+    "variants": [
+        {"variant": variant, "parameter_bytes": params * MIB, "gradient_bytes": 10 * MIB,
+         "optimizer_state_bytes": 20 * MIB, "saved_for_backward_bytes": 30 * MIB,
+         "accounted_bytes": (params + 60) * MIB, "peak_rss_bytes": 900 * MIB,
+         "cuda_max_memory_allocated": None, "frozen_audit_passed": True}
+        for variant, params in (("fp32_frozen", 500), ("bf16_frozen", 260))
+    ],
+    "targets": {"accounted_memory_ratio": {"value": 320 / 560, "threshold": "<= 0.75",
+                                           "passed": True}},
+}
+
 
 def run_comparison(root: Path, monkeypatch, cells=None) -> Path:
     """recipes/sweep.py over PROFILE's cells (from the repository root, where configs live)."""
@@ -199,6 +214,7 @@ def comparison(tmp_path_factory):
     bench_dir.mkdir()
     (bench_dir / "bench.json").write_text(json.dumps(BENCH))
     (bench_dir / "bench_cache.json").write_text(json.dumps(BENCH_CACHE))
+    (bench_dir / "bench_precision.json").write_text(json.dumps(BENCH_PRECISION))
     return root
 
 
@@ -391,6 +407,10 @@ def test_report_columns_rows_and_sections(comparison, tmp_path):
     assert "no method is ranked by wall time" in text
     assert "## smollm2 on tweets (classification)" in text
     assert "## Cost benchmark" in text and "## Frozen-prefix cache" in text
+    assert ("## Frozen weights in bfloat16 (memory)\n\n`python recipes/bench_precision.py`: "
+            "smollm2, bottom_n (n=24), batch 8 x 64 tokens, bf16 autocast, device cpu.") in text
+    assert "| bf16_frozen | 260.0 | 10.0 | 20.0 | 30.0 | 320.0 | 900.0 | - | True |" in text
+    assert "accounted_memory_ratio: 0.571 (target <= 0.75: passed)" in text
     for name in ("pareto.png", "time_to_accuracy.png", "validation_curves.png", "memory.png"):
         data = (out.parent / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000

@@ -1,8 +1,9 @@
 """Each benchmark's table, rendered once: the benchmark script prints it, the report shows it.
 
 ``bench_markdown`` renders ``bench.json`` (``recipes/bench.py`` prints it), ``cache_markdown``
-renders ``bench_cache.json`` and the freeze-modes table is ``recipes/bench_freeze_modes.py``'s own
-``markdown`` (imported when the report needs it, since that module loads torch).
+renders ``bench_cache.json``; the freeze-modes and precision tables are
+``recipes/bench_freeze_modes.py``'s and ``recipes/bench_precision.py``'s own ``markdown``
+(imported when the report needs them, since those modules load torch).
 """
 
 from __future__ import annotations
@@ -92,10 +93,23 @@ def freeze_modes_markdown(data: dict) -> str:
             f"median of {data['rounds']} interleaved steps.\n\n" + markdown(data))
 
 
+def precision_markdown(data: dict) -> str:
+    """``bench_precision.json``, rendered by the benchmark's own ``markdown``."""
+    from recipes.bench_precision import markdown
+
+    policy = data.get("policy") or {}
+    return (f"`{data['command'].strip()}`: {data['model']}, {policy.get('name')} "
+            f"(n={policy.get('n')}), batch "
+            f"{data.get('batch_size')} x {data.get('seq_len')} tokens, bf16 autocast, device "
+            f"{data.get('device')}.\n\n" + markdown(data))
+
+
 SECTIONS = (  # file beside the report -> (section title, renderer, required keys)
     ("bench.json", "Cost benchmark", bench_markdown, ("methods", "targets")),
     ("bench_freeze_modes.json", "Freeze modes (same policy, three ways of freezing)",
      freeze_modes_markdown, ("modes", "machinery", "command")),
     ("bench_cache.json", "Frozen-prefix cache", cache_markdown,
      ("methods", "targets", "command")),
+    ("bench_precision.json", "Frozen weights in bfloat16 (memory)", precision_markdown,
+     ("variants", "targets", "command")),
 )
