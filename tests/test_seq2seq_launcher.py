@@ -196,3 +196,38 @@ def test_a_file_with_its_own_columns_trains(tmp_path, tiny_t5, qa_file):
 def test_other_bad_input_is_one_line(extra, message, tmp_path, tiny_t5):
     with pytest.raises(ConfigError, match=message):
         main(flags(tiny_t5, tmp_path / "out", *extra))
+
+
+def run_script(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+AUTO_FREEZE_DECODER = ["--policy", "auto_freeze", "--policy_options",
+                       '{"stack": "decoder", "tied_weights": "freeze", "every": 1, '
+                       '"percentile": 100}']
+
+
+def test_the_script_twice_with_one_seed_gives_the_same_run_and_auto_freeze_takes_a_stack(
+        tmp_path, tiny_t5):
+    """As a user runs it: ``python recipes/run.py --task seq2seq`` in fresh processes. The same
+    seed twice gives the same metrics, decisions and saved weights; ``auto_freeze`` with
+    ``stack=decoder`` freezes decoder blocks (lowest first) and never touches the encoder."""
+    steps = ["--max_steps", "4", "--seed", "3", *AUTO_FREEZE_DECODER]
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        done = run_script(flags(tiny_t5, out, *steps))
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (json.loads((out / "results.json").read_text()) for out in outs)
+    for key in ("eval_loss", "test_loss", "train_loss", "trainable_params"):
+        assert first[key] == second[key], key
+    decisions = [e for e in first["log_history"] if "auto_freeze_depth" in e]
+    assert decisions == [e for e in second["log_history"] if "auto_freeze_depth" in e]
+    a, b = (load_file(out / "model.safetensors") for out in outs)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert decisions and decisions[-1]["auto_freeze_depth"] >= 1, first["log_history"]
+
+    base = load_file(Path(tiny_t5) / "model.safetensors")
+    encoder = [n for n in base if n.startswith("encoder.block.")]
+    assert all(not torch.equal(base[n], a[n]) for n in encoder if n.endswith(".q.weight"))
