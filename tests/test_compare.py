@@ -611,3 +611,25 @@ def test_real_cells_paired_interval_and_cache_share_by_hand():
 
 def validation_curve_of(cell):
     return aggregate.validation_curve(cell.curve_run, "eval_accuracy")
+
+
+def test_short_runs_may_set_their_own_options_only_when_the_selection_records_them(runs):
+    """A schedule compressed to the short runs' length (gradual_unfreeze: a stage every 5 of 40
+    steps) changes their policy_options: the cell still reads when selection.json's sweep_fields
+    record those options, and is refused as mixed when they do not."""
+    cell = runs / "tweets/minilm/auto_freeze"
+    selection = cell / "selection.json"
+    shorts = sorted((cell / "sweep").glob("*/results.json"))
+    full_length = json.loads(next(cell.glob("lr*-seed0/results.json")).read_text())
+    own = {**full_length["policy_options"], "every": 5}
+    for short in shorts:
+        spoil(short, policy_options=own)
+    refuse(runs, re.escape(f"{shorts[0]}: not the same method, model or dataset as "))
+    data = json.loads(selection.read_text())
+    data["sweep_fields"] = {**data.get("sweep_fields", {}), "policy_options": own}
+    selection.write_text(json.dumps(data))
+    cells, _ = tables_by_model(runs)
+    assert cells["minilm"]["auto_freeze"].selection.chosen_lr == data["chosen_lr"]
+    for short in shorts:  # the recorded options excuse policy_options, not the method
+        spoil(short, policy="bottom_n")
+    refuse(runs, "not the same method, model or dataset as")
