@@ -22,23 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from transformers import AutoConfig, AutoModelForSequenceClassification  # noqa: E402
+from sharded_audit_worker import make_model  # noqa: E402  (the same tiny BERT)
 from transformers.models.bert.modeling_bert import BertLayer  # noqa: E402
 
 from freeze_policies import get_policy, set_trainable  # noqa: E402
 from freeze_policies.audit import FrozenAudit  # noqa: E402
 
 TAMPERED = "bert.encoder.layer.0.output.dense.weight"
-
-
-def make_model():
-    config = AutoConfig.for_model(
-        "bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=37, vocab_size=99, max_position_embeddings=64, num_labels=3,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
-    )
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(config)
 
 
 def wrap(model, kind: str):
