@@ -95,6 +95,7 @@ bench: setup        ## cost benchmarks on the default model: results/bench*.json
 	$(PY) recipes/bench.py --out results/bench.json
 	$(PY) recipes/bench_freeze_modes.py --out results/bench_freeze_modes.json
 	$(PY) recipes/bench_cache.py --out results/bench_cache.json
+	$(PY) recipes/bench_padding.py --out results/bench_padding.json
 	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/ddp_cpu.yaml \
 		recipes/bench_ddp.py --steps-per-stage 6 --out results/bench_ddp.json
 

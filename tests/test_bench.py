@@ -173,3 +173,18 @@ def test_bench_freeze_modes_keep_the_frozen_weights_and_are_the_librarys(mode, t
         assert {id(p) for g in frozen_groups for p in g["params"]} == frozen
     if mode == "zero_grad":
         assert all(torch.count_nonzero(state[p]["exp_avg"]) == 0 for p in runner.frozen)
+
+
+def test_padding_bench_counts_each_batch_at_its_longest_row():
+    """recipes/bench_padding.py: a batch costs rows x its longest row (dynamic padding)."""
+    import numpy as np
+
+    from recipes.bench_padding import measure, padded_tokens
+
+    lengths = np.array([1, 5, 1, 5])
+    assert padded_tokens(lengths, [0, 1, 2, 3], 2) == 2 * 5 + 2 * 5
+    assert padded_tokens(lengths, [0, 2, 1, 3], 2) == 2 * 1 + 2 * 5
+    assert padded_tokens(lengths, [3, 1, 0], 2) == 2 * 5 + 1 * 1  # a short last batch
+    row = measure(np.array([1, 5] * 64), 8, "sequential")
+    assert row["real_tokens"] == 384 and row["sequential_ratio"] == 640 / 384
+    assert row["group_by_length_ratio"] < 1.2  # grouped batches hardly pad (one mixed batch)
