@@ -201,7 +201,7 @@ def tokenize_classification(
     tokenizers, ``token_type_ids``) plus ``labels``; padding is left to a data collator.
     """
 
-    _check_length("max_length", max_length, tokenizer)
+    check_length("max_length", max_length, tokenizer)
 
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -225,7 +225,7 @@ def tokenize_causal_lm(
     """
     if block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    _check_length("block_size", block_size, tokenizer)
+    check_length("block_size", block_size, tokenizer)
     eos_id = tokenizer.eos_token_id
 
     def encode(batch):
@@ -258,7 +258,7 @@ def tokenize_causal_lm(
     return grouped
 
 
-def _check_length(name: str, length: int, tokenizer) -> None:
+def check_length(name: str, length: int, tokenizer) -> None:
     """Refuse sequences longer than the tokenizer says its model takes (position embeddings run
     out mid-training otherwise, at the first long example)."""
     limit = getattr(tokenizer, "model_max_length", None)

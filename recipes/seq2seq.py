@@ -28,7 +28,7 @@ from __future__ import annotations
 import datasets
 from transformers import Seq2SeqTrainer
 
-from recipes.data import _check_length, load_chatterbot_conversations
+from recipes.data import check_length, load_chatterbot_conversations
 from recipes.data_files import load_external, select_columns
 from recipes.outputs import RunTrainer
 from recipes.splits import SplitSizes
@@ -106,8 +106,8 @@ def tokenize_seq2seq(
 ) -> datasets.DatasetDict:
     """``input_ids`` / ``attention_mask`` of the source (at most ``max_length`` tokens) and
     ``labels`` of the target (``text_target=``, at most ``max_target_length``), unpadded."""
-    _check_length("max_length", max_length, tokenizer)
-    _check_length("max_target_length", max_target_length, tokenizer)
+    check_length("max_length", max_length, tokenizer)
+    check_length("max_target_length", max_target_length, tokenizer)
 
     def encode(batch):
         inputs = tokenizer(batch["source"], truncation=True, max_length=max_length,
