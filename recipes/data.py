@@ -225,7 +225,7 @@ def tokenize_causal_lm(
     """
     if block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    check_length("block_size", block_size, tokenizer)
+    check_length("block_size", block_size, tokenizer, flag="max_length")
     eos_id = tokenizer.eos_token_id
 
     def encode(batch):
@@ -258,12 +258,13 @@ def tokenize_causal_lm(
     return grouped
 
 
-def check_length(name: str, length: int, tokenizer) -> None:
+def check_length(name: str, length: int, tokenizer, flag: str | None = None) -> None:
     """Refuse sequences longer than the tokenizer says its model takes (position embeddings run
-    out mid-training otherwise, at the first long example)."""
+    out mid-training otherwise, at the first long example). ``flag``: the launcher flag that set
+    ``length`` (default ``name``)."""
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 10**7 and length > limit:
         raise ValueError(
             f"{name}={length} is longer than the model takes ({limit} tokens, the tokenizer's "
-            f"model_max_length); use at most {limit} (recipes/run.py: --max_length)"
+            f"model_max_length); use at most {limit} (recipes/run.py: --{flag or name})"
         )

@@ -192,6 +192,8 @@ def test_a_file_with_its_own_columns_trains(tmp_path, tiny_t5, qa_file):
      r"task='classification' does not generate$"),
     (["--dataset", "tweets"], r"^source 'tweets' has no source/target pairs"),
     (["--max_target_length", "0"], r"^max_target_length=0 must be an integer >= 1$"),
+    (["--max_target_length", "100000"], r"^max_target_length=100000 is longer than the model "
+     r"takes \(512 tokens, .*; use at most 512 \(recipes/run.py: --max_target_length\)$"),
 ])
 def test_other_bad_input_is_one_line(extra, message, tmp_path, tiny_t5):
     with pytest.raises(ConfigError, match=message):
