@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = ("classification", "causal_lm", "seq2seq")
+from recipes.models import TASKS  # the launcher's tasks, defined once
+
 CLASSIFICATION_METRIC_PATH = str(Path(__file__).resolve().with_name("classification.py"))
 """Absolute path of the accuracy / macro-F1 module, for ``evaluate.load``."""
 
