@@ -328,3 +328,10 @@ def test_script_resume_from_a_missing_path_is_one_line(tmp_path, tiny_bert):
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: resume_from_checkpoint='{tmp_path / 'gone'}' does not exist")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_model_card_knows_a_loading_class_for_every_task():
+    from recipes.model_card import AUTO_CLASSES
+    from recipes.models import TASKS
+
+    assert sorted(AUTO_CLASSES) == sorted(TASKS)
