@@ -86,6 +86,7 @@ longer: setup       ## full fine-tuning of the default profile at 6 epochs: resu
 		--per_device_train_batch_size 32 --per_device_eval_batch_size 128 --max_length 64 \
 		--max_train_samples 1500 --max_eval_samples 2000 --max_validation_samples 500 \
 		--eval_strategy steps --logging_steps 12 --report_to none --eval_steps 24 \
+		--train_sampling_strategy group_by_length \
 		--learning_rate $(LONGER_LR) --seed 0 --save_model false --overwrite_output_dir true \
 		--output_dir $(LONGER)/tweets/minilm/full/lr$(LONGER_LR)-seed0
 

@@ -36,3 +36,17 @@ def test_a_rising_curve_is_still_improving_and_an_empty_folder_adds_nothing(tmp_
     assert longer_markdown(tmp_path / "missing", []) == []
     assert curve_of({"log_history": [{"step": 3, "loss": 1.0}]}) == []
 
+
+
+def test_a_longer_run_that_differs_in_more_than_its_budget_is_named_and_not_compared(tmp_path):
+    cell = "tweets/minilm/full/lr0.0003-seed0"
+    write_run(tmp_path / "longer" / cell, [0.6, 0.7, 0.7], test=0.75, epoch=6, steps=90)
+    write_run(tmp_path / "default" / cell, [0.6, 0.7, 0.7], test=0.74, epoch=3, steps=30)
+    base = tmp_path / "default" / cell / "results.json"
+    run = json.loads(base.read_text())
+    run["command"] += " --train_sampling_strategy group_by_length --eval_steps 12"
+    base.write_text(json.dumps(run))
+    lines = "\n".join(longer_markdown(tmp_path / "longer", [tmp_path / "default"]))
+    assert ("their commands also differ in --train_sampling_strategy (absent against "
+            "group_by_length); rerun `make longer`.") in lines
+    assert "Test accuracy" not in lines  # epochs and eval_steps are the budget's own flags

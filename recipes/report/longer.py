@@ -8,6 +8,11 @@ epochs), kept in its own folder with the cell's relative path, for example
 run: its validation curve, the plateau rule applied to it, and its test score beside the profile's
 run of the same cell, rate and seed. One seed: the section says where the curve levels off, it
 does not rank methods.
+
+The two runs must differ only in their budget: their recorded commands are compared flag by flag,
+ignoring ``LONGER_ONLY`` (epochs, the curve's spacing, output and saving). Any other difference (a
+profile that changed after the longer run, say) is named, and the test scores are not put side by
+side.
 """
 
 from __future__ import annotations
@@ -18,6 +23,27 @@ from pathlib import Path
 from recipes.report.stats import plateau
 
 THRESHOLD = 0.01  # the plateau rule of the profile's own curve (recipes/report/markdown.py)
+LONGER_ONLY = frozenset({"num_train_epochs", "max_steps", "eval_steps", "output_dir",
+                         "save_model", "overwrite_output_dir"})
+
+
+def command_flags(command: str) -> dict[str, str]:
+    """``--flag value`` pairs of a recorded ``recipes/run.py`` command (a bare flag maps to "")."""
+    words = command.split()
+    flags = {}
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            following = words[i + 1] if i + 1 < len(words) else ""
+            flags[word[2:]] = "" if following.startswith("--") else following
+    return flags
+
+
+def budget_mismatch(run: dict, base: dict) -> list[str]:
+    """The flags, other than the budget's, on which two runs' recorded commands differ."""
+    ours, theirs = command_flags(run.get("command", "")), command_flags(base.get("command", ""))
+    return [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
+            for name in sorted(set(ours) | set(theirs) - LONGER_ONLY)
+            if name not in LONGER_ONLY and ours.get(name) != theirs.get(name)]
 
 
 def curve_of(run: dict, metric: str = "eval_accuracy") -> list[tuple[int, float]]:
@@ -65,7 +91,13 @@ def _one_run(relative: Path, run: dict, base: dict | None) -> list[str]:
             f"(gain {100 * result.gain:+.2f} points; a plateau is a gain under "
             f"{100 * THRESHOLD:g} point); best {100 * result.best:.2f} at step {result.best_step}."
         )
-    if base is not None and "test_accuracy" in run and "test_accuracy" in base:
+    mismatch = budget_mismatch(run, base) if base is not None else []
+    if mismatch:
+        lines.append(
+            "It is not the profile's run at a longer budget: their commands also differ in "
+            + ", ".join(mismatch) + "; rerun `make longer`."
+        )
+    elif base is not None and "test_accuracy" in run and "test_accuracy" in base:
         base_curve = curve_of(base)
         best_base = max((v for _, v in base_curve), default=None)
         ours, theirs = 100 * run["test_accuracy"], 100 * base["test_accuracy"]
