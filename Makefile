@@ -34,9 +34,12 @@ preview: setup
 	$(PY) -m freeze_policies $(MODEL) --task $(TASK) $(if $(POLICY),--policy $(POLICY)) \
 		$(if $(OPTIONS),--policy_options '$(OPTIONS)')
 
+# Tests run in TEST_JOBS pytest-xdist workers, a test file per worker at a time (--dist loadfile:
+# a file's module fixtures are built once); TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 # The code is formatted by hand within ruff's rules (pyproject.toml: line length 100, import order,
 # pyflakes, pycodestyle, bugbear, pyupgrade, simplify); `ruff format` is not applied, so lint is
