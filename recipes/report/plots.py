@@ -49,6 +49,9 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+GAP = 3  # pixels kept free around a label, so that neighbours do not read as one word
+
+
 def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsize: float = 7,
                  renderer=None):
     """Annotate each point with its text where it overlaps nothing placed before. Give the
@@ -82,7 +85,8 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsi
                 box = (left, bottom, left + width, bottom + height)
                 inside = (box[0] >= frame.x0 and box[2] <= frame.x1 and box[1] >= frame.y0
                           and box[3] <= frame.y1)
-                if inside and not any(_overlaps(box, other) for other in occupied):
+                padded = (box[0] - GAP, box[1] - GAP, box[2] + GAP, box[3] + GAP)
+                if inside and not any(_overlaps(padded, other) for other in occupied):
                     chosen = (box, distance)
                     break
             if chosen:
