@@ -42,8 +42,8 @@ def budget_mismatch(run: dict, base: dict) -> list[str]:
     """The flags, other than the budget's, on which two runs' recorded commands differ."""
     ours, theirs = command_flags(run.get("command", "")), command_flags(base.get("command", ""))
     return [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
-            for name in sorted(set(ours) | set(theirs) - LONGER_ONLY)
-            if name not in LONGER_ONLY and ours.get(name) != theirs.get(name)]
+            for name in sorted((set(ours) | set(theirs)) - LONGER_ONLY)
+            if ours.get(name) != theirs.get(name)]
 
 
 def curve_of(run: dict, metric: str = "eval_accuracy") -> list[tuple[int, float]]:
