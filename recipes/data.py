@@ -36,6 +36,9 @@ splits is ``recipes.splits``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import datasets
 import pandas as pd
 
@@ -268,3 +271,19 @@ def check_length(name: str, length: int, tokenizer, flag: str | None = None) -> 
             f"{name}={length} is longer than the model takes ({limit} tokens, the tokenizer's "
             f"model_max_length); use at most {limit} (recipes/run.py: --{flag or name})"
         )
+
+
+def split_digests(splits: datasets.DatasetDict) -> dict[str, dict]:
+    """Rows and a SHA-256 (first 16 hex digits) of each split's columns, row by row in order.
+
+    Recorded in a run's ``results.json`` so that two runs can be checked to have seen the same
+    examples in the same order: a change in how splits are carved or subsampled, in the corpus or
+    in the tokenizer changes the digest even where the command is the same.
+    """
+    digests = {}
+    for name, split in splits.items():
+        digest = hashlib.sha256()
+        for batch in split.iter(batch_size=1024):
+            digest.update(json.dumps(batch, sort_keys=True).encode())
+        digests[name] = {"rows": len(split), "sha256": digest.hexdigest()[:16]}
+    return digests

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shlex
 import sys
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dict:
     """``main`` once ``output_dir`` is settled: build, train (or resume), evaluate, save."""
     from freeze_policies import predict_cost, summarize
+    from recipes.data import split_digests
     from recipes.metrics import perplexity
     from recipes.models import resolve_model_path
 
@@ -118,10 +120,11 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "freeze_mode": method_args.freeze_mode if method_args.method == "freeze" else None,
         "peft_method": method_args.peft_method,
         "peft_options": method_args.peft_options,
-        "command": " ".join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "model": model_args.model_name_or_path,
         "task": model_args.task,
         "dataset": data_args.dataset,
+        "data": split_digests(tokenized),  # the rows each split held, in order
         "seed": training_args.seed,
         "learning_rate": training_args.learning_rate,
         "max_steps": trainer.state.max_steps,

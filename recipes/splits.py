@@ -1,14 +1,11 @@
 """Carving the splits a source lacks out of ``train``, and subsampling them, seeded and stratified.
 
-Splits are carved by hand rather than with ``datasets``' ``train_test_split(stratify_by_column=)``
-on purpose: the committed comparison's runs were trained and scored on these exact rows, and
-``train_test_split`` (scikit-learn's shuffle split over ``np.random.RandomState``) draws other
-rows from the same seed. The method: within each label, a seeded permutation
-(``np.random.default_rng(seed)``); the count taken from each label is its share of the total,
-rounded by the largest-remainder method so that the counts add up exactly; ``test`` is carved
-first, then ``validation`` from what is left. Subsampling (``max_train_samples``,
-``max_eval_samples``) takes a stratified sample of each split the same way, with its own seed per
-split, so that cutting ``train`` never changes ``validation`` or ``test``.
+Every draw is ``datasets``' ``train_test_split``, stratified by the ``label`` column for
+classification (``stratify_by_column``), with a ``np.random.default_rng`` generator: ``test`` is
+carved first, then ``validation`` from what is left, from one generator seeded with ``seed``.
+Subsampling (``max_train_samples``, ``max_eval_samples``) draws from each split with its own
+generator (``[seed, split index]``), so that cutting ``train`` never changes ``validation`` or
+``test``.
 """
 
 from __future__ import annotations
@@ -111,33 +108,29 @@ def check_arguments(
             raise ValueError(f"{name} must be a positive integer or None, got {limit!r}")
 
 
-def proportional_counts(group_sizes: np.ndarray, total: int) -> np.ndarray:
-    """Share ``total`` among groups in proportion to their sizes (largest remainder method)."""
-    exact = group_sizes * total / group_sizes.sum()
-    counts = np.floor(exact).astype(int)
-    leftover = total - counts.sum()
-    counts[np.argsort(counts - exact, kind="stable")[:leftover]] += 1
-    return counts
+def draw(
+    split: datasets.Dataset, n_take: int, generator: np.random.Generator, *, stratify: bool
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Draw ``n_take`` rows of ``split`` at random: ``(taken, rest)``.
 
-
-def take(
-    labels: np.ndarray | None, size: int, n_take: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pick ``n_take`` of ``size`` row indices at random, stratified by ``labels`` if given.
-
-    Returns ``(taken, rest)``, each in random order.
+    ``datasets``' ``train_test_split``, stratified by the ``label`` column (a ``ClassLabel``) when
+    ``stratify`` is set and possible: every class needs 2 rows, and both parts at least one row
+    per class. Otherwise the draw is a plain random one, with a warning saying why.
     """
-    if labels is None:
-        order = rng.permutation(size)
-        return order[:n_take], order[n_take:]
-    classes, group_sizes = np.unique(labels, return_counts=True)
-    counts = proportional_counts(group_sizes, n_take)
-    taken, rest = [], []
-    for label, count in zip(classes, counts):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        taken.append(members[:count])
-        rest.append(members[count:])
-    return rng.permutation(np.concatenate(taken)), rng.permutation(np.concatenate(rest))
+    column = "label" if stratify else None
+    if stratify:
+        counts = np.bincount(np.asarray(split["label"][:]))
+        classes = int((counts > 0).sum())
+        if counts[counts > 0].min() < 2 or min(n_take, len(split) - n_take) < classes:
+            logger.warning(
+                "drawing %d of %d rows without stratifying by label: %d classes, the smallest "
+                "with %d rows, are too few to put each class on both sides",
+                n_take, len(split), classes, counts[counts > 0].min(),
+            )
+            column = None
+    parts = split.train_test_split(test_size=n_take, stratify_by_column=column,
+                                   generator=generator)
+    return parts["test"], parts["train"]
 
 
 def complete_splits(
@@ -155,23 +148,16 @@ def complete_splits(
     present = {name: split for name, split in raw.items() if len(split) > 0}
     if "train" not in present:
         raise ValueError("the 'train' split is empty after dropping rows without text or label")
-    train = present["train"]
-    labels = np.asarray(train["label"][:]) if stratify else None
-    pool = np.arange(len(train))
-    rng = np.random.default_rng(seed)
+    total = len(present["train"])
+    generator = np.random.default_rng(seed)
     for name, fraction in (("test", test_fraction), ("validation", validation_fraction)):
         if name in present:
             continue
-        n_take = max(1, round(fraction * len(train)))
-        if n_take >= len(pool):
-            raise ValueError(
-                f"train split has only {len(train)} rows, too few to carve a {name} split"
-            )
-        taken, rest = take(None if labels is None else labels[pool], len(pool), n_take, rng)
-        present[name] = train.select(pool[taken])
-        pool = pool[rest]
-    if len(pool) != len(train):
-        present["train"] = train.select(pool)
+        n_take = max(1, round(fraction * total))
+        if n_take >= len(present["train"]):
+            raise ValueError(f"train split has only {total} rows, too few to carve a {name} split")
+        present[name], present["train"] = draw(present["train"], n_take, generator,
+                                               stratify=stratify)
     return datasets.DatasetDict({name: present[name] for name in SPLITS})
 
 
@@ -191,8 +177,6 @@ def subsample(
         if limit is None or limit >= len(split):
             result[name] = split
             continue
-        labels = np.asarray(split["label"][:]) if stratify else None
-        rng = np.random.default_rng([seed, SPLITS.index(name)])
-        taken, _ = take(labels, len(split), limit, rng)
-        result[name] = split.select(taken)
+        generator = np.random.default_rng([seed, SPLITS.index(name)])
+        result[name], _ = draw(split, limit, generator, stratify=stratify)
     return datasets.DatasetDict(result)

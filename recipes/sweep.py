@@ -37,6 +37,7 @@ import argparse
 import fcntl
 import json
 import math
+import shlex
 import shutil
 import sys
 from contextlib import contextmanager
@@ -153,8 +154,8 @@ RUNNER_FLAGS = ["--save_model", "false"]
 
 def same_run(command: str, argv: list[str]) -> bool:
     """Whether a recorded command ran ``argv`` (with or without the runner flags)."""
-    core = " ".join(["recipes/run.py", *argv])
-    return command in (core, " ".join([core, *RUNNER_FLAGS]))
+    core = ["recipes/run.py", *argv]
+    return command in (shlex.join(core), shlex.join([*core, *RUNNER_FLAGS]))
 
 
 def cell_plan(profile: dict, cell: str) -> dict:

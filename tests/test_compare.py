@@ -5,6 +5,7 @@ atomic writes."""
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def fake_run(argv: list[str]) -> dict:
         "policy_options": spec.get("policy_options", {}),
         "freeze_mode": spec.get("freeze_mode"), "peft_method": spec.get("peft_method"),
         "peft_options": spec.get("peft_options", {}),
-        "command": " ".join(["recipes/run.py", *argv]),
+        "command": shlex.join(["recipes/run.py", *argv]),
         "model": spec.get("model", "minilm"), "task": "classification", "dataset": "tweets",
         "seed": seed, "learning_rate": lr, "max_steps": steps,
         "trainable_params": spec["trainable_params"], "total_params": TOTAL,

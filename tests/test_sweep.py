@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
         calls.append(args)
         lr = float(args["--learning_rate"])
         result = {"eval_accuracy": {1e-3: 0.5, 1e-2: 0.6, 0.1: 0.55}[lr],
-                  "command": " ".join(["recipes/run.py", *argv])}
+                  "command": shlex.join(["recipes/run.py", *argv])}
         if args["--seed"] == "1":  # recorded before the runner flags existed: still the same run
             result["command"] = result["command"].replace(" --save_model false", "")
         out = Path(args["--output_dir"])

@@ -18,6 +18,7 @@ side.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from recipes.report.stats import plateau
@@ -29,7 +30,7 @@ LONGER_ONLY = frozenset({"num_train_epochs", "max_steps", "eval_steps", "output_
 
 def command_flags(command: str) -> dict[str, str]:
     """``--flag value`` pairs of a recorded ``recipes/run.py`` command (a bare flag maps to "")."""
-    words = command.split()
+    words = shlex.split(command)
     flags = {}
     for i, word in enumerate(words):
         if word.startswith("--"):
