@@ -113,6 +113,8 @@ def fake_run(argv: list[str]) -> dict:
                          if cell == "tweets/minilm/bottom_n" and not short else None),
         "log_history": log, **ENVIRONMENT,
     }
+    if results["model"] == "minilm":  # smollm2's runs stand for runs that predate split digests
+        results["data"] = SPLITS
     if not short:
         accuracy = TEST[cell][SEEDS.index(seed)]
         results.update(test_accuracy=accuracy, test_f1=accuracy - 0.1)
@@ -122,6 +124,8 @@ def fake_run(argv: list[str]) -> dict:
     return results
 
 
+SPLITS = {"train": {"rows": 1500, "sha256": "a1"}, "validation": {"rows": 500, "sha256": "b2"},
+          "test": {"rows": 2000, "sha256": "c3"}}
 PROFILE = {
     "seeds": list(SEEDS),
     "lrs": {"default": [3e-5, 1e-4, 3e-4], "adapter": [3e-4, 1e-3, 3e-3]},
@@ -407,6 +411,9 @@ def test_report_columns_rows_and_sections(comparison, tmp_path):
     assert "1 torch thread(s) each on a machine shared with other work" in text
     assert "no method is ranked by wall time" in text
     assert "## smollm2 on tweets (classification)" in text
+    assert ("Splits, the same in every run: test 2,000 rows (sha256 `c3`), train 1,500 rows "
+            "(sha256 `a1`), validation 500 rows (sha256 `b2`).") in text
+    assert "Splits: the runs record no digest of their splits (they predate it)" in text
     assert "## Cost benchmark" in text and "## Frozen-prefix cache" in text
     assert ("## Frozen weights in bfloat16 (memory)\n\n`python recipes/bench_precision.py`: "
             "smollm2, bottom_n (n=24), batch 8 x 64 tokens, bf16 autocast, device cpu.") in text
@@ -499,6 +506,19 @@ def test_stale_and_missing_full_length_runs_are_refused(runs):
     refuse(runs, re.escape(f"{cell / 'selection.json'}: seeds [0, 1, 2] but full-length runs "
                            "for [0, 1]"))
     refuse(runs.parent / "nothing-here", "no such folder of runs")
+
+
+def test_runs_that_saw_different_splits_are_refused(runs):
+    """A run reused across a change in how splits are drawn is not compared with fresh ones."""
+    stale = runs / "tweets/minilm/lora/lr0.003-seed2/results.json"
+    spoil(stale, data={**SPLITS, "test": {"rows": 2000, "sha256": "old"}})
+    refuse(runs, r"cells tweets/minilm/\w+ and tweets/minilm/lora saw different test splits "
+                 r"\(\{'rows': 2000, 'sha256': 'c3'\} against \{'rows': 2000, 'sha256': 'old'\}\)")
+    spoil(stale, data=None)
+    refuse(runs, r"cell tweets/minilm/lora has runs that record no split digest \(`data`\) where "
+                 r"cell tweets/minilm/\w+ does: rerun it on the current splits")
+    spoil(stale, data=SPLITS)
+    assert load_results(runs).tables[0].data == SPLITS
 
 
 def test_a_bad_input_leaves_the_previous_report_and_plots(runs, tmp_path):

@@ -8,6 +8,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 from collections import Counter  # noqa: E402
 
+import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -15,6 +16,7 @@ from recipes.data import (  # noqa: E402
     load_causal_lm_splits,
     load_classification_splits,
     load_tweets,
+    split_digests,
     tokenize_causal_lm,
     tokenize_classification,
 )
@@ -85,6 +87,22 @@ def test_tweets_split_is_deterministic_per_seed(tweets):
     for name in SPLITS:
         assert again[name]["text"][:] == splits[name]["text"][:]
     assert set(other["test"]["text"]) != set(splits["test"]["text"])
+
+
+def test_split_digests_change_with_any_row_or_their_order(tweets):
+    splits, _ = tweets
+    digests = split_digests(splits)
+    assert {name: d["rows"] for name, d in digests.items()} == {
+        name: len(splits[name]) for name in SPLITS}
+    assert split_digests(load_classification_splits("tweets", seed=42)[0]) == digests
+    test = splits["test"]
+    reordered = test.select([1, 0, *range(2, len(test))])
+    relabelled = test.map(lambda row, i: {"label": (row["label"] + (i == 5)) % 3},
+                          with_indices=True)
+    for changed in (reordered, relabelled):
+        other = split_digests(datasets.DatasetDict({**splits, "test": changed}))
+        assert other["test"]["sha256"] != digests["test"]["sha256"]
+        assert other["train"] == digests["train"]
 
 
 def test_subsampling_is_stratified_and_deterministic():

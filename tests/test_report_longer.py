@@ -1,6 +1,7 @@
 """The report's longer-run section: the curve, the plateau rule, the profile's run beside it."""
 
 import json
+import shlex
 
 from recipes.report.longer import curve_of, longer_markdown
 
@@ -50,3 +51,18 @@ def test_a_longer_run_that_differs_in_more_than_its_budget_is_named_and_not_comp
     assert ("their commands also differ in --train_sampling_strategy (absent against "
             "group_by_length); rerun `make longer`.") in lines
     assert "Test accuracy" not in lines  # epochs and eval_steps are the budget's own flags
+
+
+def test_json_values_with_spaces_are_compared_whole(tmp_path):
+    """Commands are recorded shell-quoted: an option differing after its first space is seen."""
+    cell = "tweets/minilm/lisa/lr0.0003-seed0"
+    write_run(tmp_path / "longer" / cell, [0.6, 0.7, 0.7], test=0.75, epoch=6, steps=90)
+    write_run(tmp_path / "default" / cell, [0.6, 0.7, 0.7], test=0.74, epoch=3, steps=30)
+    for profile, every in (("longer", 40), ("default", 20)):
+        path = tmp_path / profile / cell / "results.json"
+        run = json.loads(path.read_text())
+        run["command"] += " " + shlex.join(["--policy_options", f'{{"k": 2, "every": {every}}}'])
+        path.write_text(json.dumps(run))
+    lines = "\n".join(longer_markdown(tmp_path / "longer", [tmp_path / "default"]))
+    assert ('their commands also differ in --policy_options ({"k": 2, "every": 40} against '
+            '{"k": 2, "every": 20})') in lines

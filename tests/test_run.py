@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,9 @@ def test_every_method_runs_on_tweets_and_writes_results(tmp_path, tiny_bert, lab
     expected_method = "full" if label == "full" else "peft" if peft else "freeze"
     assert results["method"] == expected_method
     assert results["dataset"] == "tweets" and results["max_steps"] == 2
+    # the command round-trips through a shell: JSON options with spaces stay one word
+    assert shlex.split(results["command"])[-len(flags):] == flags or not flags
+    assert results["data"]["train"]["rows"] == 32 and results["data"]["test"]["rows"] == 16
     for key in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1"):
         assert 0.0 <= results[key] <= 1.0
     assert 0 < results["trainable_params"] <= results["total_params"]
@@ -301,3 +305,4 @@ def test_same_seed_in_fresh_processes_with_other_hash_seeds(label, tmp_path, tin
         assert proc.returncode == 0, err[-2000:]
     results = [json.loads((tmp_path / s / "results.json").read_text()) for s in ("1", "2")]
     same_run(*results, [tmp_path / "1", tmp_path / "2"])
+    assert results[0]["data"] == results[1]["data"]  # the same rows, in the same order

@@ -141,6 +141,16 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
     assert [c["--seed"] for c in calls] == ["0", "1"]
 
 
+def test_same_run_compares_shell_quoted_commands():
+    argv = ["--config", "c.yaml", "--policy_options", '{"k": 2, "every": 20}', "--seed", "0"]
+    recorded = shlex.join(["recipes/run.py", *argv])
+    assert sweep.same_run(recorded, argv)
+    assert sweep.same_run(shlex.join(["recipes/run.py", *argv, *sweep.RUNNER_FLAGS]), argv)
+    assert not sweep.same_run(recorded, [*argv[:3], '{"k": 2, "every": 40}', *argv[4:]])
+    # space-joined, as commands were recorded before: not taken for the same run, so rerun
+    assert not sweep.same_run(" ".join(["recipes/run.py", *argv]), argv)
+
+
 def test_a_locked_cell_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "main", lambda argv: pytest.fail("must not run"))
     monkeypatch.chdir(ROOT)

@@ -322,6 +322,7 @@ class Table:
     dataset: str
     task: str
     cells: list[Cell]
+    data: dict | None = None  # the splits every run saw (results.json's "data"), when recorded
 
     @property
     def title(self) -> str:

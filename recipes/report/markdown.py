@@ -231,6 +231,16 @@ CAPTIONS = {
 }
 
 
+def data_line(table: Table) -> str:
+    """Which rows every run of the table saw: each split's size and digest, or none known."""
+    if table.data is None:
+        return ("Splits: the runs record no digest of their splits (they predate it), so that "
+                "they saw the same rows is not checked.")
+    return "Splits, the same in every run: " + ", ".join(
+        f"{name} {d['rows']:,} rows (sha256 `{d['sha256']}`)"
+        for name, d in sorted(table.data.items())) + "."
+
+
 def report_markdown(results: Results, command: str, bench: dict | None, plots: list[str],
                     bench_sections: list[tuple[str, str]], longer: list[str] = ()) -> str:
     parts = [
@@ -274,6 +284,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
         unit = pricing.seconds_per_full_step(table)
         parts += [
             f"## {table.title}", "",
+            data_line(table), "",
             render(result_columns(table), table.cells, context), "",
             "### Costs", "",
             (f"Priced runs use full fine-tuning's measured {unit:.2f} s per step (its training "

@@ -232,8 +232,39 @@ def build_tables(cells: list[Cell]) -> list[Table]:
                 for cell in same:
                     cell.label = f"{cell.label} [{cell.short}]"
         members.sort(key=lambda c: (not c.is_full, -c.trainable_share, c.label))
-        tables.append(Table(model, dataset, task, members))
+        tables.append(Table(model, dataset, task, members, same_data(members)))
     return tables
+
+
+def same_data(cells: list[Cell]) -> dict | None:
+    """The split digests (``results.json``'s ``data``) that every full-length run of a table
+    recorded, or None when none recorded them (runs made before digests were recorded).
+
+    Methods are compared on the same test rows only if their runs saw the same splits: a run
+    reused across a change in how splits are drawn, or a cell from another dataset size, is a
+    ``ReportError`` naming two cells that differ, as is a table where only some runs recorded it.
+    """
+    seen: dict[str, tuple[str, dict]] = {}
+    unrecorded = []
+    for cell in cells:
+        for run in cell.runs:
+            if not isinstance(run.get("data"), dict):
+                unrecorded.append(cell.name)
+                continue
+            seen.setdefault(json.dumps(run["data"], sort_keys=True), (cell.name, run["data"]))
+    if not seen:
+        return None
+    if unrecorded:
+        raise ReportError(f"cell {unrecorded[0]} has runs that record no split digest (`data`) "
+                          f"where cell {next(iter(seen.values()))[0]} does: rerun it on the "
+                          "current splits")
+    if len(seen) > 1:
+        (first, ours), (second, theirs) = list(seen.values())[:2]
+        split = next((name for name in sorted(set(ours) | set(theirs))
+                      if ours.get(name) != theirs.get(name)), "?")
+        raise ReportError(f"cells {first} and {second} saw different {split} splits "
+                          f"({ours.get(split)} against {theirs.get(split)}): rerun the stale one")
+    return next(iter(seen.values()))[1]
 
 
 def load_bench(path: Path | None, keys: tuple[str, ...] = ("methods", "targets")) -> dict | None:
