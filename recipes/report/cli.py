@@ -21,6 +21,7 @@ from recipes.report.markdown import report_markdown
 from recipes.report.plots import make_plots, pyplot
 from recipes.report.pricing import price_table
 from recipes.report.reading import load_bench, load_results
+from recipes.report.variant import variant_markdown
 
 
 def bench_sections(folder: Path) -> tuple[dict | None, dict | None, list[tuple[str, str]]]:
@@ -35,7 +36,8 @@ def bench_sections(folder: Path) -> tuple[dict | None, dict | None, list[tuple[s
 
 
 def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | None,
-                 command: str, longer: Path | None = None) -> Path:
+                 command: str, longer: Path | None = None,
+                 variants: list[Path] = ()) -> Path:
     """Read, check and aggregate everything, then write the report and plots atomically.
 
     ``results_dir`` is one folder of cells or a list of them (one per profile). The benchmark
@@ -55,6 +57,8 @@ def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | N
     try:
         plots = make_plots(results.tables)
         extra = longer_markdown(longer, folders) if longer is not None else []
+        for folder in variants:
+            extra += variant_markdown(folder)
         text = report_markdown(results, command, bench, list(plots), sections, extra)
         out.parent.mkdir(parents=True, exist_ok=True)
         staged: list[tuple[str, Path]] = []
@@ -108,6 +112,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--longer", default=None,
                         help="a folder of cells rerun at a longer budget (same relative paths as "
                         "under --results): their curves and plateau (recipes/report/longer.py)")
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help="folders written by recipes/rerun.py: cells rerun with flags changed, "
+                        "paired by seed with their base runs (recipes/report/variant.py)")
     return parser
 
 
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> Path:
     command = "python recipes/compare.py " + " ".join(map(shlex.quote, shown))
     try:
         path = write_report([Path(folder) for folder in args.results], out, bench, command,
-                            Path(args.longer) if args.longer else None)
+                            Path(args.longer) if args.longer else None,
+                            [Path(folder) for folder in args.variants])
     except ReportError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {path}")
