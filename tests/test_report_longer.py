@@ -66,3 +66,15 @@ def test_json_values_with_spaces_are_compared_whole(tmp_path):
     lines = "\n".join(longer_markdown(tmp_path / "longer", [tmp_path / "default"]))
     assert ('their commands also differ in --policy_options ({"k": 2, "every": 40} against '
             '{"k": 2, "every": 20})') in lines
+
+
+def test_a_longer_run_on_other_splits_is_named_and_not_compared(tmp_path):
+    cell = "tweets/minilm/full/lr0.0003-seed0"
+    write_run(tmp_path / "longer" / cell, [0.6, 0.7, 0.7], test=0.75, epoch=6, steps=90)
+    write_run(tmp_path / "default" / cell, [0.6, 0.7, 0.7], test=0.74, epoch=3, steps=30)
+    base = tmp_path / "default" / cell / "results.json"
+    base.write_text(json.dumps({**json.loads(base.read_text()),
+                                "data": {"test": {"rows": 2000, "sha256": "c3"}}}))
+    lines = "\n".join(longer_markdown(tmp_path / "longer", [tmp_path / "default"]))
+    assert "their commands also differ in the splits they saw (results.json's data)" in lines
+    assert "Test accuracy" not in lines

@@ -10,8 +10,9 @@ run of the same cell, rate and seed. One seed: the section says where the curve 
 does not rank methods.
 
 The two runs must differ only in their budget: their recorded commands are compared flag by flag,
-ignoring ``LONGER_ONLY`` (epochs, the curve's spacing, output and saving). Any other difference (a
-profile that changed after the longer run, say) is named, and the test scores are not put side by
+ignoring ``LONGER_ONLY`` (epochs, the curve's spacing, output and saving), and they must have seen
+the same splits (``results.json``'s ``data``). Any other difference (a profile that changed after
+the longer run, or splits drawn another way) is named, and the test scores are not put side by
 side.
 """
 
@@ -42,9 +43,12 @@ def command_flags(command: str) -> dict[str, str]:
 def budget_mismatch(run: dict, base: dict) -> list[str]:
     """The flags, other than the budget's, on which two runs' recorded commands differ."""
     ours, theirs = command_flags(run.get("command", "")), command_flags(base.get("command", ""))
-    return [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
-            for name in sorted((set(ours) | set(theirs)) - LONGER_ONLY)
-            if ours.get(name) != theirs.get(name)]
+    named = [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
+             for name in sorted((set(ours) | set(theirs)) - LONGER_ONLY)
+             if ours.get(name) != theirs.get(name)]
+    if run.get("data") != base.get("data"):  # the same command on other splits is not the same
+        named.append("the splits they saw (results.json's data)")
+    return named
 
 
 def curve_of(run: dict, metric: str = "eval_accuracy") -> list[tuple[int, float]]:
