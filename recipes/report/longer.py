@@ -40,11 +40,12 @@ def command_flags(command: str) -> dict[str, str]:
     return flags
 
 
-def budget_mismatch(run: dict, base: dict) -> list[str]:
-    """The flags, other than the budget's, on which two runs' recorded commands differ."""
+def budget_mismatch(run: dict, base: dict, allowed: frozenset = LONGER_ONLY) -> list[str]:
+    """What, beyond the ``allowed`` flags (the budget's), differs between two runs: any other flag
+    of their recorded commands, and the splits they saw."""
     ours, theirs = command_flags(run.get("command", "")), command_flags(base.get("command", ""))
     named = [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
-             for name in sorted((set(ours) | set(theirs)) - LONGER_ONLY)
+             for name in sorted((set(ours) | set(theirs)) - allowed)
              if ours.get(name) != theirs.get(name)]
     if run.get("data") != base.get("data"):  # the same command on other splits is not the same
         named.append("the splits they saw (results.json's data)")

@@ -13,33 +13,14 @@ difference is named and the pair left out.
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
-from recipes.report.aggregate import ReportError
-from recipes.report.longer import command_flags
+from recipes.report.longer import budget_mismatch
+from recipes.report.reading import read_json
 from recipes.report.stats import paired_difference
 
 IGNORED = frozenset({"output_dir", "eval_strategy", "eval_steps", "overwrite_output_dir"})
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ReportError(f"{path}: not a readable JSON file ({error})") from None
-
-
-def mismatch(run: dict, base: dict, flags: dict) -> list[str]:
-    """What, beyond the variant's flags, differs between a variant run and its base run."""
-    ours, theirs = command_flags(run.get("command", "")), command_flags(base.get("command", ""))
-    named = [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
-             for name in sorted((set(ours) | set(theirs)) - IGNORED - set(flags))
-             if ours.get(name) != theirs.get(name)]
-    if run.get("data") != base.get("data"):
-        named.append("the splits they saw (results.json's data)")
-    return named
 
 
 def _mib(value) -> str:
@@ -52,7 +33,7 @@ def variant_markdown(variant_root: str | Path) -> list[str]:
     specs = sorted(variant_root.rglob("variant.json")) if variant_root.is_dir() else []
     lines = []
     for spec_path in specs:
-        spec = _read(spec_path)
+        spec = read_json(spec_path)
         lines += _one_cell(spec_path.parent, spec)
     return (["## Variants: one cell rerun with flags changed", "", *lines]) if lines else []
 
@@ -65,13 +46,15 @@ def _one_cell(folder: Path, spec: dict) -> list[str]:
              f"base runs: `{base_folder}`; no evaluation inside training).", ""]
     rows, ours, theirs, refused = [], {}, {}, []
     for path in sorted(folder.glob("*/results.json")):
-        run = _read(path)
+        run = read_json(path)
         base_path = base_folder / path.parent.name / "results.json"
         if not base_path.is_file():
             refused.append(f"`{path.parent.name}`: no base run at {base_path}")
             continue
-        base = _read(base_path)
-        different = mismatch(run, base, flags)
+        base = read_json(base_path)
+        different = budget_mismatch(run, base, IGNORED | set(flags))
+        different += [f"no test_accuracy in {name}" for name, r in (("the variant", run),
+                      ("the base run", base)) if "test_accuracy" not in r]
         if different:
             refused.append(f"`{path.parent.name}`: also differs in {', '.join(different)}")
             continue
