@@ -11,10 +11,11 @@ scored by its final validation and test metrics, and the selection seed's curve 
 variant run its evaluations. Each run is a fresh ``recipes/run.py`` process with one torch thread,
 as the profile's runs had; ``--jobs`` of them at a time.
 
-A run whose ``results.json`` already records the same command is reused, so an interrupted rerun
-resumes where it stopped. ``variant.json`` beside the runs records the base cell and the flags;
-``recipes/compare.py --variants`` reports each run paired with its base run by seed
-(``recipes/report/variant.py``).
+A run whose ``results.json`` already records the same command and the same splits as its base run
+(``data``: rows and digests) is reused, so an interrupted rerun resumes where it stopped, and a
+base cell rerun on other splits gets its variant rerun too. ``variant.json`` beside the runs
+records the base cell and the flags; ``recipes/compare.py --variants`` reports each run paired
+with its base run by seed (``recipes/report/variant.py``).
 """
 
 from __future__ import annotations
@@ -84,11 +85,14 @@ def variant_argv(base: dict, out_dir: Path, extra: list[tuple[str, str]]) -> lis
     return argv
 
 
-def run_one(argv: list[str]) -> tuple[str, int]:
+def run_one(argv: list[str], data: dict | None) -> tuple[str, int]:
+    """Run ``recipes/run.py argv`` unless a finished run has the same command and ``data``."""
     done = Path(argv[argv.index("--output_dir") + 1]) / "results.json"
     command = shlex.join(["recipes/run.py", *argv])
-    if done.is_file() and json.loads(done.read_text()).get("command") == command:
-        return f"reused {done.parent}", 0
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        if previous.get("command") == command and previous.get("data") == data:
+            return f"reused {done.parent}", 0
     if done.parent.exists():  # stale, or interrupted before its results.json
         shutil.rmtree(done.parent)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -99,16 +103,17 @@ def run_one(argv: list[str]) -> tuple[str, int]:
 
 def rerun(root: Path, cell: str, out: Path, extra: list[tuple[str, str]], jobs: int = 1) -> int:
     """Run every variant of the cell's runs; returns the number that failed."""
-    argvs = []
+    argvs, datas = [], []
     for path in base_runs(root, cell):
         base = json.loads(path.read_text())
         argvs.append(variant_argv(base, out / cell / path.parent.name, extra))
+        datas.append(base.get("data"))
     write_json_atomic(out / cell / "variant.json", {
         "base": str(root / cell), "cell": cell,
         "flags": {name: value for name, value in extra}, "curve": "dropped (--eval_strategy no)",
     })
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        outcomes = list(pool.map(run_one, argvs))
+        outcomes = list(pool.map(run_one, argvs, datas))
     for line, _ in outcomes:
         print(f"== {line}", flush=True)
     return sum(1 for _, code in outcomes if code != 0)

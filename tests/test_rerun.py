@@ -73,6 +73,16 @@ def test_rerun_changes_only_the_flags_and_the_report_pairs_by_seed(base_cell, tm
     # a second call reuses every run whose recorded command is the same
     assert rerun.cli([str(base_cell), CELL, "--out", str(out), "--", *BF16]) == 0
     assert capsys.readouterr().out.count("== reused") == 2
+    # ... but not one that saw other splits than its base run (a base rerun after a splitter change)
+    seed1 = out / CELL / "lr0.01-seed1/results.json"
+    stale = json.loads(seed1.read_text())
+    stale["data"]["train"]["sha256"] = "old-splitter"
+    seed1.write_text(json.dumps(stale))
+    assert rerun.cli([str(base_cell), CELL, "--out", str(out), "--", *BF16]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("== reused") == 1 and f"== ran {seed1.parent} (exit 0)" in printed
+    assert json.loads(seed1.read_text())["data"] == json.loads(
+        (base_cell / CELL / "lr0.01-seed1/results.json").read_text())["data"]
 
     text = "\n".join(variant_markdown(out))
     assert f"`{CELL}` rerun with `--bf16 true --frozen_dtype bfloat16 --use_cpu true`" in text
