@@ -89,10 +89,12 @@ def run_one(argv: list[str], data: dict | None) -> tuple[str, int]:
     """Run ``recipes/run.py argv`` unless a finished run has the same command and ``data``."""
     done = Path(argv[argv.index("--output_dir") + 1]) / "results.json"
     command = shlex.join(["recipes/run.py", *argv])
-    if done.is_file():
+    try:
         previous = json.loads(done.read_text())
-        if previous.get("command") == command and previous.get("data") == data:
-            return f"reused {done.parent}", 0
+    except (OSError, json.JSONDecodeError):  # absent, or cut short: run it again
+        previous = {}
+    if previous.get("command") == command and previous.get("data") == data:
+        return f"reused {done.parent}", 0
     if done.parent.exists():  # stale, or interrupted before its results.json
         shutil.rmtree(done.parent)
     env = dict(os.environ, OMP_NUM_THREADS="1")
