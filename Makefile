@@ -104,18 +104,18 @@ bf16-frozen: setup  ## bottom_n 4 of 6 with bfloat16 frozen weights: results/run
 	$(PY) recipes/rerun.py results/runs/default tweets/minilm/bottom_n --out $(BF16_FROZEN) \
 		--jobs $(COMPARE_JOBS) -- $(BF16_FLAGS)
 
-# The benchmarks share recipes/benchlib.py: flags (--out --model --batch-size --seq-len), model,
-# batches, timing and atomic JSON. bench_ddp.py runs in two CPU processes (gloo).
+# The benchmarks are one command, recipes/bench.py NAME (recipes/benchmarks/: a module each, one
+# harness); the DDP one runs in two CPU processes (gloo).
 bench: setup        ## cost benchmarks on the default model: results/bench*.json
-	$(PY) recipes/bench.py --out results/bench.json
-	$(PY) recipes/bench_freeze_modes.py --out results/bench_freeze_modes.json
-	$(PY) recipes/bench_cache.py --out results/bench_cache.json
-	$(PY) recipes/bench_padding.py --out results/bench_padding.json
+	$(PY) recipes/bench.py steps --out results/bench.json
+	$(PY) recipes/bench.py freeze_modes --out results/bench_freeze_modes.json
+	$(PY) recipes/bench.py cache --out results/bench_cache.json
+	$(PY) recipes/bench.py padding --out results/bench_padding.json
 	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/ddp_cpu.yaml \
-		recipes/bench_ddp.py --steps-per-stage 6 --out results/bench_ddp.json
+		recipes/bench.py ddp --steps-per-stage 6 --out results/bench_ddp.json
 
 bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 frozen weights' memory
-	$(PY) recipes/bench_precision.py --out results/bench_precision.json
+	$(PY) recipes/bench.py precision --out results/bench_precision.json
 
 gpu-check: setup    ## GPU-marked tests + a bf16 launcher smoke, one table; says so without CUDA
 	$(PY) recipes/gpu_check.py --out results/gpu_check.json

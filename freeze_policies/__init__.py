@@ -13,29 +13,38 @@
 
 import importlib
 
-from freeze_policies import parts, policies  # noqa: F401  (importing them registers their policies)
-from freeze_policies.adaptive import AutoFreeze, AutoFreezeController
-from freeze_policies.anatomy import Anatomy, anatomy
-from freeze_policies.audit import AuditResult, FrozenAudit
-from freeze_policies.base import Policy, ScheduledPolicy
-from freeze_policies.costs import CostPreview, predict_cost
+from freeze_policies.costs.flops import CostPreview, predict_cost
+from freeze_policies.costs.measure import (
+    gradient_bytes,
+    optimizer_state_bytes,
+    saved_for_backward_bytes,
+)
+from freeze_policies.costs.summary import Summary, summarize
 from freeze_policies.errors import FreezePolicyError, FrozenWeightsMovedError
-from freeze_policies.measure import gradient_bytes, optimizer_state_bytes, saved_for_backward_bytes
-from freeze_policies.modes import FREEZE_MODES
-from freeze_policies.options import FreezeOptions
-from freeze_policies.registry import get_policy, list_policies, policy_options, register_policy
-from freeze_policies.summary import Summary, summarize
-from freeze_policies.trainable import set_trainable, trainable_names
+from freeze_policies.policies import named, parts  # noqa: F401  (importing them registers their policies)
+from freeze_policies.policies.adaptive import AutoFreeze, AutoFreezeController
+from freeze_policies.policies.base import Policy, ScheduledPolicy
+from freeze_policies.policies.registry import (
+    get_policy,
+    list_policies,
+    policy_options,
+    register_policy,
+)
+from freeze_policies.policies.trainable import set_trainable, trainable_names
+from freeze_policies.structure.discover import Anatomy, anatomy
+from freeze_policies.training.audit import AuditResult, FrozenAudit
+from freeze_policies.training.modes import FREEZE_MODES
+from freeze_policies.training.options import FreezeOptions
 
 _LAZY = {
-    "FreezeTrainer": "freeze_policies.trainer",
-    "FreezeScheduleCallback": "freeze_policies.callbacks",
-    "PrefixCache": "freeze_policies.prefix_cache",
-    "build_param_groups": "freeze_policies.optim",
-    "create_optimizer": "freeze_policies.optim",
-    "apply_freeze_delta": "freeze_policies.delta",
-    "load_freeze_delta": "freeze_policies.delta",
-    "save_freeze_delta": "freeze_policies.delta",
+    "FreezeTrainer": "freeze_policies.training.trainer",
+    "FreezeScheduleCallback": "freeze_policies.training.callbacks",
+    "PrefixCache": "freeze_policies.training.prefix_cache",
+    "build_param_groups": "freeze_policies.training.optim",
+    "create_optimizer": "freeze_policies.training.optim",
+    "apply_freeze_delta": "freeze_policies.training.delta",
+    "load_freeze_delta": "freeze_policies.training.delta",
+    "save_freeze_delta": "freeze_policies.training.delta",
 }
 
 

@@ -26,7 +26,7 @@ import importlib.util
 import sys
 
 from freeze_policies import anatomy, get_policy, list_policies, predict_cost, summarize
-from freeze_policies.costs import format_bytes
+from freeze_policies.costs.flops import format_bytes
 from freeze_policies.errors import FreezePolicyError
 
 AUTO_CLASSES = {
@@ -85,8 +85,9 @@ def example_options(name: str, depth: int) -> dict:
 def parse_options(text: str | None) -> dict:
     """``--policy_options``: a JSON (or YAML flow) mapping.
 
-    The launcher parses its mapping flags by the same rule (``recipes.common.parse_mapping``): a
-    deliberate parallel, since the library must not import the recipes."""
+    The launcher parses its mapping flags by the same rule
+    (``recipes.launcher.common.parse_mapping``): a deliberate parallel, since the library must not
+    import the recipes."""
     if text is None:
         return {}
     import yaml

@@ -3,181 +3,20 @@
     accelerate launch recipes/run.py --config configs/tweets/minilm/bottom_n.yaml [--field value]
     python recipes/run.py --config ... [--field value]
 
-YAML keys are the fields of ``ModelArguments``, ``DataArguments``, ``MethodArguments`` and
-``transformers.TrainingArguments``; flags override the YAML; unknown keys are an error. Every
-method goes through the same data, seed, trainer (``FreezeTrainer``), evaluation and outputs, so
-differences between results are the method's. The recipe's own defaults for TrainingArguments are
-in ``recipes.arguments.RECIPE_DEFAULTS``; a config only says what differs.
-
-This file runs a job (``main``: output_dir settled, build, train, evaluate, save, results.json);
-the arguments are ``recipes.arguments`` and ``recipes.parsing``, the building of data, model and
-trainer ``recipes.build``, the PEFT baselines ``recipes.peft_methods``, the checks on
-``output_dir`` before a run ``recipes.run_dir``, what is saved after it ``recipes.outputs``.
-
-Outputs in ``output_dir`` (``recipes.outputs``): the saved model (the whole model, the PEFT
-adapter, or with ``--save_trainable_only`` a freeze delta) with its tokenizer and a model card,
-unless ``--save_model false``; ``results.json`` (written atomically, last, only after a
-successful run); the trainer's logs (TensorBoard when installed); checkpoints only if asked
-(``save_strategy`` defaults to "no"). ``--resume_from_checkpoint PATH|true`` resumes; a non-empty
-``output_dir`` is refused unless ``--overwrite_output_dir true`` or a resume is asked for.
+The work is in ``recipes/launcher/`` (``main.py`` runs one job; see its docstring for the flags
+and what a run leaves in ``output_dir``).
 """
 
-from __future__ import annotations
-
-import json
-import resource
-import shlex
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
+from recipes.launcher.main import cli, main  # noqa: E402
+from recipes.launcher.parsing import parse_args  # noqa: E402
 
-from recipes.build import prepare
-from recipes.common import ConfigError, environment, exit_on_user_error, write_json_atomic
-from recipes.outputs import RunOutputs, total_params
-from recipes.parsing import parse_args
-from recipes.peft_methods import added_tokens
-from recipes.run_dir import OutputError, check_output_options, open_run_dir
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Run one fine-tuning job; return (and write) its results."""
-    model_args, data_args, method_args, training_args = parse_args(argv)
-    try:
-        check_output_options(method_args.method, training_args)
-        run_dir = open_run_dir(training_args)
-    except OutputError as error:
-        raise ConfigError(str(error)) from None
-    try:
-        return run(model_args, data_args, method_args, training_args, run_dir, argv)
-    except BaseException:
-        run_dir.failed()  # no empty directory, no temporary file; checkpoints stay for a resume
-        raise
-
-
-def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dict:
-    """``main`` once ``output_dir`` is settled: build, train (or resume), evaluate, save."""
-    from freeze_policies import predict_cost, summarize
-    from recipes.data import split_digests
-    from recipes.metrics import perplexity
-    from recipes.models import resolve_model_path
-
-    results_path = run_dir.path / "results.json"
-    try:
-        trainer, tokenized = prepare(model_args, data_args, method_args, training_args)
-    except (ValueError, OSError) as error:  # bad input, found before training: one line
-        raise ConfigError(str(error).strip().splitlines()[0]) from error
-    summary = summarize(trainer.model)
-    prompt_tokens = added_tokens(method_args.peft_method, method_args.peft_options)
-    callback = trainer.freeze_callback
-    preview = predict_cost(
-        trainer.model,
-        callback.trainable_at(0) if callback.policy is not None else None,
-        seq_len=model_args.max_length + prompt_tokens,
-        batch_size=training_args.per_device_train_batch_size,
-    )
-    if trainer.is_world_process_zero():
-        print(f"\n{summary}\n\n{preview}\n", flush=True)
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    train_output = trainer.train(resume_from_checkpoint=run_dir.checkpoint)
-    validation = trainer.evaluate(tokenized["validation"], metric_key_prefix="eval")
-    test = (  # do_predict=False (the sweep's short runs): the test split is never read
-        trainer.evaluate(tokenized["test"], metric_key_prefix="test")
-        if training_args.do_predict else {}
-    )
-    for metrics, prefix in ((validation, "eval"), (test, "test")):
-        if model_args.task in ("causal_lm", "seq2seq") and metrics:
-            metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
-    outputs = None
-    if training_args.save_model:
-        config = trainer.model.config
-        outputs = RunOutputs(
-            output_dir=run_dir.path,
-            method=method_args.method,
-            base_model=model_args.model_name_or_path,
-            base_path=resolve_model_path(model_args.model_name_or_path,
-                                         model_args.model_cache_dir),
-            task=model_args.task,
-            trainable_only=training_args.save_trainable_only,
-            label_config={"id2label": config.id2label, "label2id": config.label2id,
-                          "pad_token_id": config.pad_token_id}
-            if model_args.task == "classification" else {},
-        )
-        trainer.run_outputs = outputs
-        trainer.save_model()  # RunTrainer: the model, the adapter or the delta, and the tokenizer
-
-    audit = trainer.frozen_audit
-    timing = ("_runtime", "_per_second")
-    results = {
-        "method": method_args.method,
-        "policy": method_args.policy,
-        "policy_options": method_args.policy_options,
-        "freeze_mode": method_args.freeze_mode if method_args.method == "freeze" else None,
-        "peft_method": method_args.peft_method,
-        "peft_options": method_args.peft_options,
-        "command": shlex.join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
-        "model": model_args.model_name_or_path,
-        "task": model_args.task,
-        "dataset": data_args.dataset,
-        "data": split_digests(tokenized),  # the rows each split held, in order
-        "seed": training_args.seed,
-        "learning_rate": training_args.learning_rate,
-        "max_steps": trainer.state.max_steps,
-        "total_params": total_params(trainer.model),
-        "groups": summary.as_dict()["groups"],
-        "cost_preview": preview.as_dict(),
-        "budget": trainer.budget_choice.as_dict() if trainer.budget_choice else None,
-        **{k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)},
-        "train_loss": train_output.training_loss,
-        "train_runtime": train_output.metrics["train_runtime"],
-        "train_samples_per_second": train_output.metrics["train_samples_per_second"],
-        "train_steps_per_second": train_output.metrics["train_steps_per_second"],
-        **peak_memory(),
-        # trainable counts as the policy means them (under zero_lr / zero_grad every parameter
-        # requires grad, only the policy's set is updated), the audit's and the cost figures,
-        # the prefix cache's counters
-        **trainer.freeze_metrics(),
-        "frozen_audit": audit.as_dict() if audit is not None else None,
-        "log_history": trainer.state.log_history,
-        "resumed_from": run_dir.checkpoint,
-        "saved": outputs.saved if outputs is not None else None,
-        **environment(),
-    }
-    if outputs is not None:
-        outputs.results = results
-        if trainer.is_world_process_zero():
-            outputs.write_card()
-    if trainer.is_world_process_zero():
-        write_json_atomic(results_path, results)
-        shown = {k: v for k, v in results.items() if k.startswith(("eval_", "test_"))}
-        print(json.dumps({"results": str(results_path), **shown}, indent=2), flush=True)
-    if training_args.push_to_hub:  # Trainer's own push: RunTrainer saves and writes the card
-        try:
-            trainer.push_to_hub(commit_message=f"recipes/run.py: {results['command']}")
-        except Exception as error:
-            raise ConfigError(
-                f"push_to_hub to {trainer.hub_model_id or training_args.hub_model_id!r} failed: "
-                f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r} "
-                f"(the run's outputs are in {str(run_dir.path)!r})"
-            ) from error
-    return results
-
-
-def peak_memory() -> dict:
-    """CUDA max allocated on a GPU; the process's peak resident memory otherwise."""
-    if torch.cuda.is_available():
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "cuda"}
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_memory_bytes": peak_kib * 1024, "peak_memory_kind": "cpu_max_rss"}
-
+__all__ = ["main", "parse_args"]
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:  # ConfigError, FreezePolicyError, ...
-        exit_on_user_error(error)
+    cli()

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from recipes.models import resolve_model_path
+from recipes.launcher.models import resolve_model_path
 
 
 @pytest.fixture(scope="session")

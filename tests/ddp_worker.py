@@ -58,7 +58,7 @@ from freeze_policies import (  # noqa: E402
     FreezeTrainer,
     get_policy,
 )
-from freeze_policies.optim import create_optimizer  # noqa: E402
+from freeze_policies.training.optim import create_optimizer  # noqa: E402
 
 STEPS = 8
 GLOBAL_BATCH = 8
@@ -183,7 +183,7 @@ def run(scenario: str, outdir: Path, batch: int, device: str = "cpu") -> dict:
             **common, freeze_policy=get_policy("bottom_n", n=1), freeze_mode="zero_grad"
         )
     elif scenario == "auto":
-        import freeze_policies.adaptive as adaptive
+        import freeze_policies.policies.adaptive as adaptive
 
         if int(os.environ.get("RANK", 0)) != 0:  # per-rank disagreement, overruled by rank 0
             adaptive.decide = lambda policy, depth, max_depth, rates: depth

@@ -26,7 +26,7 @@ from sharded_audit_worker import make_model  # noqa: E402  (the same tiny BERT)
 from transformers.models.bert.modeling_bert import BertLayer  # noqa: E402
 
 from freeze_policies import get_policy, set_trainable  # noqa: E402
-from freeze_policies.audit import FrozenAudit  # noqa: E402
+from freeze_policies.training.audit import FrozenAudit  # noqa: E402
 
 TAMPERED = "bert.encoder.layer.0.output.dense.weight"
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import TrainerCallback  # noqa: E402
 
-from freeze_policies.trainer import FreezeTrainer  # noqa: E402
-from recipes.run import main  # noqa: E402
+from freeze_policies.training.trainer import FreezeTrainer  # noqa: E402
+from recipes.launcher.main import main  # noqa: E402
 
 
 class KillAfterSave(TrainerCallback):

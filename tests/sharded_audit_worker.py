@@ -11,8 +11,8 @@ Trains a tiny BERT (2 blocks, dropout off, seed 0 on every rank) with ``FreezeTr
 
 - ``init``: every parameter's full value before training (the model is built unsharded);
 - ``audit_snapshot``: what the audit snapshotted when training started, per frozen name, as the
-  audit holds it (``freeze_policies.audit.whole_values``: gathered under ZeRO-3 and FSDP1, a
-  DTensor's full tensor under FSDP2; a placeholder or a shard here would fail the test);
+  audit holds it (``freeze_policies.training.audit.whole_values``: gathered under ZeRO-3 and FSDP1,
+  a DTensor's full tensor under FSDP2; a placeholder or a shard here would fail the test);
 - ``final``: every parameter's full value after training, gathered here independently of the
   library (ZeRO-3: ``deepspeed.zero.GatheredParameters``; FSDP1: ``summon_full_params``;
   FSDP2: ``DTensor.full_tensor``);

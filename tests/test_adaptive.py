@@ -16,7 +16,7 @@ from trainer_support import (
 )
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, anatomy, get_policy
-from freeze_policies.adaptive import AutoFreezeController, decide, percentile
+from freeze_policies.policies.adaptive import AutoFreezeController, decide, percentile
 
 
 def policy(**options):

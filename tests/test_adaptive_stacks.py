@@ -12,7 +12,7 @@ from trainer_support import Recorder, make_model, one_torch_thread  # noqa: F401
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSpeechSeq2Seq
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, anatomy, get_policy
-from freeze_policies.adaptive import AutoFreezeController
+from freeze_policies.policies.adaptive import AutoFreezeController
 
 CASES = {case.id: case for case in STACK_CASES}
 WHISPER_FEATURES = (8, 32)  # (mels, frames) for the tiny Whisper

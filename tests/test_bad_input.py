@@ -1,9 +1,9 @@
 """Bad input through the launcher and the API: one line naming the bad value and what would be
 valid, a non-zero exit, nothing loaded when the value can be checked first, nothing on disk.
 
-In-process cases call ``recipes.run.main`` with the model loader replaced by one that fails the
-test, so "before any model is loaded" is checked, not assumed. Cases where the exit status and
-the printed output matter run ``recipes/run.py`` in a subprocess, once through
+In-process cases call ``recipes.launcher.main.main`` with the model loader replaced by one that
+fails the test, so "before any model is loaded" is checked, not assumed. Cases where the exit
+status and the printed output matter run ``recipes/run.py`` in a subprocess, once through
 ``accelerate launch`` with two processes.
 """
 
@@ -19,10 +19,10 @@ import pytest
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from freeze_policies import FreezePolicyError, anatomy, get_policy
-from freeze_policies.distributed import check_launch, check_processes
-from freeze_policies.policies import Custom
-from recipes.common import USER_ERROR_EXIT, ConfigError
-from recipes.run import main, parse_args
+from freeze_policies.distributed.guards import check_launch, check_processes
+from freeze_policies.policies.named import Custom
+from recipes.launcher.common import USER_ERROR_EXIT, ConfigError
+from recipes.launcher.main import main, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -31,7 +31,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARAL
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Any model load fails the test: the error must come before it."""
-    from recipes import models
+    from recipes.launcher import models
 
     def load(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was refused")

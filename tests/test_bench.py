@@ -1,5 +1,6 @@
-"""The benchmark harness (recipes/benchlib.py), the PEFT table the launcher and bench.py share,
-and recipes/bench.py end to end on a tiny model (one round)."""
+"""The benchmark harness (recipes/benchmarks/harness.py), the PEFT table the launcher and the
+benchmarks share,
+and recipes/bench.py steps end to end on a tiny model (one round)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import stat
 import pytest
 import torch
 
-from recipes import benchlib
-from recipes.peft_methods import PEFT_METHODS, added_tokens, build_peft_model, peft_options
+from recipes.benchmarks import harness as benchlib
+from recipes.launcher.peft_methods import PEFT_METHODS, added_tokens, build_peft_model, peft_options
 
 
 def test_batches_come_from_one_seeded_stream_and_pad_the_asked_rows():
@@ -90,7 +91,7 @@ def test_results_are_written_atomically_with_the_command_and_environment(tmp_pat
 
 
 def test_the_peft_table_is_what_the_bench_measures():
-    from recipes.bench_methods import METHODS
+    from recipes.benchmarks.methods import METHODS
 
     benched = [m.peft_method for m in METHODS if m.method == "peft"]
     assert benched == [name for name, e in PEFT_METHODS.items() if e.bench_options is not None]
@@ -125,7 +126,7 @@ def test_build_peft_model_takes_plain_values_and_trains_the_head(tiny_bert_folde
 
 
 def test_bench_runs_one_round_on_a_tiny_model(tiny_bert_folder, tmp_path):
-    from recipes import bench
+    from recipes.benchmarks import step_costs as bench
 
     out = tmp_path / "bench.json"
     payload = bench.main(["--model", str(tiny_bert_folder), "--rounds", "1", "--max-rounds", "1",
@@ -134,7 +135,7 @@ def test_bench_runs_one_round_on_a_tiny_model(tiny_bert_folder, tmp_path):
     written = json.loads(out.read_text())
     labels = [row["label"] for row in written["methods"]]
     assert labels[0] == "full" and "lora" in labels and "prompt_tuning" in labels
-    assert written["command"].startswith("python recipes/bench.py --model")
+    assert written["command"].startswith("python recipes/bench.py steps --model")
     full = written["methods"][0]
     assert full["step_ratio"] == 1.0 and full["flop_ratio"] == pytest.approx(1.0)
     assert set(written["targets"]) == set(payload["targets"]) and written["batch_size"] == 2
@@ -146,7 +147,7 @@ def test_bench_freeze_modes_keep_the_frozen_weights_and_are_the_librarys(mode, t
     two steps (requires_grad, zero_lr); no optimizer state for them under requires_grad; lr=0
     groups under zero_lr; under zero_grad their gradients zeroed by the library's hooks (weight
     decay still moves them there, as the modes' docstring says)."""
-    from recipes.bench_methods import build_runner, freeze
+    from recipes.benchmarks.methods import build_runner, freeze
 
     base = benchlib.load_classifier(str(tiny_bert_folder))
     spec = freeze("bottom_n", mode, n=1)
@@ -176,10 +177,10 @@ def test_bench_freeze_modes_keep_the_frozen_weights_and_are_the_librarys(mode, t
 
 
 def test_padding_bench_counts_each_batch_at_its_longest_row():
-    """recipes/bench_padding.py: a batch costs rows x its longest row (dynamic padding)."""
+    """recipes/bench.py padding: a batch costs rows x its longest row (dynamic padding)."""
     import numpy as np
 
-    from recipes.bench_padding import measure, padded_tokens
+    from recipes.benchmarks.padding import measure, padded_tokens
 
     lengths = np.array([1, 5, 1, 5])
     assert padded_tokens(lengths, [0, 1, 2, 3], 2) == 2 * 5 + 2 * 5

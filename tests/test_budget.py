@@ -7,8 +7,8 @@ import torch
 from trainer_support import RandomTokens, make_model, one_torch_thread  # noqa: F401
 
 from freeze_policies import FreezePolicyError, anatomy, predict_cost
-from freeze_policies import budget as budget_module
-from freeze_policies.budget import choose_frozen_depth
+from freeze_policies.costs import budget as budget_module
+from freeze_policies.costs.budget import choose_frozen_depth
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,8 @@ def test_measure_step_seconds_changes_no_weight_and_restores_requires_grad(model
 
 
 def test_the_launcher_refuses_a_budget_beside_a_policy_before_loading_anything():
-    from recipes.common import ConfigError
-    from recipes.run import parse_args
+    from recipes.launcher.common import ConfigError
+    from recipes.launcher.main import parse_args
 
     with pytest.raises(ConfigError, match=r"budget_step_ratio / budget_memory_gb pick the policy "
                                           r"\(bottom_n\); do not also give policy='top_n'"):
@@ -125,8 +125,8 @@ def test_the_launcher_refuses_a_budget_beside_a_policy_before_loading_anything()
 
 
 def test_the_launcher_reports_an_impossible_budget_in_one_line(tmp_path):
-    from recipes.common import ConfigError
-    from recipes.run import main
+    from recipes.launcher.common import ConfigError
+    from recipes.launcher.main import main
 
     with pytest.raises(ConfigError, match=r"^budget max_step_ratio=0.01 cannot be met: the deepest "
                                           r"freeze, bottom_n\(n=6\)"):

@@ -20,7 +20,7 @@ from trainer_support import (
 from transformers import Trainer
 
 from freeze_policies import FreezePolicyError, FreezeScheduleCallback, get_policy
-from freeze_policies.optim import create_optimizer
+from freeze_policies.training.optim import create_optimizer
 
 
 def test_readme_snippet_plain_trainer(tmp_path, monkeypatch):
@@ -265,7 +265,7 @@ def test_saved_param_names_of_another_length_are_a_clear_error():
     import torch
     from torch import nn
 
-    from freeze_policies.resume import check_saved_names
+    from freeze_policies.training.resume import check_saved_names
 
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(

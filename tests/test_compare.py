@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes import sweep
+from recipes.experiments import sweep
 from recipes.report import aggregate, columns, markdown, pricing
 from recipes.report.aggregate import ReportError
 from recipes.report.cli import write_report
@@ -168,7 +168,7 @@ BENCH = {
     **ENVIRONMENT,
 }
 BENCH_CACHE = {
-    "command": "python recipes/bench_cache.py", "model": "MiniLM", "batch_size": 32,
+    "command": "python recipes/bench.py cache", "model": "MiniLM", "batch_size": 32,
     "seq_len": 64, "batches_per_epoch": 6, "epochs": 3,
     "methods": {
         "full": {"ratio_to_full": 1.0, "first_epoch_ratio_to_full": 1.0, "cache_bytes": 0},
@@ -183,7 +183,7 @@ BENCH_CACHE = {
 
 MIB = 2**20
 BENCH_PRECISION = {
-    "command": "python recipes/bench_precision.py", "model": "smollm2",
+    "command": "python recipes/bench.py precision", "model": "smollm2",
     "policy": {"name": "bottom_n", "n": 24}, "batch_size": 8, "seq_len": 64, "device": "cpu",
     "variants": [
         {"variant": variant, "parameter_bytes": params * MIB, "gradient_bytes": 10 * MIB,
@@ -415,7 +415,7 @@ def test_report_columns_rows_and_sections(comparison, tmp_path):
             "(sha256 `a1`), validation 500 rows (sha256 `b2`).") in text
     assert "Splits: the runs record no digest of their splits (they predate it)" in text
     assert "## Cost benchmark" in text and "## Frozen-prefix cache" in text
-    assert ("## Frozen weights in bfloat16 (memory)\n\n`python recipes/bench_precision.py`: "
+    assert ("## Frozen weights in bfloat16 (memory)\n\n`python recipes/bench.py precision`: "
             "smollm2, bottom_n (n=24), batch 8 x 64 tokens, bf16 autocast, device cpu.") in text
     assert "| bf16_frozen | 260.0 | 10.0 | 20.0 | 30.0 | 320.0 | 900.0 | - | True |" in text
     assert "accounted_memory_ratio: 0.571 (target <= 0.75: passed)" in text

@@ -8,8 +8,8 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from freeze_policies import get_policy
-from recipes.peft_methods import PEFT_METHODS, config_class
-from recipes.run import parse_args
+from recipes.launcher.main import parse_args
+from recipes.launcher.peft_methods import PEFT_METHODS, config_class
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml")
@@ -71,7 +71,7 @@ def test_accelerate_config_loads(path):
 
 @pytest.mark.parametrize("path", PROFILES, ids=relative)
 def test_experiment_profile_cells_exist_and_fields_parse(path):
-    from recipes.sweep import flags, load_profile
+    from recipes.experiments.sweep import flags, load_profile
 
     assert path.read_text().startswith("# make compare")
     profile = load_profile(path)
@@ -87,8 +87,8 @@ def test_experiment_profile_cells_exist_and_fields_parse(path):
 
 
 def test_missing_experiment_profile_is_a_clear_error():
-    from recipes.common import ConfigError
-    from recipes.sweep import load_profile
+    from recipes.experiments.sweep import load_profile
+    from recipes.launcher.common import ConfigError
 
     with pytest.raises(ConfigError, match=r"experiment profile 'configs/experiments/nope.yaml' "
                        r"does not exist; profiles: .*default.yaml"):

@@ -6,8 +6,12 @@ from tiny_models import TEST_CASES
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from freeze_policies import FreezePolicyError, anatomy, get_policy, set_trainable, summarize
-from freeze_policies.costs import format_bytes, matmul_params, predict_cost
-from freeze_policies.measure import gradient_bytes, optimizer_state_bytes, saved_for_backward_bytes
+from freeze_policies.costs.flops import format_bytes, matmul_params, predict_cost
+from freeze_policies.costs.measure import (
+    gradient_bytes,
+    optimizer_state_bytes,
+    saved_for_backward_bytes,
+)
 
 DEPTH, BATCH, SEQ = 4, 2, 8
 TOKENS = BATCH * SEQ

@@ -1,4 +1,4 @@
-"""Tests for recipes.data (corpora, splits, tokenization) and recipes.metrics."""
+"""Tests for recipes.data.sources (corpora, splits, tokenization) and recipes.launcher.metrics."""
 
 import os
 
@@ -12,7 +12,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from recipes.data import (  # noqa: E402
+from recipes.data.sources import (  # noqa: E402
     load_causal_lm_splits,
     load_classification_splits,
     load_tweets,
@@ -20,12 +20,12 @@ from recipes.data import (  # noqa: E402
     tokenize_causal_lm,
     tokenize_classification,
 )
-from recipes.metrics import (  # noqa: E402
+from recipes.launcher.metrics import (  # noqa: E402
     CLASSIFICATION_METRIC_PATH,
     make_compute_metrics,
     perplexity,
 )
-from recipes.models import resolve_model_path  # noqa: E402
+from recipes.launcher.models import resolve_model_path  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
@@ -340,9 +340,9 @@ def test_non_utf8_file_loads_with_a_warning_naming_what_was_replaced(tmp_path, s
         body = "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n"
                        for t, label in rows)
     path.write_bytes(body.encode("latin-1"))  # \xe9 alone is not UTF-8
-    with caplog.at_level("WARNING", logger="recipes.data"):
+    with caplog.at_level("WARNING", logger="recipes.data.sources"):
         splits, names = load_classification_splits(str(path))
-    warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data"]
+    warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data.sources"]
     first_line = 2 if suffix == ".csv" else 1
     assert warning == [f"data file {str(path)!r} is not valid UTF-8: 40 invalid byte sequences "
                        f"(the first on line {first_line}) replaced by U+FFFD"]
@@ -353,9 +353,9 @@ def test_non_utf8_file_loads_with_a_warning_naming_what_was_replaced(tmp_path, s
 
 def test_valid_utf8_gets_no_warning(tmp_path, caplog):
     path = write_csv(tmp_path / "ok.csv", [(f"caf\u00e9 {i}", i % 2) for i in range(20)])
-    with caplog.at_level("WARNING", logger="recipes.data"):
+    with caplog.at_level("WARNING", logger="recipes.data.sources"):
         splits, _ = load_classification_splits(path)
-    assert not [r for r in caplog.records if r.name == "recipes.data"]
+    assert not [r for r in caplog.records if r.name == "recipes.data.sources"]
     assert splits["train"][0]["text"].startswith("caf\u00e9")
 
 
@@ -379,11 +379,11 @@ def test_one_class_label_column_is_refused(tmp_path):
 def test_label_only_in_test_is_named_in_a_warning(tmp_path, caplog):
     write_csv(tmp_path / "train.csv", [(f"train {i}", "ab"[i % 2]) for i in range(40)])
     write_csv(tmp_path / "test.csv", [(f"test {i}", "abc"[i % 3]) for i in range(12)])
-    with caplog.at_level("WARNING", logger="recipes.data"):
+    with caplog.at_level("WARNING", logger="recipes.data.sources"):
         splits, names = load_classification_splits(str(tmp_path))
     assert names == ["a", "b", "c"]  # the class stays in the head: ids are the files' labels
     assert 2 not in set(splits["train"]["label"])
-    warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data"]
+    warning = [r.getMessage() for r in caplog.records if r.name == "recipes.data.sources"]
     assert warning == ["label 'c' of column 'label' occurs in the test split but not in train: "
                        "the model never trains on it, and 4 test examples count as errors"]
 

@@ -29,15 +29,15 @@ from trainer_support import RandomTokens, make_args, make_model
 from transformers import Trainer
 
 from freeze_policies import FreezePolicyError, FreezeScheduleCallback, FreezeTrainer, get_policy
-from freeze_policies import distributed as dist_module
-from freeze_policies.base import policy_mixes
-from freeze_policies.ddp import REGISTERED, DDPRewrapper
-from freeze_policies.distributed import (
+from freeze_policies.distributed import guards as dist_module
+from freeze_policies.distributed.ddp import REGISTERED, DDPRewrapper
+from freeze_policies.distributed.guards import (
     DistributedSetup,
     check_distributed,
     setup_from_state,
     trainer_find_unused_parameters,
 )
+from freeze_policies.policies.base import policy_mixes
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "ddp_worker.py"
@@ -163,7 +163,7 @@ def test_find_unused_parameters_follows_trainer(tmp_path):
 def _pretend(monkeypatch, setup):
     """Make the trainer and the callback see ``setup`` instead of this one-process run."""
     monkeypatch.setattr(dist_module, "setup_from_state", lambda state, *a, **k: setup)
-    monkeypatch.setattr("freeze_policies.callbacks.current_setup", lambda *a, **k: setup)
+    monkeypatch.setattr("freeze_policies.training.callbacks.current_setup", lambda *a, **k: setup)
 
 
 @pytest.mark.parametrize("setup,policy,options,message", [

@@ -1,43 +1,67 @@
-"""The library's modules import each other without cycles: at module level, inside functions and
-under ``TYPE_CHECKING`` alike (a function-level import that dodges a cycle is still a cycle)."""
+"""The packages' modules import each other without cycles and only downwards: at module level,
+inside functions and under ``TYPE_CHECKING`` alike (a function-level import that dodges a cycle
+is still a cycle). Modules are named by their dotted path inside the package
+(``structure.discover``); a subpackage's ``__init__`` is the subpackage's own name."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "freeze_policies"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "freeze_policies"
+RECIPES = ROOT / "recipes"
+
+# Lower layers never import higher ones (the architecture page in docs/ draws this).
+LIBRARY_LAYERS = ["errors", "structure", "policies", "costs", "distributed", "training"]
+RECIPE_LAYERS = ["data", "launcher", "experiments", "report", "benchmarks"]
+
+
+def module_names(package: Path) -> dict[str, Path]:
+    """Dotted name inside ``package`` -> file, for every module below it."""
+    names = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1] or ["__init__"]
+        names[".".join(parts)] = path
+    return names
 
 
 def import_graph(package: Path) -> dict[str, set[str]]:
-    """Module name -> the package's modules it imports anywhere in its source (``__init__``
-    for ``from <package> import name`` of a name that is not a module)."""
+    """Module -> the package's modules it imports anywhere in its source. ``from pkg.sub import
+    name`` is an edge to ``sub.name`` when that is a module, else to ``sub``."""
     name = package.name
-    modules = {path.stem for path in package.glob("*.py")}
+    modules = module_names(package)
+
+    def resolve(dotted: list[str]) -> str | None:
+        while dotted:
+            if ".".join(dotted) in modules:
+                return ".".join(dotted)
+            dotted = dotted[:-1]
+        return "__init__"
+
     graph: dict[str, set[str]] = {module: set() for module in modules}
-    for path in package.glob("*.py"):
-        edges = graph[path.stem]
+    for module, path in modules.items():
+        edges = graph[module]
+        here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-                for target in targets:
-                    parts = target.split(".")
-                    if parts[0] == name and len(parts) > 1 and parts[1] in modules:
-                        edges.add(parts[1])
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == name:
+                        edges.add(resolve(parts[1:]))
             elif isinstance(node, ast.ImportFrom):
-                source = node.module or ""
                 if node.level:  # relative: from . import x / from .x import y
-                    source = f"{name}.{source}" if source else name
-                parts = source.split(".")
+                    base = here[: len(here) - node.level + 1] if node.level > 1 else here
+                    parts = [name, *base, *(node.module.split(".") if node.module else [])]
+                else:
+                    parts = (node.module or "").split(".")
                 if parts[0] != name:
                     continue
-                if len(parts) > 1:
-                    if parts[1] in modules:
-                        edges.add(parts[1])
-                    continue
                 for alias in node.names:
-                    edges.add(alias.name if alias.name in modules else "__init__")
-        edges.discard(path.stem)
+                    edges.add(resolve([*parts[1:], alias.name]))
+        edges.discard(module)
     return graph
 
 
@@ -68,17 +92,46 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def upward_imports(graph: dict[str, set[str]], layers: list[str]) -> list[str]:
+    """Edges from a module of one layer to a module of a higher layer."""
+    def layer(module: str) -> int | None:
+        top = module.split(".")[0]
+        return layers.index(top) if top in layers else None
+
+    bad = []
+    for module, targets in graph.items():
+        for target in targets:
+            low, high = layer(module), layer(target)
+            if low is not None and high is not None and high > low:
+                bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
 def test_freeze_policies_has_no_import_cycle():
     graph = import_graph(PACKAGE)
-    assert graph["callbacks"] >= {"registry", "resume", "audit", "modes"}  # the walk sees edges
+    assert graph["training.callbacks"] >= {"policies.registry", "training.resume",
+                                           "training.audit", "training.modes"}  # sees edges
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_library_layers_import_downwards_only():
+    graph = import_graph(PACKAGE)
+    assert set(LIBRARY_LAYERS) <= {m.split(".")[0] for m in graph}, "a layer was renamed"
+    assert upward_imports(graph, LIBRARY_LAYERS) == []
+
+
+def test_recipes_have_no_import_cycle_and_import_downwards_only():
+    graph = import_graph(RECIPES)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    assert upward_imports(graph, RECIPE_LAYERS) == []
 
 
 def test_policies_import_the_registry_and_not_back():
     graph = import_graph(PACKAGE)
-    assert "registry" in graph["policies"]
-    assert not graph["registry"] & {"policies", "parts", "adaptive"}
-    assert "callbacks" not in graph["optim"]
+    assert "policies.registry" in graph["policies.named"]
+    assert not graph["policies.registry"] & {"policies.named", "policies.parts",
+                                              "policies.adaptive"}
+    assert "training.callbacks" not in graph["training.optim"]
 
 
 def test_a_cycle_hidden_in_a_function_is_found(tmp_path):
@@ -96,3 +149,15 @@ def test_a_cycle_hidden_in_a_function_is_found(tmp_path):
     assert find_cycle(graph) in (["a", "b", "a"], ["b", "a", "b"])
     (package / "b.py").write_text("import pkg.c\n")
     assert find_cycle(import_graph(package)) is None
+
+
+def test_an_upward_import_in_a_subpackage_is_found(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "low").mkdir(parents=True)
+    (package / "high").mkdir()
+    for path in ("__init__.py", "low/__init__.py", "high/__init__.py", "high/top.py"):
+        (package / path).write_text("")
+    (package / "low" / "base.py").write_text("def f():\n    from ..high import top\n")
+    graph = import_graph(package)
+    assert graph["low.base"] == {"high.top"}
+    assert upward_imports(graph, ["low", "high"]) == ["low.base -> high.top"]

@@ -1,4 +1,5 @@
-"""Tests for recipes.models: aliases, path resolution, loading and the SmolLM2 conversion."""
+"""Tests for recipes.launcher.models: aliases, path resolution, loading and the SmolLM2
+conversion."""
 
 import os
 
@@ -12,9 +13,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from recipes import models  # noqa: E402
-from recipes.data import tokenize_causal_lm  # noqa: E402
-from recipes.models import (  # noqa: E402
+from recipes.data.sources import tokenize_causal_lm  # noqa: E402
+from recipes.launcher import models  # noqa: E402
+from recipes.launcher.models import (  # noqa: E402
     EMBEDDED_MODELS,
     convert_smollm2,
     embeddings_tied,

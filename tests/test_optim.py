@@ -14,16 +14,16 @@ from trainer_support import (
 from transformers import Trainer
 
 from freeze_policies import FreezePolicyError, FreezeScheduleCallback, FreezeTrainer, get_policy
-from freeze_policies.base import ever_trainable_names
-from freeze_policies.modes import optimizer_membership
-from freeze_policies.optim import (
+from freeze_policies.policies.base import ever_trainable_names
+from freeze_policies.training.modes import optimizer_membership
+from freeze_policies.training.optim import (
     _check_coverage,
     build_param_groups,
     create_optimizer,
     decay_parameter_names,
     group_param_names,
 )
-from freeze_policies.resume import check_saved_names
+from freeze_policies.training.resume import check_saved_names
 
 
 @pytest.mark.parametrize("arch", ARCHS)

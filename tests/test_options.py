@@ -25,9 +25,9 @@ from freeze_policies import (
     predict_cost,
     summarize,
 )
-from freeze_policies.optim import create_optimizer, group_param_names
+from freeze_policies.training.optim import create_optimizer, group_param_names
 
-tracing = sys.modules["freeze_policies.trace"]
+tracing = sys.modules["freeze_policies.structure.trace"]
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,9 @@ from transformers import (
 )
 
 from freeze_policies import FreezePolicyError, get_policy, load_freeze_delta, save_freeze_delta
-from recipes.common import ConfigError, write_json_atomic
-from recipes.run import main
-from recipes.run_dir import CARD_MARKER
+from recipes.launcher.common import ConfigError, write_json_atomic
+from recipes.launcher.main import main
+from recipes.launcher.run_dir import CARD_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_METRICS = ("test_loss", "test_accuracy", "test_f1")
@@ -51,7 +51,7 @@ def flags(model, out, *extra):
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fail the test if the launcher loads a model (the check must come first)."""
-    from recipes import models
+    from recipes.launcher import models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad output option was refused")
@@ -65,10 +65,10 @@ def loading_code(card: str) -> str:
 
 def evaluate_test_split(model, tokenizer, tiny_bert, tmp_path) -> dict:
     """The launcher's test split, tokenized and batched as the run did, on ``model``."""
-    from recipes import data
-    from recipes.build import load_data
-    from recipes.metrics import make_compute_metrics
-    from recipes.run import parse_args
+    from recipes.data.sources import sources as data
+    from recipes.launcher.build import load_data
+    from recipes.launcher.main import parse_args
+    from recipes.launcher.metrics import make_compute_metrics
 
     model_args, data_args, _, _ = parse_args(flags(tiny_bert, tmp_path / "unused"))
     splits, _labels = load_data(model_args, data_args)
@@ -254,7 +254,7 @@ def test_output_dir_holding_a_run_is_refused_then_overwritten(tmp_path, tiny_ber
 
 def test_failed_run_leaves_no_empty_directory_and_no_temporary_file(tmp_path, tiny_bert,
                                                                     monkeypatch):
-    from recipes import outputs
+    from recipes.launcher import outputs
 
     def crash(self, *args, **kwargs):
         raise RuntimeError("killed mid-training")
@@ -331,7 +331,7 @@ def test_script_resume_from_a_missing_path_is_one_line(tmp_path, tiny_bert):
 
 
 def test_the_model_card_knows_a_loading_class_for_every_task():
-    from recipes.model_card import AUTO_CLASSES
-    from recipes.models import TASKS
+    from recipes.launcher.model_card import AUTO_CLASSES
+    from recipes.launcher.models import TASKS
 
     assert sorted(AUTO_CLASSES) == sorted(TASKS)

@@ -15,8 +15,8 @@ from freeze_policies import (
     register_policy,
     trainable_names,
 )
-from freeze_policies.policies import Policy
-from freeze_policies.registry import _POLICIES
+from freeze_policies.policies.named import Policy
+from freeze_policies.policies.registry import _POLICIES
 
 REQUIRED = {"embeddings", "bottom_n", "all_but_head", "gradual_unfreeze", "top_n", "bitfit",
             "norm_only", "lisa", "custom"}

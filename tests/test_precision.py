@@ -1,4 +1,4 @@
-"""Mixed precision and low-precision frozen weights (``freeze_policies.precision``).
+"""Mixed precision and low-precision frozen weights (``freeze_policies.training.precision``).
 
 On CPU: bf16 autocast with every registered policy (audit bit for bit, float32 trainable
 weights, optimizer membership), ``frozen_dtype`` with every policy (dtypes at every optimizer
@@ -31,8 +31,8 @@ from trainer_support import (
 from transformers import TrainerCallback
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, get_policy, list_policies
-from freeze_policies.measure import account_memory, parameter_bytes, peak_rss_bytes
-from freeze_policies.precision import (
+from freeze_policies.costs.measure import account_memory, parameter_bytes, peak_rss_bytes
+from freeze_policies.training.precision import (
     check_frozen_dtype,
     check_precision_options,
     place,

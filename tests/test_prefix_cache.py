@@ -8,7 +8,7 @@ from tiny_models import TINY
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from freeze_policies import FreezePolicyError, anatomy, get_policy, set_trainable
-from freeze_policies.prefix_cache import PrefixCache, frozen_prefix_depth
+from freeze_policies.training.prefix_cache import PrefixCache, frozen_prefix_depth
 
 DEPTH4 = dict(TINY, num_hidden_layers=4)
 MODELS = {

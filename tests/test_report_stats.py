@@ -79,7 +79,7 @@ def test_plateau_compares_the_last_third_with_the_middle_third():
 
 @pytest.mark.parametrize("count", [0, 1000, 1536, 3.3 * 2**20, 1.6 * 2**30, 2 * 2**40])
 def test_the_report_formats_bytes_as_the_library_does(count):
-    from freeze_policies.costs import format_bytes as library
+    from freeze_policies.costs.flops import format_bytes as library
     from recipes.report.benches import format_bytes
 
     assert format_bytes(count) == library(count)

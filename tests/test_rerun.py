@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from recipes import rerun
-from recipes.common import ConfigError
+from recipes.experiments import rerun
+from recipes.launcher.common import ConfigError
+from recipes.launcher.main import main
 from recipes.report.longer import command_flags
 from recipes.report.variant import variant_markdown
-from recipes.run import main
 
 CELL = "tweets/tiny/bottom_n"
 BF16 = ["--bf16", "true", "--use_cpu", "true", "--frozen_dtype", "bfloat16"]

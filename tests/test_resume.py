@@ -157,7 +157,7 @@ def test_launcher_killed_and_resumed_mid_epoch_or_at_an_epoch_end_matches(policy
     """One launcher process is killed right after its epoch-end checkpoint (step 4, before that
     epoch's evaluation); resuming from it (``true``: the last one) and from its mid-epoch
     checkpoint (step 2, a path) both end where the uninterrupted run ends."""
-    from recipes.run import main
+    from recipes.launcher.main import main
 
     reference = main(launcher_flags(tiny_bert, tmp_path / "reference", policy))
     # evaluations at both epoch ends during training, then the launcher's final validation

@@ -21,8 +21,8 @@ from transformers import (
 )
 
 from freeze_policies import list_policies
-from recipes.common import ConfigError
-from recipes.run import main
+from recipes.launcher.common import ConfigError
+from recipes.launcher.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat and dog ran to park happy sad day good bad".split()

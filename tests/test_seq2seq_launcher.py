@@ -19,10 +19,10 @@ from transformers import (
     AutoTokenizer,
 )
 
-from recipes.common import ConfigError
-from recipes.models import resolve_model_path
-from recipes.run import main
-from recipes.seq2seq import load_chatterbot_pairs, load_seq2seq_splits
+from recipes.launcher.common import ConfigError
+from recipes.launcher.main import main
+from recipes.launcher.models import resolve_model_path
+from recipes.launcher.seq2seq import load_chatterbot_pairs, load_seq2seq_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 T5 = next(case for case in STACK_CASES if case.id == "t5")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from freeze_policies.audit import FrozenAudit, clean_name, whole_values
+from freeze_policies.training.audit import FrozenAudit, clean_name, whole_values
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "fsdp_audit_worker.py"

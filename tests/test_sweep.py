@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes import sweep
-from recipes.common import ConfigError
+from recipes.experiments import sweep
+from recipes.launcher.common import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

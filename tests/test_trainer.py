@@ -23,8 +23,8 @@ from transformers import TrainerCallback
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, get_policy
 from freeze_policies.errors import FrozenWeightsMovedError
-from freeze_policies.modes import FREEZE_MODES
-from freeze_policies.optim import group_param_names
+from freeze_policies.training.modes import FREEZE_MODES
+from freeze_policies.training.optim import group_param_names
 
 
 def make_trainer(arch, tmp_path, policy, model=None, callbacks=(), args=None, **options):

@@ -1,16 +1,15 @@
 """Each benchmark's table, rendered once: the benchmark script prints it, the report shows it.
 
-``bench_markdown`` renders ``bench.json`` (``recipes/bench.py`` prints it), ``cache_markdown``
-renders ``bench_cache.json``; the freeze-modes and precision tables are
-``recipes/bench_freeze_modes.py``'s and ``recipes/bench_precision.py``'s own ``markdown``
-(imported when the report needs them, since those modules load torch).
+Every ``bench*.json`` the report shows has its renderer here (``bench_markdown``,
+``cache_markdown``, ``freeze_modes_markdown``, ``precision_markdown``); the benchmarks import
+their tables from here to print them, so the report never imports a benchmark.
 """
 
 from __future__ import annotations
 
 
 def format_bytes(count: float | None) -> str:
-    """``1536`` -> ``'1.5 KiB'`` (as ``freeze_policies.costs.format_bytes``, without loading
+    """``1536`` -> ``'1.5 KiB'`` (as ``freeze_policies.costs.flops.format_bytes``, without loading
     torch: the report reads JSON only)."""
     if count is None:
         return "—"
@@ -85,23 +84,83 @@ def cache_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def freeze_modes_markdown(data: dict) -> str:
-    """``bench_freeze_modes.json``, rendered by the benchmark's own ``markdown``."""
-    from recipes.bench_freeze_modes import markdown
+def freeze_modes_table(result: dict) -> str:
+    full = result["modes"]["full"]["median_step_s"]
+    lines = [
+        "| freeze mode | step (s) | vs full | params requiring grad | optimizer state MB | "
+        "gradient MB | frozen weights identical |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, row in result["modes"].items():
+        audit = "n/a" if row["audit_checked"] == 0 else (
+            "yes" if row["audit_passed"] else f"no ({row['audit_moved']} of "
+            f"{row['audit_checked']} moved, max {row['audit_max_abs_diff']:.2g})"
+        )
+        lines.append(
+            f"| {mode} | {row['median_step_s']:.3f} | {row['median_step_s'] / full:.2f} | "
+            f"{row['params_requiring_grad']:,} | {row['optimizer_state_bytes'] / 2**20:.1f} | "
+            f"{row['gradient_bytes'] / 2**20:.1f} | {audit} |"
+        )
+    m = result["machinery"]
+    lines += [
+        "",
+        "| machinery | time (ms) | % of a requires_grad step |",
+        "|---|---|---|",
+        f"| apply a stage (names + set_trainable) | {1e3 * m['apply_stage_s']:.2f} | "
+        f"{m['apply_stage_pct_of_step']:.3f} |",
+        f"| schedule check, every step | {1e3 * m['schedule_check_per_step_s']:.4f} | "
+        f"{m['schedule_check_per_step_pct_of_step']:.4f} |",
+        f"| audit snapshot (once, at the start; first call) | "
+        f"{1e3 * m['audit_first_snapshot_s']:.2f} | {m['audit_first_snapshot_pct_of_step']:.3f} |",
+        f"| audit snapshot (repeated, median) | {1e3 * m['audit_snapshot_s']:.2f} | "
+        f"{m['audit_snapshot_pct_of_step']:.3f} |",
+        f"| audit check (once, at the end) | {1e3 * m['audit_check_s']:.2f} | "
+        f"{m['audit_check_pct_of_step']:.3f} |",
+        "",
+        f"The audit (snapshot + check, once per run) is under 1% of training time from "
+        f"{m['audit_under_1pct_from_steps']} steps on.",
+    ]
+    return "\n".join(lines)
 
+
+def mib(count) -> str:
+    return "-" if count is None else f"{count / 2**20:.1f}"
+
+
+def precision_table(payload: dict) -> str:
+    lines = [
+        "| variant | params MiB | grads MiB | optimizer MiB | saved MiB | accounted MiB "
+        "| peak RSS MiB | CUDA max alloc MiB | audit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in payload["variants"]:
+        lines.append(
+            f"| {row['variant']} | {mib(row['parameter_bytes'])} | {mib(row['gradient_bytes'])} "
+            f"| {mib(row['optimizer_state_bytes'])} | {mib(row['saved_for_backward_bytes'])} "
+            f"| {mib(row['accounted_bytes'])} | {mib(row['peak_rss_bytes'])} "
+            f"| {mib(row['cuda_max_memory_allocated'])} | {row['frozen_audit_passed']} |"
+        )
+    for name, target in payload["targets"].items():
+        lines.append(
+            f"\n{name}: {target['value']:.3f} (target {target['threshold']}: "
+            f"{'passed' if target['passed'] else 'missed'})"
+        )
+    return "\n".join(lines)
+
+
+def freeze_modes_markdown(data: dict) -> str:
+    """``bench_freeze_modes.json`` as the report shows it."""
     return (f"`{data['command'].strip()}`: {data['model']}, {data.get('optimizer', '')}, "
-            f"median of {data['rounds']} interleaved steps.\n\n" + markdown(data))
+            f"median of {data['rounds']} interleaved steps.\n\n" + freeze_modes_table(data))
 
 
 def precision_markdown(data: dict) -> str:
-    """``bench_precision.json``, rendered by the benchmark's own ``markdown``."""
-    from recipes.bench_precision import markdown
-
+    """``bench_precision.json`` as the report shows it."""
     policy = data.get("policy") or {}
     return (f"`{data['command'].strip()}`: {data['model']}, {policy.get('name')} "
             f"(n={policy.get('n')}), batch "
             f"{data.get('batch_size')} x {data.get('seq_len')} tokens, bf16 autocast, device "
-            f"{data.get('device')}.\n\n" + markdown(data))
+            f"{data.get('device')}.\n\n" + precision_table(data))
 
 
 SECTIONS = (  # file beside the report -> (section title, renderer, required keys)

@@ -1,0 +1,6 @@
+"""Freezing across processes: which sharding setups a policy is safe under, and DDP's fixes.
+
+``guards`` refuses, in one line, the combinations of policy and distributed setup that are not
+proven (a schedule under FSDP1 with flat parameters or ZeRO); ``ddp`` keeps ranks identical when
+the trainable set changes after the model was wrapped.
+"""

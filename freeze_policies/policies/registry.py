@@ -1,0 +1,96 @@
+"""Named policies: ``register_policy`` adds one, ``get_policy`` builds one from name + options,
+``resolve_policy`` accepts every form a user may hand over (a policy, a name, a spec mapping) and
+``policy_spec`` writes the JSON form back."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from freeze_policies.errors import FreezePolicyError
+from freeze_policies.policies.base import Policy
+
+_POLICIES: dict[str, type[Policy]] = {}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register_policy(name: str):
+    """Class decorator: register a ``Policy`` dataclass under a unique lower-case ``name``."""
+    if not _NAME.match(name):
+        raise FreezePolicyError(f"policy name {name!r} must be lower-case letters, digits and _")
+    if name in _POLICIES:
+        raise FreezePolicyError(f"a policy named {name!r} is already registered")
+
+    def decorate(cls):
+        cls.name = name
+        _POLICIES[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_policies() -> list[str]:
+    """The registered policy names, sorted."""
+    return sorted(_POLICIES)
+
+
+def policy_options(name: str) -> list[str]:
+    """The option names a policy takes."""
+    return [f.name for f in dataclasses.fields(_policy_class(name))]
+
+
+def get_policy(name: str, **options: Any) -> Policy:
+    """Build the policy registered as ``name`` with ``options`` (validated on construction)."""
+    cls = _policy_class(name)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise FreezePolicyError(
+            f"policy {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(valid)}"
+        )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [option for option in required if option not in options]
+    if missing:
+        raise FreezePolicyError(f"policy {name!r} needs option {', '.join(missing)}")
+    return cls(**options)
+
+
+def _policy_class(name: str) -> type[Policy]:
+    if not isinstance(name, str) or name not in _POLICIES:
+        close = difflib.get_close_matches(str(name), _POLICIES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise FreezePolicyError(
+            f"unknown policy {name!r}{hint}; valid policies: {', '.join(list_policies())}"
+        )
+    return _POLICIES[name]
+
+
+def resolve_policy(spec) -> Policy | None:
+    """A ``Policy`` from a policy, a registered name, or a ``{"name": ..., **options}`` mapping."""
+    if spec is None or isinstance(spec, Policy):
+        return spec
+    if isinstance(spec, str):
+        return get_policy(spec)
+    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        options = dict(spec)
+        return get_policy(options.pop("name"), **options)
+    raise FreezePolicyError(
+        f"freeze_policy={spec!r} is not a policy: pass get_policy(...), a policy name, "
+        "or a dict {'name': ..., **options}"
+    )
+
+
+def policy_spec(policy: Policy | None) -> dict | None:
+    """The JSON form of a policy: ``{"name": ..., **options}`` (what ``resolve_policy`` takes)."""
+    if policy is None:
+        return None
+    return json.loads(json.dumps({"name": policy.name, **policy.options()}, default=str))

@@ -1,0 +1,119 @@
+"""Resume checks: the stage a checkpoint was saved in, and optimizer state in the right places.
+
+A checkpoint keeps the callback's state in ``trainer_state.json`` (``stateful_callbacks``):
+the policy spec, the freeze mode and the stage (plus ``auto_freeze``'s decisions). On resume,
+``restored_stage`` gives the stage back after checking that the policy and freeze mode are the
+same and that the schedule still puts the last step before the checkpoint in that stage; a
+difference raises ``FreezePolicyError`` naming it, because training on would silently follow
+another schedule. ``check_saved_names`` checks that the optimizer state loaded with the
+checkpoint went to the parameters it was saved for (the groups carry ``param_names``), and
+``check_optimizer_holds`` that the optimizer holds every parameter a stage opens.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from freeze_policies.errors import FreezePolicyError
+
+logger = logging.getLogger("freeze_policies")
+
+
+def saved_callback_state(state, name: str) -> dict | None:
+    """The state a checkpoint saved for the callback registered as ``name`` (None if none)."""
+    saved = state.stateful_callbacks.get(name)
+    if isinstance(saved, list):
+        saved = saved[0]
+    return saved
+
+
+def restored_stage(state, saved: dict | None, ours: dict, policy, controller=None) -> int | None:
+    """The stage saved in the checkpoint being resumed (None on a fresh start or without one).
+
+    ``saved`` is the checkpoint's callback state, ``ours`` this run's ``args`` (``policy`` and
+    ``freeze_mode`` must match). An adaptive ``controller`` loads its decisions from the
+    checkpoint; a schedule must put the checkpoint's last step in the saved stage.
+    """
+    if state.global_step == 0 or policy is None:
+        return None
+    stage = (saved or {}).get("attributes", {}).get("stage")
+    if stage is None:
+        logger.warning(
+            "resuming at step %d from a checkpoint without a saved freeze stage; "
+            "using the schedule's stage for that step", state.global_step,
+        )
+        return None
+    saved_args = saved.get("args", {})
+    for key in ("policy", "freeze_mode"):
+        if saved_args.get(key) != ours[key]:
+            raise FreezePolicyError(
+                f"the checkpoint at step {state.global_step} was trained with {key}="
+                f"{saved_args.get(key)!r}, this run has {key}={ours[key]!r}; "
+                "resume with the same one"
+            )
+    stage = int(stage)
+    if controller is not None:  # adaptive: the decisions so far come from the checkpoint
+        controller.load_state(saved["attributes"]["auto_freeze"])
+        return stage
+    # The stage in effect during the last step before the checkpoint, by the schedule; a
+    # fixed policy has one stage, 0, and no schedule to ask.
+    expected = (
+        policy.stage_at(state.global_step - 1, max((state.epoch or 0.0) - 1e-6, 0))
+        if policy.scheduled
+        else 0
+    )
+    if stage != expected:
+        raise FreezePolicyError(
+            f"the checkpoint at step {state.global_step} was saved in stage {stage}, but "
+            f"{policy.name!r} puts that step in stage {expected}: the schedule or the "
+            "steps per epoch changed since; resume with the same settings"
+        )
+    return stage
+
+
+def held_names(optimizer, model: nn.Module) -> dict[int, str] | None:
+    """id(param) -> name for every parameter the optimizer holds (None without an optimizer)."""
+    if optimizer is None:
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {id(p): names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"]}
+
+
+def check_optimizer_holds(names, held: dict[int, str] | None, what: str) -> None:
+    """Every name a stage trains is in the optimizer (``held``; None: no optimizer to check)."""
+    if held is None:
+        return
+    missing = sorted(set(names) - set(held.values()))
+    if missing:
+        raise FreezePolicyError(
+            f"{what} trains {len(missing)} parameters the "
+            f"optimizer does not hold ({', '.join(missing[:3])}): pass "
+            "FreezeScheduleCallback in Trainer(callbacks=[...]) so it prepares the model "
+            "before the optimizer is built, use FreezeTrainer, or build the optimizer with "
+            "freeze_policies.training.optim.create_optimizer"
+        )
+
+
+def check_saved_names(optimizer, model: nn.Module) -> None:
+    """After a resume, the ``param_names`` loaded with the optimizer state name the parameters
+    that state now belongs to; a mismatch means the state went into the wrong parameters."""
+    if optimizer is None:
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        saved = group.get("param_names")
+        if saved is None:
+            continue
+        actual = [names.get(id(p)) for p in group["params"]]
+        if list(saved) != actual:
+            wrong = next((i for i, (s, a) in enumerate(zip(saved, actual)) if s != a),
+                         min(len(saved), len(actual)))
+            held = actual[wrong] if wrong < len(actual) else "nothing"
+            meant = saved[wrong] if wrong < len(saved) else "nothing"
+            raise FreezePolicyError(
+                f"optimizer group {group.get('name', '?')!r} holds {held} where its "
+                f"state was saved for {meant}: the checkpoint's optimizer groups do not "
+                "match this model and policy"
+            )

@@ -1,0 +1,4 @@
+"""What ``recipes/run.py`` does: arguments (``arguments``, ``parsing``), building the data, model
+and trainer (``build``, ``models``, ``peft_methods``, ``seq2seq``, ``metrics``), the output
+folder before a run (``run_dir``) and what is saved after it (``outputs``, ``model_card``);
+``main`` runs one job. ``common`` holds what the recipes share (errors, atomic JSON)."""
