@@ -54,7 +54,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site
 
 # -- experiments: one folder of runs per cell of a profile (configs/experiments/<profile>.yaml) --
 # recipes/sweep.py reuses every run whose results.json records the same arguments and reruns the
