@@ -69,7 +69,7 @@ cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's 
 	$(PY) recipes/sweep.py $(PROFILE_FILE) --list | tr ' ' '\n' | \
 		xargs -P $(COMPARE_JOBS) -I{} $(PY) recipes/sweep.py $(PROFILE_FILE) --cell {} --out $(RUNS)
 
-compare: setup      ## every cell of the profile, then the report (see README: Comparison)
+compare: setup      ## every cell of the profile, then the report (see docs/comparison.md)
 	$(MAKE) cells report PROFILE=$(PROFILE)
 
 # One CPU report for the default profile and SmolLM2's (whichever of the two exist); another
