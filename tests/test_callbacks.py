@@ -1,7 +1,7 @@
 """FreezeScheduleCallback in a plain Trainer and in a user's own Trainer subclass.
 
-The two README snippets below are copied verbatim into README.md; keep them in sync (the lines
-between the ``>>> README`` and ``<<< README`` markers).
+The first two tests train what docs/trainer.md shows and assert on the result; the docs' own
+blocks run as written in tests/test_docs_examples.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from freeze_policies.training.optim import create_optimizer
 
 def test_readme_snippet_plain_trainer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # >>> README: a schedule in a plain Trainer
     import torch
     from transformers import (
         AutoConfig,
@@ -57,7 +56,6 @@ def test_readme_snippet_plain_trainer(tmp_path, monkeypatch):
     trainer.train()
     audit = trainer.state.log_history[-1]
     print(audit)  # frozen_audit_passed, frozen_audit_checked, optimizer_state_bytes, gradient_bytes
-    # <<< README
     anat = policy.anatomy(model)
     after = snapshot(model)
     assert audit["frozen_audit_passed"] is True
@@ -69,7 +67,6 @@ def test_readme_snippet_plain_trainer(tmp_path, monkeypatch):
 
 def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # >>> README: FreezeTrainer
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, TrainingArguments
 
@@ -97,7 +94,6 @@ def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
     output = trainer.train()
     print(output.metrics["frozen_audit_passed"], trainer.frozen_audit)
     print([(g["name"], g["initial_lr"]) for g in trainer.optimizer.param_groups])
-    # <<< README
     assert output.metrics["frozen_audit_passed"] is True
     assert trainer.optimizer.param_groups[0]["name"] == "head/decay"
     assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(2e-3)
@@ -229,36 +225,6 @@ def test_callback_state_round_trips():
     rebuilt = FreezeScheduleCallback.from_state(saved)
     assert rebuilt.state() == saved
     assert rebuilt.policy.options() == callback.policy.options()
-
-
-def readme_snippets(text: str) -> dict[str, str]:
-    """``{test name: code}`` for the ``BEGIN snippet: tests/test_callbacks.py::<test>`` blocks."""
-    import re
-
-    pattern = re.compile(r"<!-- BEGIN snippet: tests/test_callbacks\.py::(\w+).*?-->\s*```python\n"
-                         r"(.*?)```", re.DOTALL)
-    return {name: code for name, code in pattern.findall(text)}
-
-
-def snippet_of_test(name: str) -> str:
-    """The code between the README markers in test ``name``, dedented."""
-    import inspect
-    import textwrap
-
-    source = inspect.getsource(globals()[name])
-    body = source.split("# >>> README", 1)[1].split("\n", 1)[1].split("# <<< README", 1)[0]
-    return textwrap.dedent(body)
-
-
-@pytest.mark.parametrize("name", ["test_readme_snippet_plain_trainer",
-                                  "test_readme_snippet_freeze_trainer"])
-def test_readme_snippets_are_in_sync(name):
-    from pathlib import Path
-
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    snippets = readme_snippets(readme.read_text())
-    assert name in snippets, f"README.md has no snippet block for {name} (markers removed?)"
-    assert snippets[name] == snippet_of_test(name)
 
 
 def test_saved_param_names_of_another_length_are_a_clear_error():
