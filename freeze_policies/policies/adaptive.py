@@ -212,7 +212,7 @@ class AutoFreezeController:
             for name in self.anat.blocks[index]:
                 grad = params[name].grad
                 if grad is not None:
-                    squares += float(grad.detach().float().pow(2).sum())
+                    squares += _squared_norm(grad)
             self.window_sums[index] += squares**0.5
         self.window_steps += 1
 
@@ -262,6 +262,14 @@ class AutoFreezeController:
         self.window_steps = int(saved["window_steps"])
         self.previous = None if saved["previous"] is None else [float(x) for x in saved["previous"]]
         self.decisions = list(saved.get("decisions", []))
+
+
+def _squared_norm(grad: torch.Tensor) -> float:
+    """The squared norm of the whole gradient: a DTensor's (FSDP2) summed over every shard, not
+    this rank's shard only (one all-reduce of a scalar; a collective: every rank observes)."""
+    squares = grad.detach().float().pow(2).sum()
+    full_tensor = getattr(squares, "full_tensor", None)
+    return float(full_tensor() if callable(full_tensor) else squares)
 
 
 def _broadcast(depth: int) -> int:

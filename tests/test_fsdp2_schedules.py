@@ -1,0 +1,120 @@
+"""Schedules on a model sharded with FSDP2 (``fully_shard``), on 2 CPU processes over gloo.
+
+One launch of ``tests/fsdp2_schedule_worker.py`` per policy drives the library's own schedule
+machinery (``FreezeScheduleCallback``, ``create_optimizer``, ``DDPRewrapper``, the sharded
+checkpoint of ``freeze_policies.distributed.fsdp2``) through ``gradual_unfreeze``, ``lisa`` and
+``auto_freeze`` and compares, on both ranks:
+
+- the ranks with each other: bit-identical;
+- every tensor frozen for the whole run with its initial value: bit-identical (``full_tensor()``),
+  and the audit passed having checked them;
+- FSDP2 with DDP on the same global batch: equal within ``ATOL`` / ``RTOL`` (measured: 0.0);
+- optimizer state: exactly for the parameters some stage opened;
+- a run interrupted after ``RESUME_AT`` steps and resumed from the sharded checkpoint (new model,
+  new optimizer, the schedule's state from ``trainer_state.json``) with the uninterrupted one:
+  bit-identical; and the same resume through a fresh optimizer's template as it comes (the
+  negative control) loses the state of blocks closed at load time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "tests" / "fsdp2_schedule_worker.py"
+sys.path.insert(0, str(ROOT / "tests"))
+from fsdp2_schedule_worker import RESUME_AT  # noqa: E402
+
+ATOL, RTOL = 1e-6, 1e-5  # FSDP2 (reduce-scatter) against DDP (all-reduce), float32
+RUNS = ("fsdp2", "resumed", "unprimed", "ddp")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(outdir: Path, policy: str) -> list[dict]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), str(WORKER), str(outdir), policy],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(outdir / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
+@pytest.fixture(scope="module", params=["gradual_unfreeze", "lisa", "auto_freeze"])
+def launched(request, tmp_path_factory):
+    policy = request.param
+    return policy, launch(tmp_path_factory.mktemp(policy), policy)
+
+
+def test_ranks_agree_and_frozen_tensors_stay_bit_identical(launched):
+    policy, ranks = launched
+    init = ranks[0]["init"]
+    for run in RUNS:
+        first, second = ranks[0][run], ranks[1][run]
+        assert all(torch.equal(first["final"][n], second["final"][n]) for n in init), run
+        assert first["stages"] == second["stages"] and first["decisions"] == second["decisions"]
+    for rank in ranks:
+        run = rank["fsdp2"]
+        sharded = [n for n, shape in run["local_shapes"].items() if shape != init[n].shape]
+        assert sharded, "fully_shard left every parameter whole: nothing was tested"
+        assert len({stage for _, stage in run["stages"]}) >= 2, "the schedule never moved"
+        never_open = sorted(set(init) - set(run["ever_open"]))
+        assert never_open, "every parameter opened: the frozen check would be empty"
+        for name in never_open:
+            assert torch.equal(run["final"][name], init[name]), (policy, name)
+        for name in run["ever_open"]:  # what opened did train
+            assert not torch.equal(run["final"][name], init[name]), (policy, name)
+        audit = run["audit"]
+        assert audit["passed"] and audit["checked"] >= len(never_open), audit
+
+
+def test_fsdp2_equals_ddp_on_the_same_global_batch(launched):
+    policy, ranks = launched
+    fsdp2, ddp = ranks[0]["fsdp2"], ranks[0]["ddp"]
+    assert fsdp2["stages"] == ddp["stages"]
+    for name, value in ddp["final"].items():
+        torch.testing.assert_close(fsdp2["final"][name], value, atol=ATOL, rtol=RTOL)
+    if policy == "auto_freeze":  # measured on whole gradients, not one rank's shard
+        assert [d["auto_freeze_depth"] for d in fsdp2["decisions"]] == \
+            [d["auto_freeze_depth"] for d in ddp["decisions"]]
+        assert max(d["auto_freeze_depth"] for d in fsdp2["decisions"]) >= 1, "nothing froze"
+        for mine, theirs in zip(fsdp2["decisions"], ddp["decisions"], strict=True):
+            assert mine["auto_freeze_rates"].keys() == theirs["auto_freeze_rates"].keys()
+            for block, rate in theirs["auto_freeze_rates"].items():
+                assert mine["auto_freeze_rates"][block] == pytest.approx(rate, abs=1e-5)
+
+
+def test_optimizer_state_only_for_what_has_been_open(launched):
+    _, ranks = launched
+    opened = ranks[0]["fsdp2"]["ever_open"]  # the resumed run opened some before its restart
+    for run in ("fsdp2", "ddp", "resumed"):
+        assert ranks[0][run]["with_state"] == opened, run
+
+
+def test_resume_mid_schedule_from_a_sharded_checkpoint_equals_the_uninterrupted_run(launched):
+    policy, ranks = launched
+    whole, resumed, unprimed = (ranks[0][run] for run in ("fsdp2", "resumed", "unprimed"))
+    assert resumed["stages"][0][0] == RESUME_AT  # started from the checkpoint's step
+    assert resumed["stages"][1:] == [s for s in whole["stages"] if s[0] > RESUME_AT]
+    assert resumed["decisions"] == whole["decisions"]
+    for name, value in whole["final"].items():
+        assert torch.equal(resumed["final"][name], value), (policy, name)
+    # the state loaded: every parameter some stage opened before the checkpoint
+    opened_before = {n for n in resumed["state_after_load"]}
+    assert opened_before < set(whole["ever_open"]) or policy == "auto_freeze"
+    if policy != "auto_freeze":  # at load time, a fresh optimizer's template lacks closed blocks
+        assert len(unprimed["state_after_load"]) < len(resumed["state_after_load"])
+        assert any(not torch.equal(unprimed["final"][n], v) for n, v in whole["final"].items())
