@@ -14,8 +14,10 @@ silently dropped (and the resumed run would not equal the uninterrupted one).
 Worse, ``get_optimizer_state_dict`` and ``set_optimizer_state_dict`` keep optimizer state only
 for parameters that require grad (torch 2.13, ``torch.distributed.checkpoint.state_dict``): a
 checkpoint saved in a stage drops the state of every block closed then, and a load drops the
-state of every block closed at load time. ``optimizer_state_visible`` makes the parameters whose
-state must cross the checkpoint require grad for the duration of the save or the load.
+state of every block closed at load time, and a load in which a parameter requiring grad has no
+saved state fails (``auto_freeze`` with ``initial_depth``: stage 0 opens blocks that never
+trained). ``optimizer_state_visible`` makes exactly the parameters whose state crosses the
+checkpoint require grad for the duration of the save or the load.
 
 ``prime_optimizer_state(optimizer, model, names)`` gives state to exactly the parameters the
 checkpoint holds state for (``names_with_optimizer_state`` reads them from the checkpoint's
@@ -163,24 +165,26 @@ def prime_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module,
 @contextlib.contextmanager
 def optimizer_state_visible(model: nn.Module, optimizer: torch.optim.Optimizer,
                             names: Collection[str] | None = None) -> Iterator[None]:
-    """Make the parameters whose optimizer state crosses a checkpoint require grad while the
-    block runs (``requires_grad`` set back after): ``torch.distributed.checkpoint.state_dict``
-    saves and loads optimizer state only for parameters that require grad, which would drop the
-    state of every block a schedule has closed. ``names``: those parameters (loading: the ones
-    the checkpoint holds state for); None: every parameter with optimizer state now (saving)."""
+    """While the block runs, exactly the parameters whose optimizer state crosses a checkpoint
+    require grad (every ``requires_grad`` is set back after): ``torch.distributed.checkpoint.
+    state_dict`` saves and loads optimizer state only for parameters that require grad, which
+    would drop the state of every block a schedule has closed, and refuses a load in which a
+    parameter that requires grad has no saved state (a block no stage has opened yet).
+    ``names``: those parameters (loading: the ones the checkpoint holds state for); None: every
+    parameter with optimizer state now (saving)."""
     if names is None:
-        chosen = [p for p, state in optimizer.state.items() if state]
+        chosen = {id(p) for p, state in optimizer.state.items() if state}
     else:
         wanted = {_fqn(n) for n in names}
-        chosen = [p for n, p in model.named_parameters() if _fqn(n) in wanted]
-    flipped = [p for p in chosen if not p.requires_grad]
-    for param in flipped:
-        param.requires_grad_(True)
+        chosen = {id(p) for n, p in model.named_parameters() if _fqn(n) in wanted}
+    before = [(param, param.requires_grad) for param in model.parameters()]
+    for param, _ in before:
+        param.requires_grad_(id(param) in chosen)
     try:
         yield
     finally:
-        for param in flipped:
-            param.requires_grad_(False)
+        for param, requires_grad in before:
+            param.requires_grad_(requires_grad)
 
 
 @contextlib.contextmanager
