@@ -15,6 +15,11 @@ checkpoint of ``freeze_policies.distributed.fsdp2``) through ``gradual_unfreeze`
   bit-identical; and the same resume through a fresh optimizer's template as it comes (the
   negative control, what accelerate's FSDP2 loader does) loses the state of blocks closed at
   load time, or fails where a block open at load time has none.
+
+On a GPU (``-m gpu``, run by ``make gpu-check``): the same three schedules through
+``FreezeTrainer`` and accelerate's FSDP2 plugin (``configs/accelerate/fsdp2.yaml``,
+``tests/fsdp2_trainer_worker.py``), with a resume from accelerate's sharded checkpoint, against
+the same worker under DDP (``configs/accelerate/ddp.yaml``), within ``GPU_ATOL`` / ``GPU_RTOL``.
 """
 
 from __future__ import annotations
@@ -129,3 +134,54 @@ def test_resume_mid_schedule_from_a_sharded_checkpoint_equals_the_uninterrupted_
     else:  # the state of blocks closed at load time is dropped, and the run drifts
         assert len(unprimed["state_after_load"]) < len(resumed["state_after_load"])
         assert any(not torch.equal(unprimed["final"][n], v) for n, v in whole["final"].items())
+
+
+# -- GPU: the same schedules through accelerate's FSDP2 plugin and FreezeTrainer (-m gpu) ------
+TRAINER_WORKER = ROOT / "tests" / "fsdp2_trainer_worker.py"
+GPU_ATOL, GPU_RTOL = 1e-4, 1e-3  # CUDA kernels (atomics in the embedding backward) reorder sums
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def trainer_launch(outdir: Path, config: str) -> Path:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "configs/accelerate" / config), "--num_processes", str(min(2, gpu_count())),
+        "--main_process_port", str(free_port()), "--mixed_precision", "no",
+        str(TRAINER_WORKER), str(outdir),
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return outdir
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_count() == 0, reason="needs CUDA")
+def test_freeze_trainer_runs_schedules_under_accelerate_fsdp2(tmp_path):
+    fsdp2 = trainer_launch(tmp_path / "fsdp2", "fsdp2.yaml")
+    ddp = trainer_launch(tmp_path / "ddp", "ddp.yaml")
+    ranks = range(min(2, gpu_count()))
+    for policy in POLICIES:
+        results = [torch.load(fsdp2 / policy / f"rank{r}.pt", weights_only=False) for r in ranks]
+        reference = torch.load(ddp / policy / "rank0.pt", weights_only=False)
+        first, init = results[0], results[0]["init"]
+        whole, resumed = first["whole"], first["resumed"]
+        assert whole["fsdp"], "accelerate did not shard: the FSDP2 config was not applied"
+        for other in results[1:]:
+            for run in ("whole", "resumed"):
+                assert all(torch.equal(other[run]["final"][n], first[run]["final"][n])
+                           for n in init), (policy, run)
+        never_open = set(init) - set(whole["ever_open"])
+        assert never_open and whole["audit"]["passed"], policy
+        for name in never_open:
+            assert torch.equal(whole["final"][name], init[name]), (policy, name)
+        assert whole["with_state"] == whole["ever_open"] == resumed["with_state"], policy
+        for name, value in whole["final"].items():
+            torch.testing.assert_close(resumed["final"][name], value, atol=GPU_ATOL,
+                                       rtol=GPU_RTOL)
+            torch.testing.assert_close(value, reference["whole"]["final"][name],
+                                       atol=GPU_ATOL, rtol=GPU_RTOL)
