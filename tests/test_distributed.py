@@ -71,6 +71,8 @@ REFUSED = [
     ("fsdp1-flat-schedule", FSDP1, LISA, {}, r"'lisa' changes the trainable set.*FSDP1"),
     ("fsdp2-compiled-schedule", FSDP2_COMPILED, LISA, {},
      r"'lisa' changes the trainable set.*under FSDP2 with torch_compile is not proven"),
+    ("fsdp2-prefix-cache-schedule", FSDP2, GRADUAL, {"prefix_cache": True},
+     r"'gradual_unfreeze' with the frozen-prefix cache under FSDP2 is not proven"),
     ("fsdp2-zero_lr", FSDP2, FIXED, {"freeze_mode": "zero_lr"},
      r"freeze_mode='zero_lr' is not supported under FSDP2"),
     ("fsdp1-zero_grad", FSDP1_ORIG, FIXED, {"freeze_mode": "zero_grad"},
@@ -96,6 +98,7 @@ ALLOWED = [
     ("fsdp2-gradual", FSDP2, GRADUAL, {}),
     ("fsdp2-lisa-plain-trainer", FSDP2, LISA, {"rewraps": False}),
     ("fsdp2-compiled-fixed", FSDP2_COMPILED, FIXED, {}),
+    ("ddp-prefix-cache-schedule", DDP, GRADUAL, {"prefix_cache": True}),
     ("zero2-fixed", ZERO2, FIXED, {}),
     ("zero3-fixed", ZERO3, FIXED, {}),
     ("ddp-gradual", DDP, GRADUAL, {}),
@@ -202,6 +205,10 @@ def test_freeze_trainer_and_callback_accept_schedules_under_fsdp2(monkeypatch, t
     assert trainer.freeze_policy.scheduled
     Trainer(model=make_model("bert"), args=make_args(tmp_path), train_dataset=RandomTokens("bert"),
             callbacks=[FreezeScheduleCallback(policy)])
+    with pytest.raises(FreezePolicyError, match="frozen-prefix cache under FSDP2 is not proven"):
+        FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
+                      train_dataset=RandomTokens("bert"), freeze_policy=policy,
+                      frozen_prefix_eval=True)
     _pretend(monkeypatch, FSDP2_COMPILED)
     with pytest.raises(FreezePolicyError, match="torch_compile is not proven"):
         FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
