@@ -32,6 +32,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from freeze_policies.distributed.fsdp2 import (
+    fsdp2_rank_memory,
+    optimizer_state_visible,
+    prime_optimizer_state,
+    shard_numel,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "fsdp2_schedule_worker.py"
@@ -134,6 +142,61 @@ def test_resume_mid_schedule_from_a_sharded_checkpoint_equals_the_uninterrupted_
     else:  # the state of blocks closed at load time is dropped, and the run drifts
         assert len(unprimed["state_after_load"]) < len(resumed["state_after_load"])
         assert any(not torch.equal(unprimed["final"][n], v) for n, v in whole["final"].items())
+
+
+# -- the helpers on one process: accounting, priming, visibility ------------------------------
+def test_shard_numel_follows_torch_chunk():
+    assert [shard_numel((10, 3), 4, r) for r in range(4)] == [9, 9, 9, 3]  # 3, 3, 3, 1 rows
+    assert [shard_numel((2, 5), 4, r) for r in range(4)] == [5, 5, 0, 0]
+    assert shard_numel((), 8) == 1
+    for rows, world in ((10, 4), (7, 3), (128256, 8)):
+        chunks = torch.arange(rows).chunk(world)
+        sizes = [len(c) for c in chunks] + [0] * (world - len(chunks))
+        assert [shard_numel((rows,), world, r) for r in range(world)] == sizes
+
+
+def test_rank_memory_adds_up_to_the_whole_model_and_refuses_unknown_names():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    trainable, with_state = ["1.weight", "1.bias"], ["0.weight", "1.weight", "1.bias"]
+    ranks = [fsdp2_rank_memory(model, trainable=trainable, with_state=with_state, world_size=2,
+                               rank=r) for r in (0, 1)]
+    sizes = {n: p.numel() * 4 for n, p in model.named_parameters()}
+    assert sum(r.parameter_bytes for r in ranks) == sum(sizes.values())
+    assert sum(r.gradient_bytes for r in ranks) == sizes["1.weight"] + sizes["1.bias"]
+    assert sum(r.optimizer_state_bytes for r in ranks) == 2 * sum(sizes[n] for n in with_state)
+    assert ranks[0].as_dict()["total_bytes"] == ranks[0].total_bytes
+    with pytest.raises(ValueError, match="1 names are not parameters of Sequential: 2.weight"):
+        fsdp2_rank_memory(model, trainable=["2.weight"], with_state=[], world_size=2)
+
+
+def test_priming_makes_slots_for_the_named_parameters_only_and_moves_nothing():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    for param in model[0].parameters():
+        param.requires_grad_(False)  # closed, as a schedule leaves a block
+    model[1].weight.grad = torch.ones_like(model[1].weight)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    primed = prime_optimizer_state(optimizer, model, ["0.weight", "1.bias", "missing"])
+    assert primed == ["0.weight", "1.bias"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p, s in optimizer.state.items() if s) == primed
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1]
+    assert torch.equal(model[1].weight.grad, torch.ones(2, 4)) and model[0].weight.grad is None
+    assert prime_optimizer_state(optimizer, model, ["0.weight"]) == []  # has state already
+
+
+def test_visibility_sets_requires_grad_to_the_chosen_ones_and_back():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model[1].weight.requires_grad_(False)
+    optimizer.state[model[1].weight]["momentum_buffer"] = torch.zeros(2, 2)
+    with optimizer_state_visible(model, optimizer):  # saving: what has state
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["1.weight"]
+    with optimizer_state_visible(model, optimizer, ["0.bias"]):  # loading: what was saved
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["0.bias"]
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["1.weight"]
 
 
 # -- GPU: the same schedules through accelerate's FSDP2 plugin and FreezeTrainer (-m gpu) ------
