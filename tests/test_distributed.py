@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -198,13 +199,16 @@ def test_freeze_trainer_runs_the_guards_when_built(monkeypatch, tmp_path, setup,
 
 
 @pytest.mark.parametrize("policy", ["gradual_unfreeze", "lisa", "auto_freeze"])
-def test_freeze_trainer_and_callback_accept_schedules_under_fsdp2(monkeypatch, tmp_path, policy):
+def test_freeze_trainer_and_callback_accept_schedules_under_fsdp2(monkeypatch, tmp_path, caplog,
+                                                                  policy):
     _pretend(monkeypatch, FSDP2)
     trainer = FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
                             train_dataset=RandomTokens("bert"), freeze_policy=policy)
     assert trainer.freeze_policy.scheduled
-    Trainer(model=make_model("bert"), args=make_args(tmp_path), train_dataset=RandomTokens("bert"),
-            callbacks=[FreezeScheduleCallback(policy)])
+    with caplog.at_level(logging.WARNING, logger="freeze_policies"):
+        Trainer(model=make_model("bert"), args=make_args(tmp_path),
+                train_dataset=RandomTokens("bert"), callbacks=[FreezeScheduleCallback(policy)])
+    assert "under FSDP2 with a plain Trainer" in caplog.text and "use FreezeTrainer" in caplog.text
     with pytest.raises(FreezePolicyError, match="frozen-prefix cache under FSDP2 is not proven"):
         FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
                       train_dataset=RandomTokens("bert"), freeze_policy=policy,

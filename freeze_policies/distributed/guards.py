@@ -181,6 +181,13 @@ def check_distributed(
                 "the schedule moves its depth); turn cache_frozen_prefix / frozen_prefix_eval "
                 "off, or run the schedule under DDP"
             )
+        if scheduled and setup.fsdp_version == 2 and not rewraps:
+            logger.warning(
+                "freeze_policy=%r under FSDP2 with a plain Trainer: its checkpoints keep optimizer "
+                "state only for the blocks open when they are saved, and resuming one fails or "
+                "drops the moments of closed blocks; use FreezeTrainer to checkpoint and resume "
+                "a schedule under FSDP2 (freeze_policies.distributed.fsdp2)", policy_name,
+            )
         if scheduled and setup.compiled:
             raise FreezePolicyError(
                 f"freeze_policy={policy_name!r} changes the trainable set during training, and "
