@@ -1,14 +1,15 @@
 """One process of the CPU tests of schedules on sharded models (2 processes, gloo).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp2_schedule_worker.py OUTDIR POLICY
+    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp2_schedule_worker.py OUTDIR \
+        gradual_unfreeze,lisa,auto_freeze
 
-``POLICY`` is ``gradual_unfreeze``, ``lisa`` or ``auto_freeze`` (options in ``POLICIES``). A tiny
+Each policy named (options in ``POLICIES``) in turn, in one launch. A tiny
 BERT (4 blocks, dropout off, seed 0 on every rank) is trained ``STEPS`` optimizer steps by the
 library's own schedule machinery, driven as ``Trainer`` drives it: ``FreezeScheduleCallback``
 (stage changes, ``grad = None`` on what closes, the audit, ``auto_freeze``'s measured and
 broadcast decisions), ``create_optimizer`` (groups of every parameter the policy will ever
 train) and, under DDP, ``DDPRewrapper``. Each step's global batch of ``2 * LOCAL_BATCH`` rows is
-split between the ranks the same way in every run. Four runs per launch:
+split between the ranks the same way in every run. Four runs per policy:
 
 - ``fsdp2``: ``fully_shard`` on every block and on the root, the optimizer built on the sharded
   model (as ``Trainer`` does under FSDP: after wrapping);
@@ -21,7 +22,7 @@ split between the ranks the same way in every run. Four runs per launch:
   that requires grad at load time has no saved state;
 - ``ddp``: the same schedule under ``DistributedDataParallel`` (re-wrapped at stage changes).
 
-Writes ``OUTDIR/rank<r>.pt``: for each run, every parameter's full value at the end
+Writes ``OUTDIR/<policy>/rank<r>.pt``: for each run, every parameter's full value at the end
 (``full_tensor()`` under FSDP2), the names with optimizer state (after the run and, for the
 resumed run, right after loading), the stages applied, the audit, ``auto_freeze``'s decisions
 and the local shapes (to show that the parameters were sharded); plus ``init``, the values
@@ -193,15 +194,9 @@ class Run:
         }
 
 
-def main():
-    outdir, policy_name = Path(sys.argv[1]), sys.argv[2]
-    policy = POLICIES[policy_name]
-    dist.init_process_group("gloo")
-    torch.set_num_threads(1)
-    rank = dist.get_rank()
-    init = {n: p.detach().clone() for n, p in make_model().named_parameters()}
-    results = {"init": init}
-
+def schedule(policy: dict, outdir: Path) -> dict:
+    """The four runs of one policy (see the module docstring)."""
+    results = {"init": {n: p.detach().clone() for n, p in make_model().named_parameters()}}
     run = Run(policy, "fsdp2")
     run.train()
     results["fsdp2"] = run.result()
@@ -227,9 +222,20 @@ def main():
     run = Run(policy, "ddp")
     run.train()
     results["ddp"] = run.result()
+    return results
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    torch.save(results, outdir / f"rank{rank}.pt")
+
+def main():
+    outdir, names = Path(sys.argv[1]), sys.argv[2].split(",")
+    unknown = [name for name in names if name not in POLICIES]
+    if unknown:
+        raise SystemExit(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    for name in names:
+        results = schedule(POLICIES[name], outdir / name)
+        (outdir / name).mkdir(parents=True, exist_ok=True)
+        torch.save(results, outdir / name / f"rank{dist.get_rank()}.pt")
     dist.destroy_process_group()
 
 

@@ -1,6 +1,6 @@
 """Schedules on a model sharded with FSDP2 (``fully_shard``), on 2 CPU processes over gloo.
 
-One launch of ``tests/fsdp2_schedule_worker.py`` per policy drives the library's own schedule
+One launch of ``tests/fsdp2_schedule_worker.py`` (2 processes) drives the library's own schedule
 machinery (``FreezeScheduleCallback``, ``create_optimizer``, ``DDPRewrapper``, the sharded
 checkpoint of ``freeze_policies.distributed.fsdp2``) through ``gradual_unfreeze``, ``lisa`` and
 ``auto_freeze`` and compares, on both ranks:
@@ -56,21 +56,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(outdir: Path, policy: str) -> list[dict]:
+@pytest.fixture(scope="module")
+def launched_all(tmp_path_factory) -> Path:
+    """One launch of 2 processes for the three policies (the imports are most of its time)."""
+    outdir = tmp_path_factory.mktemp("fsdp2")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), str(WORKER), str(outdir), policy],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+         "--master_port", str(free_port()), str(WORKER), str(outdir), ",".join(POLICIES)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return [torch.load(outdir / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    return outdir
 
 
-@pytest.fixture(scope="module", params=["gradual_unfreeze", "lisa", "auto_freeze"])
-def launched(request, tmp_path_factory):
+@pytest.fixture(params=list(POLICIES))
+def launched(request, launched_all):
     policy = request.param
-    return policy, launch(tmp_path_factory.mktemp(policy), policy)
+    return policy, [torch.load(launched_all / policy / f"rank{rank}.pt", weights_only=False)
+                    for rank in (0, 1)]
 
 
 def test_ranks_agree_and_frozen_tensors_stay_bit_identical(launched):
