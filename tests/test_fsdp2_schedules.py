@@ -203,6 +203,20 @@ def test_visibility_sets_requires_grad_to_the_chosen_ones_and_back():
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["1.weight"]
 
 
+def test_accounted_table_for_llama3_8b_on_the_meta_device():
+    """recipes/bench.py fsdp2_memory's first table (its asserts tie the shards to predict_cost)."""
+    from recipes.benchmarks.fsdp2_memory import accounted
+
+    result = accounted(world_size=8, k=2)
+    assert result["total_params"] == 8_030_261_248  # Llama-3-8B
+    full, now, ever = result["rows"].values()
+    assert full["parameter_bytes"] == now["parameter_bytes"] == ever["parameter_bytes"]
+    assert full["parameter_bytes"] == pytest.approx(4 * 8_030_261_248 / 8, rel=1e-3)
+    assert now["gradient_bytes"] == ever["gradient_bytes"] < full["gradient_bytes"] / 5
+    assert now["optimizer_state_bytes"] == 2 * now["gradient_bytes"]
+    assert ever["optimizer_state_bytes"] == full["optimizer_state_bytes"]
+
+
 # -- GPU: the same schedules through accelerate's FSDP2 plugin and FreezeTrainer (-m gpu) ------
 TRAINER_WORKER = ROOT / "tests" / "fsdp2_trainer_worker.py"
 GPU_ATOL, GPU_RTOL = 1e-4, 1e-3  # CUDA kernels (atomics in the embedding backward) reorder sums
