@@ -28,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ from freeze_policies.distributed.fsdp2 import (
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "fsdp2_schedule_worker.py"
 sys.path.insert(0, str(ROOT / "tests"))
-from fsdp2_schedule_worker import POLICIES, RESUME_AT  # noqa: E402
+from fsdp2_schedule_worker import POLICIES, RESUME_AT, full  # noqa: E402
 
 ATOL, RTOL = 1e-6, 1e-5  # FSDP2 (reduce-scatter) against DDP (all-reduce), float32
 RUNS = ("fsdp2", "resumed", "unprimed", "ddp")
@@ -201,6 +202,77 @@ def test_visibility_sets_requires_grad_to_the_chosen_ones_and_back():
     with optimizer_state_visible(model, optimizer, ["0.bias"]):  # loading: what was saved
         assert [n for n, p in model.named_parameters() if p.requires_grad] == ["0.bias"]
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["1.weight"]
+
+
+@pytest.fixture
+def gloo_group():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_accelerates_fsdp2_optimizer_save_and_load_keep_closed_blocks(gloo_group, tmp_path):
+    """The calls accelerate's ``save_fsdp_optimizer`` / ``load_fsdp_optimizer`` make under FSDP2
+    (``get_optimizer_state_dict`` into ``{"optimizer": ...}``, ``dcp.save``; a fresh optimizer's
+    ``get_optimizer_state_dict`` as template, ``dcp.load``, ``set_optimizer_state_dict``), wrapped
+    as ``FreezeTrainer`` wraps them; without the wrappers the moments of a block closed at load
+    time are lost."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+
+    from freeze_policies.distributed.fsdp2 import loading_into
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+        for layer in model:
+            fully_shard(layer)
+        fully_shard(model)
+        return model, torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+
+    model, optimizer = build()
+    for block in (0, 1):  # block 0 trains a step, closes; block 1 opens (a LISA switch)
+        for index, layer in enumerate(model):
+            layer.requires_grad_(index in (block, 2))
+        model(torch.ones(3, 4)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    moments = {n: full(optimizer.state[p]["exp_avg"]) for n, p in model.named_parameters()}
+    assert set(moments) == {n for n, _ in model.named_parameters()}
+
+    def save(path, wrapped):
+        with optimizer_state_visible(model, optimizer) if wrapped else nullcontext():
+            state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, checkpoint_id=str(path))
+
+    def load(path, wrapped):
+        fresh, fresh_optimizer = build()
+        for index, layer in enumerate(fresh):  # stage 0 again, as a resumed trainer starts
+            layer.requires_grad_(index in (0, 2))
+        with loading_into(fresh, fresh_optimizer, path) if wrapped else nullcontext():
+            state = {"optimizer": get_optimizer_state_dict(fresh, fresh_optimizer)}
+            dcp.load(state, checkpoint_id=str(path))
+            set_optimizer_state_dict(fresh, fresh_optimizer, state["optimizer"])
+        names = {id(p): n for n, p in fresh.named_parameters()}
+        return {names[id(p)]: full(s["exp_avg"]) for p, s in fresh_optimizer.state.items() if s}
+
+    save(tmp_path / "wrapped", wrapped=True)
+    loaded = load(tmp_path / "wrapped", wrapped=True)
+    assert loaded.keys() == moments.keys()
+    assert all(torch.equal(loaded[n], moments[n]) for n in moments)
+    assert [p.requires_grad for p in model.parameters()] == [False, False, True, True, True, True]
+    save(tmp_path / "plain", wrapped=False)  # the negative control: block 1 is closed at load
+    plain = load(tmp_path / "plain", wrapped=False)
+    assert "0.weight" in plain and "1.weight" not in plain
 
 
 def test_accounted_table_for_llama3_8b_on_the_meta_device():

@@ -11,13 +11,14 @@ A LISA block that trained before the checkpoint but is closed at stage 0, or a b
 unfreezing opened after stage 0, would then have no slot in the template: its momentum would be
 silently dropped (and the resumed run would not equal the uninterrupted one).
 
-Worse, ``get_optimizer_state_dict`` and ``set_optimizer_state_dict`` keep optimizer state only
-for parameters that require grad (torch 2.13, ``torch.distributed.checkpoint.state_dict``): a
-checkpoint saved in a stage drops the state of every block closed then, and a load drops the
-state of every block closed at load time, and a load in which a parameter requiring grad has no
-saved state fails (``auto_freeze`` with ``initial_depth``: stage 0 opens blocks that never
-trained). ``optimizer_state_visible`` makes exactly the parameters whose state crosses the
-checkpoint require grad for the duration of the save or the load.
+Worse, ``set_optimizer_state_dict`` loads optimizer state only for parameters that require
+grad at load time (torch 2.13, ``torch.distributed.checkpoint.state_dict``): the state of every
+block closed at load time is dropped even when the template has it, and a load in which a
+parameter requiring grad has no saved state fails (``auto_freeze`` with ``initial_depth``: stage
+0 opens blocks that never trained). ``optimizer_state_visible`` makes exactly the parameters whose
+state crosses the checkpoint require grad for the duration of the load (and of the save, where
+torch 2.13 keeps every parameter's state anyway: the saved set then never depends on
+``requires_grad``).
 
 ``prime_optimizer_state(optimizer, model, names)`` gives state to exactly the parameters the
 checkpoint holds state for (``names_with_optimizer_state`` reads them from the checkpoint's
@@ -167,9 +168,9 @@ def optimizer_state_visible(model: nn.Module, optimizer: torch.optim.Optimizer,
                             names: Collection[str] | None = None) -> Iterator[None]:
     """While the block runs, exactly the parameters whose optimizer state crosses a checkpoint
     require grad (every ``requires_grad`` is set back after): ``torch.distributed.checkpoint.
-    state_dict`` saves and loads optimizer state only for parameters that require grad, which
-    would drop the state of every block a schedule has closed, and refuses a load in which a
-    parameter that requires grad has no saved state (a block no stage has opened yet).
+    state_dict`` loads optimizer state only for parameters that require grad, which would drop
+    the state of every block a schedule has closed, and refuses a load in which a parameter that
+    requires grad has no saved state (a block no stage has opened yet).
     ``names``: those parameters (loading: the ones the checkpoint holds state for); None: every
     parameter with optimizer state now (saving)."""
     if names is None:

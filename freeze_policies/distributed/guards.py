@@ -183,10 +183,10 @@ def check_distributed(
             )
         if scheduled and setup.fsdp_version == 2 and not rewraps:
             logger.warning(
-                "freeze_policy=%r under FSDP2 with a plain Trainer: its checkpoints keep optimizer "
-                "state only for the blocks open when they are saved, and resuming one fails or "
-                "drops the moments of closed blocks; use FreezeTrainer to checkpoint and resume "
-                "a schedule under FSDP2 (freeze_policies.distributed.fsdp2)", policy_name,
+                "freeze_policy=%r under FSDP2 with a plain Trainer: resuming from its "
+                "checkpoints drops the optimizer state of blocks closed at load time, or fails "
+                "for a block open then that never trained; use FreezeTrainer to resume a "
+                "schedule under FSDP2 (freeze_policies.distributed.fsdp2)", policy_name,
             )
         if scheduled and setup.compiled:
             raise FreezePolicyError(
