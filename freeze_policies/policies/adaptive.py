@@ -9,7 +9,8 @@ The criterion, evaluated every ``every`` optimizer steps (one *window*):
 
 1. **Measured.** After each backward (in ``on_pre_optimizer_step``, so after gradient
    accumulation and, under DDP, after the all-reduce), the L2 norm of each trainable block's
-   gradient, all of the block's parameters together.
+   gradient, all of the block's parameters together (under FSDP2, summed over every rank's
+   shard).
 2. **Smoothed.** Averaged over the window: ``G_i(w)`` is block ``i``'s mean gradient norm over
    the ``every`` steps of window ``w``.
 3. **Change rate.** ``r_i(w) = |G_i(w) - G_i(w-1)| / G_i(w-1)``; the first decision comes at the

@@ -44,7 +44,9 @@ What it does on top of ``Trainer``:
 - Under DDP, ``training_step`` re-wraps the model in a new ``DistributedDataParallel`` whenever
   the trainable set changes, so every rank all-reduces exactly what trains; FSDP / DeepSpeed
   combinations that cannot train correctly are refused before training
-  (``freeze_policies.distributed.guards``).
+  (``freeze_policies.distributed.guards``). Under FSDP2 schedules train without re-wrapping,
+  and its checkpoints keep the optimizer state of closed blocks through a resume
+  (``freeze_policies.distributed.fsdp2``).
 - ``train`` returns the audit in ``TrainOutput.metrics`` and ``trainer.frozen_audit`` (an
   ``AuditResult``); ``trainer.state.log_history`` has it too. ``freeze_metrics()`` gathers what
   a report needs (trainable counts, audit, cost figures, prefix-cache figures) in one dict.
