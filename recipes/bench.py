@@ -7,6 +7,7 @@
     python recipes/bench.py precision --out ...               # bfloat16 frozen weights
     accelerate launch --config_file configs/accelerate/ddp_cpu.yaml \
         recipes/bench.py ddp --out ...                        # a schedule under DDP
+    python recipes/bench.py fsdp2_memory --out ...            # LISA's per-rank memory, FSDP2
 
 Each benchmark is a module of ``recipes/benchmarks/`` sharing ``harness.py`` (flags, model,
 batches, timing, atomic JSON); ``python recipes/bench.py NAME --help`` lists its flags.
@@ -19,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("steps", "freeze_modes", "cache", "padding", "precision", "ddp")
+BENCHMARKS = ("steps", "freeze_modes", "cache", "padding", "precision", "ddp", "fsdp2_memory")
 MODULES = {"steps": "step_costs"}
 
 

@@ -5,12 +5,15 @@
 
 On a machine without CUDA it prints that nothing ran and exits 0. With CUDA:
 
-1. **GPU-marked tests**: ``pytest -m gpu tests/test_distributed.py tests/test_precision.py``:
-   FSDP1 and FSDP2 with ``bottom_n`` and the refusal of schedules, FSDP1 without
-   ``use_orig_params`` refused, DeepSpeed ZeRO-2/3 (skipped when ``deepspeed`` is not
-   installed), DDP on 2 GPUs (skipped on one), ``frozen_dtype`` lowering
-   ``max_memory_allocated``, and the frozen-weights audit under FSDP1/FSDP2/ZeRO-2/ZeRO-3
-   comparing full gathered values (``tests/sharded_audit_worker.py``). One row per test.
+1. **GPU-marked tests**: ``pytest -m gpu tests/test_distributed.py tests/test_precision.py
+   tests/test_fsdp2_schedules.py``: FSDP1 and FSDP2 with ``bottom_n``, schedules refused under
+   FSDP1 and trained under FSDP2, FSDP1 without ``use_orig_params`` refused, DeepSpeed
+   ZeRO-2/3 (skipped when ``deepspeed`` is not installed), DDP on 2 GPUs (skipped on one),
+   ``frozen_dtype`` lowering ``max_memory_allocated``, the frozen-weights audit under
+   FSDP1/FSDP2/ZeRO-2/ZeRO-3 comparing full gathered values (``tests/sharded_audit_worker.py``),
+   and ``gradual_unfreeze``, ``lisa`` and ``auto_freeze`` through accelerate's FSDP2 plugin and
+   ``FreezeTrainer`` with a resume from the sharded checkpoint, against DDP
+   (``tests/fsdp2_trainer_worker.py``; 2 processes on 2 GPUs, 1 on one). One row per test.
 2. **Launcher smoke** (about five minutes on one GPU): ``recipes/run.py`` through
    ``accelerate launch --config_file configs/accelerate/single_gpu.yaml`` with ``--bf16 true``,
    ``--smoke-steps`` steps on a subsample, for MiniLM and SmolLM2 with ``bottom_n``,
@@ -38,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
     sys.path.insert(0, str(ROOT))
 
-GPU_TESTS = ["tests/test_distributed.py", "tests/test_precision.py"]
+GPU_TESTS = ["tests/test_distributed.py", "tests/test_precision.py",
+             "tests/test_fsdp2_schedules.py"]
 ACCELERATE_CONFIG = "configs/accelerate/single_gpu.yaml"
 GRADUAL = ["--policy_options", '{"every": 10, "unit": "steps"}']
 FROZEN_BF16 = ["--frozen_dtype", "bfloat16"]

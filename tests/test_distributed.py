@@ -9,12 +9,14 @@
   bit-identical and match the 1-process run; the naive ``requires_grad`` flip (the negative
   control) leaves them different. About 20 s on 2 cores.
 - GPU (``-m gpu``, on a machine with CUDA): the same worker under the FSDP1, FSDP2 and
-  DeepSpeed configs: fixed policies train, schedules and FSDP1 without ``use_orig_params`` are
-  refused before training.
+  DeepSpeed configs: fixed policies train; schedules train under FSDP2 (proven on CPU by
+  ``tests/test_fsdp2_schedules.py``); schedules under FSDP1 or DeepSpeed and FSDP1 without
+  ``use_orig_params`` are refused before training.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -45,6 +47,7 @@ WORKER = ROOT / "tests" / "ddp_worker.py"
 FSDP1 = DistributedSetup("fsdp", 2, fsdp_version=1, use_orig_params=False)
 FSDP1_ORIG = DistributedSetup("fsdp", 2, fsdp_version=1, use_orig_params=True)
 FSDP2 = DistributedSetup("fsdp", 2, fsdp_version=2)
+FSDP2_COMPILED = DistributedSetup("fsdp", 2, fsdp_version=2, compiled=True)
 ZERO2 = DistributedSetup("deepspeed", 2, zero_stage=2)
 ZERO3 = DistributedSetup("deepspeed", 2, zero_stage=3)
 DDP = DistributedSetup("ddp", 2, find_unused_parameters=True)
@@ -64,9 +67,13 @@ REFUSED = [
      r"FSDP1, use_orig_params=False.*FlatParameter whose requires_grad must be uniform.*"
      r"`fsdp_use_orig_params: true`.*FSDP2 \(`fsdp_version: 2`"),
     ("fsdp1-schedule", FSDP1_ORIG, GRADUAL, {},
-     r"'gradual_unfreeze' changes the trainable set.*FSDP1.*use a fixed policy under FSDP, or "
-     r"run the schedule under DDP"),
-    ("fsdp2-schedule", FSDP2, LISA, {}, r"'lisa' changes the trainable set.*FSDP2"),
+     r"'gradual_unfreeze' changes the trainable set.*FSDP1, use_orig_params=True does not "
+     r"support: FSDP1 builds its FlatParameters.*use FSDP2 \(`fsdp_version: 2`"),
+    ("fsdp1-flat-schedule", FSDP1, LISA, {}, r"'lisa' changes the trainable set.*FSDP1"),
+    ("fsdp2-compiled-schedule", FSDP2_COMPILED, LISA, {},
+     r"'lisa' changes the trainable set.*under FSDP2 with torch_compile is not proven"),
+    ("fsdp2-prefix-cache-schedule", FSDP2, GRADUAL, {"prefix_cache": True},
+     r"'gradual_unfreeze' with the frozen-prefix cache under FSDP2 is not proven"),
     ("fsdp2-zero_lr", FSDP2, FIXED, {"freeze_mode": "zero_lr"},
      r"freeze_mode='zero_lr' is not supported under FSDP2"),
     ("fsdp1-zero_grad", FSDP1_ORIG, FIXED, {"freeze_mode": "zero_grad"},
@@ -88,6 +95,11 @@ ALLOWED = [
     ("fsdp1-orig-mixed", FSDP1_ORIG, FIXED, {}),
     ("fsdp1-uniform", FSDP1, FIXED_ALL, {}),  # nothing frozen: flat params are uniform
     ("fsdp2-mixed", FSDP2, FIXED, {}),
+    # proven on 2 CPU processes: tests/test_fsdp2_schedules.py
+    ("fsdp2-gradual", FSDP2, GRADUAL, {}),
+    ("fsdp2-lisa-plain-trainer", FSDP2, LISA, {"rewraps": False}),
+    ("fsdp2-compiled-fixed", FSDP2_COMPILED, FIXED, {}),
+    ("ddp-prefix-cache-schedule", DDP, GRADUAL, {"prefix_cache": True}),
     ("zero2-fixed", ZERO2, FIXED, {}),
     ("zero3-fixed", ZERO3, FIXED, {}),
     ("ddp-gradual", DDP, GRADUAL, {}),
@@ -168,12 +180,12 @@ def _pretend(monkeypatch, setup):
 
 @pytest.mark.parametrize("setup,policy,options,message", [
     (FSDP1, get_policy("bottom_n", n=1), {}, "fsdp_use_orig_params: true"),
-    (FSDP2, get_policy("gradual_unfreeze"), {}, "use a fixed policy under FSDP"),
+    (FSDP1_ORIG, get_policy("gradual_unfreeze"), {}, "FSDP1 builds its FlatParameters"),
     (ZERO2, get_policy("lisa", k=1), {}, "DeepSpeed fixes its parameter groups"),
     (ZERO3, get_policy("bottom_n", n=1), {"freeze_mode": "zero_grad"},
      "freeze_mode='zero_grad' is not supported under DeepSpeed ZeRO-3"),
     (DDP_COMPILED, get_policy("gradual_unfreeze"), {}, "torch_compile"),
-], ids=["fsdp1", "fsdp2-schedule", "zero2-schedule", "zero3-zero_grad", "ddp-compiled"])
+], ids=["fsdp1", "fsdp1-schedule", "zero2-schedule", "zero3-zero_grad", "ddp-compiled"])
 def test_freeze_trainer_runs_the_guards_when_built(monkeypatch, tmp_path, setup, policy,
                                                    options, message):
     _pretend(monkeypatch, setup)
@@ -184,6 +196,27 @@ def test_freeze_trainer_runs_the_guards_when_built(monkeypatch, tmp_path, setup,
     _pretend(monkeypatch, FSDP1_ORIG if setup.kind == "fsdp" else SINGLE)
     FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
                   train_dataset=RandomTokens("bert"), freeze_policy=get_policy("bottom_n", n=1))
+
+
+@pytest.mark.parametrize("policy", ["gradual_unfreeze", "lisa", "auto_freeze"])
+def test_freeze_trainer_and_callback_accept_schedules_under_fsdp2(monkeypatch, tmp_path, caplog,
+                                                                  policy):
+    _pretend(monkeypatch, FSDP2)
+    trainer = FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
+                            train_dataset=RandomTokens("bert"), freeze_policy=policy)
+    assert trainer.freeze_policy.scheduled
+    with caplog.at_level(logging.WARNING, logger="freeze_policies"):
+        Trainer(model=make_model("bert"), args=make_args(tmp_path),
+                train_dataset=RandomTokens("bert"), callbacks=[FreezeScheduleCallback(policy)])
+    assert "under FSDP2 with a plain Trainer" in caplog.text and "use FreezeTrainer" in caplog.text
+    with pytest.raises(FreezePolicyError, match="frozen-prefix cache under FSDP2 is not proven"):
+        FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
+                      train_dataset=RandomTokens("bert"), freeze_policy=policy,
+                      frozen_prefix_eval=True)
+    _pretend(monkeypatch, FSDP2_COMPILED)
+    with pytest.raises(FreezePolicyError, match="torch_compile is not proven"):
+        FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
+                      train_dataset=RandomTokens("bert"), freeze_policy=policy)
 
 
 def test_plain_trainer_callback_runs_the_guards_when_built(monkeypatch, tmp_path):
@@ -464,12 +497,21 @@ def assert_refused(outdir: Path, scenario: str, message: str) -> None:
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("config", ["fsdp.yaml", "fsdp2.yaml"])
-def test_fsdp_trains_fixed_policies_and_refuses_schedules(tmp_path, config):
-    out = gpu_launch(tmp_path, ROOT / "configs/accelerate" / config, "fixed,gradual,lisa")
+def test_fsdp1_trains_fixed_policies_and_refuses_schedules(tmp_path):
+    out = gpu_launch(tmp_path, ROOT / "configs/accelerate/fsdp.yaml", "fixed,gradual,lisa")
     assert_fixed_trained(out)
-    assert_refused(out, "gradual", "use a fixed policy under FSDP")
-    assert_refused(out, "lisa", "use a fixed policy under FSDP")
+    assert_refused(out, "gradual", "FSDP1 builds its FlatParameters")
+    assert_refused(out, "lisa", "FSDP1 builds its FlatParameters")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fsdp2_trains_fixed_policies_and_schedules(tmp_path):
+    out = gpu_launch(tmp_path, ROOT / "configs/accelerate/fsdp2.yaml", "fixed,gradual,lisa")
+    assert_fixed_trained(out)
+    for scenario in ("gradual", "lisa"):  # schedules are allowed under FSDP2 (issue 30)
+        assert not (out / scenario / "error0.txt").exists()
+        assert (out / scenario / "rank0.pt").exists()
 
 
 @pytest.mark.gpu

@@ -9,8 +9,15 @@ test without GPUs), raised as ``FreezePolicyError`` when the trainer is built:
 - FSDP1 with ``use_orig_params=False`` and a policy that leaves frozen and trainable parameters
   side by side: FSDP1 flattens each wrapped unit into one ``FlatParameter`` whose
   ``requires_grad`` must be uniform.
-- A schedule under FSDP (1 or 2) or DeepSpeed: both fix their sharded parameter and optimizer
-  state layout when they wrap the model; changing the trainable set afterwards is not supported.
+- A schedule under FSDP1 or DeepSpeed: both fix their flat parameter and optimizer state
+  layout when they wrap the model; changing the trainable set afterwards is not supported.
+  **FSDP2** (``fully_shard``) shards each parameter as its own DTensor and honours a
+  ``requires_grad`` switched after wrapping, so schedules are allowed there (proven on 2 CPU
+  processes by ``tests/test_fsdp2_schedules.py``: ranks bit-identical, frozen tensors
+  bit-identical, equal to DDP, resume equal to the uninterrupted run); a schedule with
+  ``torch_compile`` or with the frozen-prefix cache under FSDP2 stays refused (unproven).
+  Checkpoints of a schedule under FSDP2 keep the optimizer state of closed blocks
+  (``freeze_policies.distributed.fsdp2``).
 - ``freeze_mode="zero_lr"`` / ``"zero_grad"`` under FSDP or DeepSpeed: they change
   ``requires_grad`` after wrapping, and ZeRO/FSDP build their own gradient and optimizer
   layouts; these measurement baselines run on one process or DDP only.
@@ -146,24 +153,47 @@ def check_distributed(
     mixed: bool,
     freeze_mode: str = "requires_grad",
     rewraps: bool = True,
+    prefix_cache: bool = False,
 ) -> None:
     """Raise ``FreezePolicyError`` when the policy cannot train correctly under ``setup``.
 
     ``mixed``: some stage of the policy leaves frozen and trainable parameters side by side
     (every policy but one that trains everything). ``rewraps``: the trainer re-wraps DDP when
     the trainable set changes (``FreezeTrainer``); False for a plain ``Trainer`` with a
-    ``FreezeScheduleCallback``. Nothing is refused without a policy.
+    ``FreezeScheduleCallback``. ``prefix_cache``: ``cache_frozen_prefix`` or
+    ``frozen_prefix_eval`` is on. Nothing is refused without a policy.
     """
     if policy_name is None:
         return
     where = setup.describe()
     if setup.kind == "fsdp":
-        if scheduled:
+        if scheduled and setup.fsdp_version != 2:
             raise FreezePolicyError(
                 f"freeze_policy={policy_name!r} changes the trainable set during training, which "
-                f"{where} does not support: FSDP builds its sharded parameters and the "
-                "optimizer's view of them once, when it wraps the model (pytorch#104148, "
-                "#105371); use a fixed policy under FSDP, or run the schedule under DDP"
+                f"{where} does not support: FSDP1 builds its FlatParameters and the optimizer's "
+                "view of them once, when it wraps the model (pytorch#104148, #105371); use "
+                "FSDP2 (`fsdp_version: 2`, configs/accelerate/fsdp2.yaml), a fixed policy, or DDP"
+            )
+        if scheduled and prefix_cache:
+            raise FreezePolicyError(
+                f"freeze_policy={policy_name!r} with the frozen-prefix cache under {where} is not "
+                "proven (the cached prefix runs sharded blocks outside the root's forward while "
+                "the schedule moves its depth); turn cache_frozen_prefix / frozen_prefix_eval "
+                "off, or run the schedule under DDP"
+            )
+        if scheduled and setup.fsdp_version == 2 and not rewraps:
+            logger.warning(
+                "freeze_policy=%r under FSDP2 with a plain Trainer: resuming from its "
+                "checkpoints drops the optimizer state of blocks closed at load time, or fails "
+                "for a block open then that never trained; use FreezeTrainer to resume a "
+                "schedule under FSDP2 (freeze_policies.distributed.fsdp2)", policy_name,
+            )
+        if scheduled and setup.compiled:
+            raise FreezePolicyError(
+                f"freeze_policy={policy_name!r} changes the trainable set during training, and "
+                f"a schedule under {where} with torch_compile is not proven (the compiled graph "
+                "was traced with the first stage's requires_grad); turn torch_compile off or "
+                "use a fixed policy"
             )
         if freeze_mode != "requires_grad":
             raise FreezePolicyError(
@@ -230,6 +260,7 @@ def check_trainer(trainer) -> None:
         scheduled=policy.scheduled,
         mixed=policy_mixes(policy, callback.anat),
         freeze_mode=getattr(trainer, "freeze_mode", "requires_grad"),
+        prefix_cache=bool(getattr(getattr(trainer, "freeze_options", None), "uses_prefix", False)),
     )
 
 

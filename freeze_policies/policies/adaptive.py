@@ -9,7 +9,8 @@ The criterion, evaluated every ``every`` optimizer steps (one *window*):
 
 1. **Measured.** After each backward (in ``on_pre_optimizer_step``, so after gradient
    accumulation and, under DDP, after the all-reduce), the L2 norm of each trainable block's
-   gradient, all of the block's parameters together.
+   gradient, all of the block's parameters together (under FSDP2, summed over every rank's
+   shard).
 2. **Smoothed.** Averaged over the window: ``G_i(w)`` is block ``i``'s mean gradient norm over
    the ``every`` steps of window ``w``.
 3. **Change rate.** ``r_i(w) = |G_i(w) - G_i(w-1)| / G_i(w-1)``; the first decision comes at the
@@ -212,7 +213,7 @@ class AutoFreezeController:
             for name in self.anat.blocks[index]:
                 grad = params[name].grad
                 if grad is not None:
-                    squares += float(grad.detach().float().pow(2).sum())
+                    squares += _squared_norm(grad)
             self.window_sums[index] += squares**0.5
         self.window_steps += 1
 
@@ -262,6 +263,14 @@ class AutoFreezeController:
         self.window_steps = int(saved["window_steps"])
         self.previous = None if saved["previous"] is None else [float(x) for x in saved["previous"]]
         self.decisions = list(saved.get("decisions", []))
+
+
+def _squared_norm(grad: torch.Tensor) -> float:
+    """The squared norm of the whole gradient: a DTensor's (FSDP2) summed over every shard, not
+    this rank's shard only (one all-reduce of a scalar; a collective: every rank observes)."""
+    squares = grad.detach().float().pow(2).sum()
+    full_tensor = getattr(squares, "full_tensor", None)
+    return float(full_tensor() if callable(full_tensor) else squares)
 
 
 def _broadcast(depth: int) -> int:

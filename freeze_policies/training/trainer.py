@@ -44,7 +44,9 @@ What it does on top of ``Trainer``:
 - Under DDP, ``training_step`` re-wraps the model in a new ``DistributedDataParallel`` whenever
   the trainable set changes, so every rank all-reduces exactly what trains; FSDP / DeepSpeed
   combinations that cannot train correctly are refused before training
-  (``freeze_policies.distributed.guards``).
+  (``freeze_policies.distributed.guards``). Under FSDP2 schedules train without re-wrapping,
+  and its checkpoints keep the optimizer state of closed blocks through a resume
+  (``freeze_policies.distributed.fsdp2``).
 - ``train`` returns the audit in ``TrainOutput.metrics`` and ``trainer.frozen_audit`` (an
   ``AuditResult``); ``trainer.state.log_history`` has it too. ``freeze_metrics()`` gathers what
   a report needs (trainable counts, audit, cost figures, prefix-cache figures) in one dict.
@@ -70,6 +72,7 @@ from torch import nn
 from transformers import Trainer
 
 from freeze_policies.distributed.ddp import DDPRewrapper
+from freeze_policies.distributed.fsdp2 import is_fsdp2, loading_into, optimizer_state_visible
 from freeze_policies.distributed.guards import check_trainer
 from freeze_policies.errors import FreezePolicyError
 from freeze_policies.policies.trainable import check_not_peft, set_trainable
@@ -328,6 +331,24 @@ class FreezeTrainer(Trainer):
         docstring): evaluation never moves training's random stream."""
         with preserved_rng():
             return super().evaluate(*args, **kwargs)
+
+    # -- FSDP2: checkpoints keep the optimizer state of closed blocks (distributed.fsdp2) -------
+    def _fsdp2_parts(self):
+        """(model, optimizer) when FSDP2 shards the model, else None."""
+        if not self.is_fsdp_enabled or self.optimizer is None or not is_fsdp2(self.model):
+            return None
+        return self.model, getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        parts = self._fsdp2_parts()
+        with optimizer_state_visible(*parts) if parts else contextlib.nullcontext():
+            return super()._save_optimizer_and_scheduler(output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        parts = self._fsdp2_parts()
+        saved = f"{checkpoint}/optimizer_0"  # accelerate's DCP folder of optimizer 0
+        with loading_into(*parts, saved) if parts and checkpoint else contextlib.nullcontext():
+            return super()._load_optimizer_and_scheduler(checkpoint)
 
     # -- DDP: keep the wrapper's registered parameters equal to the trainable ones -------------
     @property
