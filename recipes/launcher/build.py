@@ -56,6 +56,11 @@ def prepare(model_args, data_args, method_args, training_args):
         if method_args.method == "freeze" and method_args.policy
         else None
     )
+    from recipes.launcher.tasks import check_model_task  # before the data: config only
+
+    check_model_task(model_args.model_name_or_path,
+                     models.resolve_model_path(model_args.model_name_or_path,
+                                               model_args.model_cache_dir), model_args.task)
     splits, label_names = load_data(model_args, data_args)
     model, tokenizer = models.load_model_and_tokenizer(
         model_args.model_name_or_path,

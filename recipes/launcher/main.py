@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dict:
     """``main`` once ``output_dir`` is settled: build, train (or resume), evaluate, save."""
     from freeze_policies import predict_cost, summarize
+    from recipes.data.files import left_out_of
     from recipes.data.sources import split_digests
     from recipes.launcher.metrics import perplexity
     from recipes.launcher.models import resolve_model_path
@@ -122,6 +123,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "task": model_args.task,
         "dataset": data_args.dataset,
         "data": split_digests(tokenized),  # the rows each split held, in order
+        "rows_left_out": left_out_of(tokenized),  # rows of the data file not used, and why
         "seed": training_args.seed,
         "learning_rate": training_args.learning_rate,
         "max_steps": trainer.state.max_steps,
