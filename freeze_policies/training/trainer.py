@@ -152,6 +152,7 @@ class FreezeTrainer(Trainer):
                 directory=options.prefix_cache_dir,
                 replay=options.cache_frozen_prefix,
                 wait_for_prefix=bool(getattr(self.freeze_callback.policy, "adaptive", False)),
+                owner=self.args.output_dir,
             )
 
     # the options, as attributes of the trainer (read-only: the options object is the record)
@@ -314,6 +315,8 @@ class FreezeTrainer(Trainer):
             output = super().train(*args, **kwargs)
         finally:
             self._resuming = False
+            if self.prefix_cache is not None:  # its file goes, on success, error or interrupt
+                self.prefix_cache.release()
             callback = self.freeze_callback
             self.frozen_audit = callback.audit_result
             if self.model is not None:  # stored bytes: frozen_dtype shows here

@@ -128,6 +128,7 @@ def prepare(model_args, data_args, method_args, training_args):
 def choose_by_budget(model, train, collator, model_args, method_args, training_args):
     """bottom_n picked by ``freeze_policies.costs.budget`` from the budget flags (rank 0 prints)."""
     from freeze_policies.costs.budget import choose_frozen_depth
+    from recipes.launcher.arguments import BUDGET_FLAGS
 
     batch = None
     if method_args.budget_calibration_steps > 0:
@@ -142,6 +143,10 @@ def choose_by_budget(model, train, collator, model_args, method_args, training_a
         batch_size=training_args.per_device_train_batch_size,
         calibrate=batch,
         calibration_steps=method_args.budget_calibration_steps,
+        stack=method_args.budget_stack,
+        names=BUDGET_FLAGS,
+        shown={"max_step_ratio": f"--budget_step_ratio {method_args.budget_step_ratio}",
+               "max_memory_bytes": f"--budget_memory_gb {gib}"},
     )
     if training_args.process_index == 0:
         print(f"\n{choice}\n", flush=True)
