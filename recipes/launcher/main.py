@@ -37,7 +37,12 @@ from recipes.launcher.common import ConfigError, environment, exit_on_user_error
 from recipes.launcher.outputs import RunOutputs, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
-from recipes.launcher.run_dir import OutputError, check_output_options, open_run_dir
+from recipes.launcher.run_dir import (
+    OutputError,
+    check_output_options,
+    check_resume,
+    open_run_dir,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         check_output_options(method_args.method, training_args)
         run_dir = open_run_dir(training_args)
+        check_resume(run_dir.checkpoint, model_args, method_args)  # before any model loads
     except OutputError as error:
         raise ConfigError(str(error)) from None
     try:
