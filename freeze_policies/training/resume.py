@@ -166,6 +166,19 @@ def describe_policy(spec: dict | None) -> str:
     return f"{spec['name']} {json.dumps(options, sort_keys=True)}"
 
 
+def _normalised(spec: dict | None) -> dict | None:
+    """A saved spec with the options a later version added filled with their defaults (as this
+    version builds it); the spec itself when it no longer builds."""
+    from freeze_policies.policies.registry import policy_spec, resolve_policy
+
+    if not spec:
+        return spec
+    try:
+        return policy_spec(resolve_policy(spec))
+    except (ValueError, TypeError):
+        return spec
+
+
 def check_checkpoint_run(
     folder: str | os.PathLike,
     *,
@@ -180,7 +193,7 @@ def check_checkpoint_run(
     policy that is picked after the model loads, by a budget)."""
     saved = saved_freeze_args(folder)
     if saved is not None:
-        theirs = saved.get("policy")
+        theirs = _normalised(saved.get("policy"))
         same = (theirs == policy_spec if check_options
                 else (theirs or {}).get("name") == (policy_spec or {}).get("name"))
         if not same:

@@ -62,6 +62,7 @@ What it does on top of ``Trainer``:
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -309,6 +310,8 @@ class FreezeTrainer(Trainer):
         down again (also when Trainer rebuilds the callback from the checkpoint)."""
         resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         self._resuming = bool(resume)
+        if self._resuming:  # another policy or freeze mode: one line, not torch's optimizer error
+            self._check_resume(resume)
         if self._resuming and self.model is not None:
             self._upcast_held(self.model)
         try:
@@ -325,6 +328,19 @@ class FreezeTrainer(Trainer):
                 )}
         output.metrics.update({**callback.audit_metrics, **self._end_figures})
         return output
+
+    def _check_resume(self, resume) -> None:
+        """``resume.check_checkpoint_run`` on the checkpoint ``train`` is about to load."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from freeze_policies.policies.registry import policy_spec
+        from freeze_policies.training.resume import check_checkpoint_run
+
+        folder = (get_last_checkpoint(self.args.output_dir) if resume is True
+                  and os.path.isdir(self.args.output_dir) else resume)
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+            check_checkpoint_run(folder, policy_spec=policy_spec(self.freeze_callback.policy),
+                                 freeze_mode=self.freeze_mode)
 
     def evaluate(self, *args, **kwargs):
         """``Trainer.evaluate``, with the random generators restored afterwards (see the module

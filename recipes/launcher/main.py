@@ -37,12 +37,8 @@ from recipes.launcher.common import ConfigError, environment, exit_on_user_error
 from recipes.launcher.outputs import RunOutputs, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
-from recipes.launcher.run_dir import (
-    OutputError,
-    check_output_options,
-    check_resume,
-    open_run_dir,
-)
+from recipes.launcher.resuming import check_resume
+from recipes.launcher.run_dir import OutputError, check_output_options, open_run_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
