@@ -5,7 +5,11 @@ builder of its suffix; a CSV or JSON file that is not valid UTF-8 is read throug
 invalid byte sequence replaced (and a warning); anything else that does not look like a path is
 a Hub dataset id. Split names ``valid`` and ``dev`` mean ``validation``. Then the text and label
 columns are selected and renamed to ``text`` and ``label``, and the labels are encoded as a
-``ClassLabel`` (``encode_labels``). Warnings go to the ``recipes.data.sources`` logger.
+``ClassLabel`` (``encode_labels``: labels as the file writes them, ``class_names``). Rows with
+nothing to train on are left out by ``leave_out_rows``, which warns and records them in a
+``LeftOut`` that the splits carry to ``results.json`` (``set_left_out`` / ``left_out_of``); JSON
+rows that disagree are refused by ``check_json_rows``. Warnings go to the
+``recipes.data.sources`` logger.
 """
 
 from __future__ import annotations

@@ -22,6 +22,15 @@ warning on the ``recipes.data.sources`` logger):
 * a CSV / JSON file that is not valid UTF-8: loaded with each invalid byte sequence replaced by
   U+FFFD, and a warning saying how many and on which line the first is (as the embedded tweet
   corpus is read); a UTF-16 file (byte-order mark) is an error asking for UTF-8;
+* rows with nothing to train on (no text; for classification no label, a ``null``, an empty or
+  blank cell, or -1 in a ``ClassLabel`` column): left out, with a warning per file (or split)
+  naming how many, why and the first row numbers, and counted in the splits' ``rows_left_out``
+  (``recipes.data.files.LeftOut``: the launcher writes it to ``results.json``); a split left
+  with no row is an error;
+* JSON rows that disagree (a column the run reads missing from some rows, or a number in one row
+  and a string in another): an error naming the file, the row and the column;
+* labels that are fractional numbers, or that differ only in case or surrounding spaces: an
+  error naming the values; whole numbers keep integer names (``1.0`` is class ``"1"``);
 * a label column with a single class in ``train`` (after subsampling): an error, since a
   one-class head learns nothing and scores 1.0; one with a different value in every row (10 rows
   or more: text and label columns swapped) and text and label naming the same column: errors;
