@@ -46,6 +46,7 @@ def prepare(model_args, data_args, method_args, training_args):
     from recipes.launcher import models
     from recipes.launcher.metrics import make_compute_metrics
     from recipes.launcher.outputs import RunTrainer
+    from recipes.launcher.tasks import check_model_task
 
     choice("task", model_args.task, models.TASKS)
     # Seed before anything random is built (the classification head, LoRA's A matrices, prompt
@@ -56,8 +57,7 @@ def prepare(model_args, data_args, method_args, training_args):
         if method_args.method == "freeze" and method_args.policy
         else None
     )
-    from recipes.launcher.tasks import check_model_task  # before the data: config only
-
+    # a model that cannot do the task is refused from its config, before the data loads
     check_model_task(model_args.model_name_or_path,
                      models.resolve_model_path(model_args.model_name_or_path,
                                                model_args.model_cache_dir), model_args.task)
