@@ -103,8 +103,9 @@ BAD_FLAGS = [
     (["--policy", "bottom_n", "--policy_options", '{"n": 1, "blocks": 5}'],
      r"^blocks=5 must be a ModuleList's name \(for example 'encoder\.layer'\) or a list of module "
      r"names"),
-    (["--policy", "bottom_n", "--policy_options", "[1, 2]"], r"^policy_options='\[1, 2\]' is not "
-                                                             r"a mapping"),
+    (["--policy", "bottom_n", "--policy_options", "[1, 2]"],
+     r"^policy_options='\[1, 2\]' parses as a list \(\[1, 2\]\), not a mapping of option: value; "
+     r"e\.g\. --policy_options '\{\"n\": 4\}'"),
     (["--policy_options", '{"n": 2}'], r"^policy_options=\{'n': 2\} is given without policy; "
                                        r"they would be ignored"),
     (["--peft_options", '{"r": 2}'], r"^peft_options=\{'r': 2\} is given without peft_method"),

@@ -79,6 +79,38 @@ def test_bad_or_impossible_budgets_are_one_line_errors(model, kwargs, message):
         choose_frozen_depth(model, seq_len=12, batch_size=4, **kwargs)
 
 
+def test_an_encoder_decoder_needs_a_stack_and_freezes_only_that_one():
+    from tiny_models import STACK_CASES
+
+    t5 = next(case for case in STACK_CASES if case.id == "t5").build()
+    with pytest.raises(FreezePolicyError, match=r"^budget: T5ForConditionalGeneration has 2 stacks "
+                                                r"of blocks \(encoder, decoder\); name the one to "
+                                                r"freeze from the bottom with stack"):
+        choose_frozen_depth(t5, max_step_ratio=0.9, seq_len=12, batch_size=4)
+    anat = anatomy(t5)
+    labels = [label for label, _ in budget_module.candidates(anat, "encoder")]
+    depth = len(anat.stack("encoder", "test").blocks)
+    assert labels == ["full fine-tuning"] + [f"bottom_n(n={n}, stack='encoder')"
+                                             for n in range(depth + 1)]
+    choice = choose_frozen_depth(t5, max_step_ratio=0.95, seq_len=12, batch_size=4,
+                                 stack="encoder")
+    trainable = choice.policy.trainable_names(anat)
+    assert all(name in trainable for name in anat.names()
+               if name.startswith("decoder.") and "embed" not in name)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"calibration_steps": -1, "max_step_ratio": 0.5}, r"calibration_steps=-1 must be an integer"),
+    ({"calibration_steps": 2}, r"calibration_steps=2 is given without a budget"),
+    ({"calibration_steps": 2, "max_memory": 8}, r"only max_step_ratio limits"),
+    ({"stack": "encoder"}, r"stack='encoder' is given without a budget"),
+    ({"max_step_ratio": float("inf")}, r"max_step_ratio=inf must be a number > 0"),
+])
+def test_check_budget_without_a_model(kwargs, message):
+    with pytest.raises(FreezePolicyError, match=message):
+        budget_module.check_budget(**kwargs)
+
+
 def test_calibration_moves_deeper_while_the_measured_ratio_misses(model, monkeypatch):
     """Measured times made up per trainable-set size: the prediction's pick measures too slow."""
     total = len(list(model.parameters()))
@@ -128,7 +160,8 @@ def test_the_launcher_reports_an_impossible_budget_in_one_line(tmp_path):
     from recipes.launcher.common import ConfigError
     from recipes.launcher.main import main
 
-    with pytest.raises(ConfigError, match=r"^budget max_step_ratio=0.01 cannot be met: the deepest "
+    with pytest.raises(ConfigError, match=r"^budget --budget_step_ratio 0.01 cannot be met: the "
+                                          r"deepest "
                                           r"freeze, bottom_n\(n=6\)"):
         main(["--budget_step_ratio", "0.01", "--max_train_samples", "32",
               "--max_eval_samples", "16", "--output_dir", str(tmp_path / "run"),

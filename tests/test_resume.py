@@ -76,6 +76,27 @@ EPOCH_END = dict(max_steps=-1, num_train_epochs=2, eval_strategy="epoch", save_s
                  save_steps=4)  # 16 examples, batch 4: the checkpoint at step 4 ends epoch 0
 
 
+def test_freeze_trainer_refuses_a_checkpoint_of_another_policy_in_one_line(tmp_path):
+    """Before Trainer loads the optimizer (whose groups would not match: torch's message), the
+    checkpoint's policy and freeze mode are compared with the trainer's."""
+    from freeze_policies import FreezePolicyError
+
+    common = dict(max_steps=2, save_strategy="steps", save_steps=2)
+    trainer_for(tmp_path, get_policy("bottom_n", n=1), **common).train()
+    checkpoint = str(tmp_path / "checkpoint-2")
+    other = trainer_for(tmp_path, get_policy("top_n", n=1), max_steps=4)
+    with pytest.raises(FreezePolicyError, match=r"^checkpoint '.*checkpoint-2' was trained with "
+                                                r"policy bottom_n \{.*\}, this run has top_n "):
+        other.train(resume_from_checkpoint=checkpoint)
+    with pytest.raises(FreezePolicyError, match=r"was trained with freeze_mode='requires_grad', "
+                                                r"this run has freeze_mode='zero_grad'"):
+        FreezeTrainer(
+            model=make_model("bert"), args=make_args(tmp_path, max_steps=4),
+            train_dataset=RandomTokens("bert", n=16), freeze_policy=get_policy("bottom_n", n=1),
+            freeze_mode="zero_grad",
+        ).train(resume_from_checkpoint=True)
+
+
 def test_evaluate_leaves_the_random_generators_as_it_found_them(tmp_path):
     import random
 

@@ -5,7 +5,9 @@
     trainer = FreezeTrainer(..., freeze_policy=choice.policy)
 
 Candidates, from shallowest to deepest: full fine-tuning (nothing frozen), then ``bottom_n``
-with ``n = 0 .. depth`` (the embeddings and the lowest ``n`` blocks frozen). The first candidate
+with ``n = 0 .. depth`` (the embeddings and the lowest ``n`` blocks frozen). On a model with
+several stacks of blocks (an encoder-decoder such as T5), ``stack=`` names the stack frozen from
+the bottom (``bottom_n``'s own option); everything outside it trains. The first candidate
 that meets every given target wins, so as little as possible is frozen:
 
 - ``max_step_ratio``: the predicted step time over full fine-tuning's, from the FLOP model
@@ -19,11 +21,14 @@ that meets every given target wins, so as little as possible is frozen:
 full fine-tuning side by side on that batch (forward + backward, interleaved, median of the
 rounds; no weight changes) and, while the measured ratio misses ``max_step_ratio``, moves one
 block deeper. The predicted and measured figures are in ``BudgetChoice.rows``. A budget no
-candidate meets is a one-line ``FreezePolicyError``.
+candidate meets is a one-line ``FreezePolicyError``, and so is a bad argument: ``check_budget``
+checks them without a model (the launcher calls it while parsing its flags), and ``names=`` makes
+every message name the caller's own flags.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Mapping
@@ -57,24 +62,85 @@ class BudgetChoice:
             for k, v in self.targets.items()
         )
         lines = [f"budget ({wanted}): {self.label}"]
+        width = max([22, *(len(row["label"]) for row in self.rows)])
         for row in self.rows:
             measured = row.get("measured_step_ratio")
             extra = f", measured {measured:.2f}" if measured is not None else ""
             mark = "->" if row["label"] == self.label else "  "
             lines.append(
-                f"  {mark} {row['label']:<22} step {row['step_ratio']:.2f} x full{extra}, "
+                f"  {mark} {row['label']:<{width}} step {row['step_ratio']:.2f} x full{extra}, "
                 f"memory {format_bytes(row['memory_bytes'])}, "
                 f"{row['trainable_share']:.1%} trainable"
             )
         return "\n".join(lines)
 
 
-def candidates(anat: Anatomy) -> list[tuple[str, Policy | None]]:
-    """Full fine-tuning, then bottom_n for n = 0 .. depth, shallowest first."""
+def candidates(anat: Anatomy, stack: str | None = None) -> list[tuple[str, Policy | None]]:
+    """Full fine-tuning, then bottom_n for n = 0 .. depth, shallowest first; with several stacks
+    of blocks (an encoder-decoder), bottom_n of the ``stack`` named (everything outside it
+    trains)."""
+    view, _ = anat.stack_view(stack, "budget")
+    options = {"stack": stack} if stack is not None else {}
+    extra = f", stack={stack!r}" if stack is not None else ""
     out: list[tuple[str, Policy | None]] = [("full fine-tuning", None)]
-    for n in range(anat.depth + 1):
-        out.append((f"bottom_n(n={n})", get_policy("bottom_n", n=n, tied_weights="freeze")))
+    for n in range(view.depth + 1):
+        out.append((f"bottom_n(n={n}{extra})",
+                    get_policy("bottom_n", n=n, tied_weights="freeze", **options)))
     return out
+
+
+BUDGET_NAMES = {
+    "max_step_ratio": "max_step_ratio",
+    "max_memory_bytes": "max_memory_bytes",
+    "calibration_steps": "calibration_steps",
+    "stack": "stack",
+}
+"""How ``check_budget`` and ``choose_frozen_depth`` name their arguments in messages, unless the
+caller says how its user typed them (``names=``: the launcher passes its flags)."""
+
+
+def _is_number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value))
+
+
+def check_budget(
+    *,
+    max_step_ratio=None,
+    max_memory=None,
+    calibration_steps=0,
+    stack=None,
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """The budget's arguments alone, before any model exists: targets are numbers > 0, at least
+    one is given when calibration steps or a stack are, ``calibration_steps`` is an integer >= 0
+    and calibrates only a step target. ``max_memory`` is in whatever unit the caller's user
+    typed (bytes for the library, GiB for the launcher); ``names`` maps ``max_step_ratio``,
+    ``max_memory_bytes``, ``calibration_steps`` and ``stack`` to what the user typed."""
+    named = {**BUDGET_NAMES, **(names or {})}
+    for key, value in (("max_step_ratio", max_step_ratio), ("max_memory_bytes", max_memory)):
+        if value is not None and not (_is_number(value) and value > 0):
+            raise FreezePolicyError(f"budget: {named[key]}={value!r} must be a number > 0")
+    if (isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int)
+            or calibration_steps < 0):
+        raise FreezePolicyError(
+            f"budget: {named['calibration_steps']}={calibration_steps!r} must be an integer >= 0 "
+            "(0: no calibration)"
+        )
+    given = max_step_ratio is not None or max_memory is not None
+    for key, value, unused in (("calibration_steps", calibration_steps, calibration_steps == 0),
+                               ("stack", stack, stack is None)):
+        if not unused and not given:
+            raise FreezePolicyError(
+                f"budget: {named[key]}={value!r} is given without a budget; add "
+                f"{named['max_step_ratio']} and/or {named['max_memory_bytes']}, or drop it"
+            )
+    if calibration_steps and max_step_ratio is None:
+        raise FreezePolicyError(
+            f"budget: {named['calibration_steps']}={calibration_steps!r} measures step times, "
+            f"which only {named['max_step_ratio']} limits; add {named['max_step_ratio']} or drop "
+            "the calibration"
+        )
 
 
 def choose_frozen_depth(
@@ -88,28 +154,55 @@ def choose_frozen_depth(
     anat: Anatomy | None = None,
     calibrate: Mapping[str, torch.Tensor] | None = None,
     calibration_steps: int = 3,
+    stack: str | None = None,
+    names: Mapping[str, str] | None = None,
+    shown: Mapping[str, str] | None = None,
 ) -> BudgetChoice:
-    """The shallowest frozen prefix that meets the targets (see the module docstring)."""
-    targets = {}
-    for name, value in (("max_step_ratio", max_step_ratio), ("max_memory_bytes", max_memory_bytes)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise FreezePolicyError(f"budget: {name}={value!r} must be a number > 0")
-        targets[name] = value
+    """The shallowest frozen prefix that meets the targets (see the module docstring).
+
+    ``stack``: on a model with several stacks of blocks (an encoder-decoder), the one frozen
+    from the bottom. ``names`` (see ``check_budget``) and ``shown`` (a target as the user typed
+    it, e.g. ``{"max_memory_bytes": "--budget_memory_gb 2"}``) let a caller's messages name its
+    own flags."""
+    named = {**BUDGET_NAMES, **(names or {})}
+    check_budget(max_step_ratio=max_step_ratio, max_memory=max_memory_bytes,
+                 calibration_steps=calibration_steps if calibrate is not None else 0,
+                 stack=stack, names=names)
+    targets = {key: value for key, value in (("max_step_ratio", max_step_ratio),
+                                             ("max_memory_bytes", max_memory_bytes))
+               if value is not None}
     if not targets:
-        raise FreezePolicyError("budget: give max_step_ratio and/or max_memory_bytes")
+        raise FreezePolicyError(
+            f"budget: give {named['max_step_ratio']} and/or {named['max_memory_bytes']}"
+        )
+    if calibrate is not None and calibration_steps < 1:
+        raise FreezePolicyError(
+            f"budget: {named['calibration_steps']}={calibration_steps!r} must be >= 1 to calibrate"
+        )
     anat = anat or anatomy(model)
+    if len(anat.stacks) > 1 and stack is None:
+        raise FreezePolicyError(
+            f"budget: {anat.model_class} has {len(anat.stacks)} stacks of blocks "
+            f"({', '.join(anat.stack_names())}); name the one to freeze from the bottom with "
+            f"{named['stack']} (one of {', '.join(anat.stack_names())})"
+        )
+    try:
+        options = candidates(anat, stack)
+    except FreezePolicyError as error:  # an unknown stack: say it with the caller's name
+        raise FreezePolicyError(
+            str(error).replace("stack=", f"{named['stack']}=")
+        ) from None
+    described = _describe(targets, shown)
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     rows = []
-    for label, policy in candidates(anat):
-        names = set(params) if policy is None else policy.trainable_names(anat)
-        cost = predict_cost(model, names, anat, seq_len=seq_len, batch_size=batch_size,
+    for label, policy in options:
+        trainable = set(params) if policy is None else policy.trainable_names(anat)
+        cost = predict_cost(model, trainable, anat, seq_len=seq_len, batch_size=batch_size,
                             state_slots=state_slots)
         memory = cost.parameter_bytes + cost.gradient_bytes + cost.optimizer_state_bytes
         rows.append({
-            "label": label, "policy": policy, "names": names, "step_ratio": cost.step_ratio,
+            "label": label, "policy": policy, "names": trainable, "step_ratio": cost.step_ratio,
             "memory_bytes": memory, "trainable_share": cost.trainable_params / total,
         })
 
@@ -123,8 +216,9 @@ def choose_frozen_depth(
     if index is None:
         deepest = rows[-1]
         raise FreezePolicyError(
-            f"budget {_describe(targets)} cannot be met: the deepest freeze, {deepest['label']} "
-            f"(everything but the head), is predicted at {deepest['step_ratio']:.2f} x full "
+            f"budget {described} cannot be met: the deepest freeze, {deepest['label']} "
+            f"({'the whole stack' if stack else 'everything but the head'}), is predicted at "
+            f"{deepest['step_ratio']:.2f} x full "
             f"fine-tuning's step and {format_bytes(deepest['memory_bytes'])}"
         )
     if calibrate is not None and max_step_ratio is not None:
@@ -139,7 +233,7 @@ def choose_frozen_depth(
             index += 1
         else:
             raise FreezePolicyError(
-                f"budget {_describe(targets)} cannot be met on this machine: even "
+                f"budget {described} cannot be met on this machine: even "
                 f"{rows[-1]['label']} measured {rows[-1]['measured_step_ratio']:.2f} x full "
                 "fine-tuning's step"
             )
@@ -148,9 +242,10 @@ def choose_frozen_depth(
     return BudgetChoice(chosen["policy"], chosen["label"], public, targets)
 
 
-def _describe(targets: dict) -> str:
+def _describe(targets: dict, shown: Mapping[str, str] | None = None) -> str:
+    shown = shown or {}
     return ", ".join(
-        f"{k}={format_bytes(v) if k == 'max_memory_bytes' else f'{v:g}'}"
+        shown.get(k) or f"{k}={format_bytes(v) if k == 'max_memory_bytes' else f'{v:g}'}"
         for k, v in targets.items()
     )
 
@@ -184,7 +279,7 @@ def _measure_pair(model, full_names, names, batch, steps, full_seconds):
     measure_step_seconds(model, names, batch)  # warm-up: first calls allocate
     if full_seconds is None:
         measure_step_seconds(model, full_names, batch)
-    for _ in range(max(1, steps)):
+    for _ in range(steps):
         if full_seconds is None:
             full_times.append(measure_step_seconds(model, full_names, batch))
         times.append(measure_step_seconds(model, names, batch))
@@ -192,4 +287,5 @@ def _measure_pair(model, full_names, names, batch, steps, full_seconds):
     return full, statistics.median(times)
 
 
-__all__ = ["BudgetChoice", "candidates", "choose_frozen_depth", "measure_step_seconds"]
+__all__ = ["BudgetChoice", "candidates", "check_budget", "choose_frozen_depth",
+           "measure_step_seconds"]

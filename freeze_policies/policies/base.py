@@ -30,7 +30,7 @@ from typing import ClassVar
 from torch import nn
 
 from freeze_policies.errors import FreezePolicyError
-from freeze_policies.policies.trainable import set_trainable
+from freeze_policies.policies.trainable import compose_with_peft, is_peft_model, set_trainable
 from freeze_policies.structure.discover import Anatomy, anatomy, check_blocks_option
 
 TIED_CHOICES = ("error", "train", "freeze")
@@ -102,9 +102,13 @@ class Policy:
     def apply(self, model: nn.Module, stage: int = 0, anat: Anatomy | None = None):
         """Set ``requires_grad`` on every parameter of ``model``; return the trainable names.
 
-        Everything is checked before the model is touched.
+        Everything is checked before the model is touched. On a PEFT model the policy chooses
+        which blocks' adapters train; base weights stay frozen
+        (``freeze_policies.policies.trainable.compose_with_peft``).
         """
         names = self.trainable_names(anat or self.anatomy(model), stage)
+        if is_peft_model(model):
+            names = compose_with_peft(model, names, self.name)
         set_trainable(model, names)
         return names
 

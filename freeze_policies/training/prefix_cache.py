@@ -19,7 +19,10 @@ and, on later steps, skips the prefix:
   eval mode at each step. This is the documented behaviour of ``cache_frozen_prefix``: dropout is
   off in the frozen prefix, on in the trained top.
 - **Where.** In memory by default; ``directory=`` spills to one append-only float file plus an
-  index, for corpora whose states do not fit in RAM.
+  index, for corpora whose states do not fit in RAM. The file is removed when the run ends
+  (``release``: ``FreezeTrainer.train`` calls it on success, error or interrupt); files that a
+  killed earlier run of the same output_dir left on this machine are removed when the next one
+  starts; other files in the folder are never touched.
 - **Depth changes.** ``refresh()`` recomputes ``N`` from ``requires_grad``; when a schedule opens
   a block of the prefix (gradual unfreezing), the cache is emptied and rebuilt at the new depth.
   With no frozen block at the bottom (or trainable embeddings or shared parameters), caching has
@@ -31,8 +34,12 @@ every transformers 5 decoder and encoder layer does.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,11 +92,14 @@ class _MemoryStore:
 class _DiskStore:
     """Append-only float file + in-memory index of (offset, shape); dtype kept per store."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, owner: str | None = None):
         self.directory = Path(directory)
+        check_cache_dir(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"prefix-{os.getpid()}-{id(self)}.bin"
+        self.path = self.directory / f"{file_prefix(owner)}{os.getpid()}-{id(self)}.bin"
         self.file = open(self.path, "wb+")  # noqa: SIM115 - lives as long as the store
+        # removed also when the store is dropped without close(), or at interpreter exit
+        self._finalizer = weakref.finalize(self, _remove_file, self.file, self.path)
         self.index: dict[bytes, tuple[int, tuple[int, ...], torch.dtype]] = {}
         self.nbytes = 0
 
@@ -114,8 +124,63 @@ class _DiskStore:
         return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
 
     def close(self):
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+        self._finalizer()
+
+
+def _remove_file(handle, path: Path) -> None:
+    handle.close()
+    path.unlink(missing_ok=True)
+
+
+def file_prefix(owner: str | None) -> str:
+    """The start of the names of the cache files of one run: ``prefix-<owner>-<host>-`` (the owner
+    is a digest of the run's output_dir), then the process id. Files of other runs in a shared
+    folder never start the same way."""
+    tag = hashlib.sha256(str(Path(owner).absolute()).encode()).hexdigest()[:12] if owner else "run"
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    return f"prefix-{tag}-{host}-"
+
+
+def check_cache_dir(directory: Path) -> None:
+    """One line for a cache folder that cannot be one (a file in its place)."""
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = ("is a file" if probe == directory
+                 else f"cannot be created: {str(probe)!r} is a file")
+        raise FreezePolicyError(
+            f"prefix_cache_dir={str(directory)!r} {where}; give a folder (it is created if "
+            "missing) or leave prefix_cache_dir out to keep the cache in memory"
+        )
+
+
+def remove_stale_files(directory: str | os.PathLike, owner: str | None) -> list[Path]:
+    """Remove the cache files an earlier, killed run of the same ``owner`` (output_dir) left on
+    this machine: files named for ``owner`` and this host whose process is gone. Files of live
+    processes (the other ranks of this run) and of other runs are left alone."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    start = file_prefix(owner)
+    removed = []
+    for path in folder.glob(f"{start}*.bin"):
+        pid = path.name[len(start):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class PrefixCache:
@@ -128,11 +193,14 @@ class PrefixCache:
         directory: str | os.PathLike | None = None,
         replay: bool = True,
         wait_for_prefix: bool = False,
+        owner: str | None = None,
     ):
         """``replay=False`` keeps the prefix in eval mode but never stores or replays: the
         uncached run that a cached one must match. ``wait_for_prefix=True`` accepts a model with
         no frozen prefix yet (an adaptive policy freezes one during training); the cache stays
-        off until ``refresh`` finds one."""
+        off until ``refresh`` finds one. ``owner`` (the run's output_dir) names the cache files in
+        ``directory``: an earlier run of the same owner that was killed left files there, which
+        are removed now; ``release`` removes this run's own."""
         if len(anat.stacks) > 1:
             raise FreezePolicyError(
                 f"cache_frozen_prefix works on models with one stack of blocks; "
@@ -143,6 +211,11 @@ class PrefixCache:
         self.model = model
         self.anat = anat
         self.directory = directory
+        self.owner = owner
+        self._last_nbytes = 0
+        if directory is not None:
+            check_cache_dir(Path(directory))
+            remove_stale_files(directory, owner)
         self.modules = dict(model.named_modules())
         self.depth = 0
         self.store = None
@@ -164,25 +237,34 @@ class PrefixCache:
         switches itself off: ``step`` then runs the model untouched.
         """
         depth = frozen_prefix_depth(self.model, self.anat)
-        if depth == self.depth:
+        if depth == self.depth and (self.store is not None or depth == 0):
             return False
         if self.store is not None:
             self.stats["rebuilds"] += 1
         self.close()
+        self._last_nbytes = 0
         self.depth = depth
         if depth:
-            self.store = _DiskStore(self.directory) if self.directory else _MemoryStore()
+            self.store = (_DiskStore(self.directory, self.owner) if self.directory
+                          else _MemoryStore())
         self.prefix_modules = None
         return True
 
     @property
     def nbytes(self) -> int:
-        return self.store.nbytes if self.store is not None else 0
+        return self.store.nbytes if self.store is not None else self._last_nbytes
 
     def close(self) -> None:
         if isinstance(self.store, _DiskStore):
             self.store.close()
         self.store = None
+
+    def release(self) -> None:
+        """Drop the cached states and remove the cache file (the end of a run: success, error or
+        interrupt); ``depth``, ``nbytes`` and ``stats`` keep the run's figures, and the next
+        training step (``refresh``) starts the cache again."""
+        self._last_nbytes = self.nbytes
+        self.close()  # depth and the counters stay, as the run's figures
 
     # -- one training or evaluation step -----------------------------------------------------
     @contextmanager

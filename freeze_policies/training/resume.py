@@ -8,11 +8,21 @@ difference raises ``FreezePolicyError`` naming it, because training on would sil
 another schedule. ``check_saved_names`` checks that the optimizer state loaded with the
 checkpoint went to the parameters it was saved for (the groups carry ``param_names``), and
 ``check_optimizer_holds`` that the optimizer holds every parameter a stage opens.
+
+``check_checkpoint_run`` reads a checkpoint folder before ``Trainer`` loads anything from it:
+another policy (or policy options) or freeze mode than the checkpoint's is a one-line
+``FreezePolicyError`` naming both (instead of torch's message about optimizer groups of another
+size), and another number of processes than the one that saved it is a one-line warning (the
+data order and the batches differ, so the run will not equal an uninterrupted one).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+from pathlib import Path
 
 from torch import nn
 
@@ -117,3 +127,93 @@ def check_saved_names(optimizer, model: nn.Module) -> None:
                 f"state was saved for {meant}: the checkpoint's optimizer groups do not "
                 "match this model and policy"
             )
+
+
+CALLBACK = "FreezeScheduleCallback"
+_RNG_PER_PROCESS = re.compile(r"^rng_state_(\d+)\.pth$")
+
+
+def checkpoint_world_size(folder: str | os.PathLike) -> int | None:
+    """How many processes saved the checkpoint in ``folder``: ``Trainer`` writes one
+    ``rng_state_<rank>.pth`` per process under a launcher, ``rng_state.pth`` alone otherwise
+    (None: no random state saved)."""
+    names = os.listdir(folder)
+    ranks = [m for name in names if (m := _RNG_PER_PROCESS.match(name))]
+    if ranks:
+        return len(ranks)
+    return 1 if "rng_state.pth" in names else None
+
+
+def saved_freeze_args(folder: str | os.PathLike) -> dict | None:
+    """The freeze callback's ``args`` (policy spec, freeze mode) a checkpoint saved; None when
+    it saved none (a run without ``FreezeScheduleCallback``)."""
+    path = Path(folder) / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    saved = (state.get("stateful_callbacks") or {}).get(CALLBACK)
+    if isinstance(saved, list):
+        saved = saved[0] if saved else None
+    return (saved or {}).get("args") if isinstance(saved, dict) else None
+
+
+def describe_policy(spec: dict | None) -> str:
+    """A policy spec as a person reads it: ``bottom_n {"n": 1}``, or "no policy"."""
+    if not spec:
+        return "no policy (full fine-tuning)"
+    options = {k: v for k, v in spec.items() if k != "name"}
+    return f"{spec['name']} {json.dumps(options, sort_keys=True)}"
+
+
+def _normalised(spec: dict | None) -> dict | None:
+    """A saved spec with the options a later version added filled with their defaults (as this
+    version builds it); the spec itself when it no longer builds."""
+    from freeze_policies.policies.registry import policy_spec, resolve_policy
+
+    if not spec:
+        return spec
+    try:
+        return policy_spec(resolve_policy(spec))
+    except (ValueError, TypeError):
+        return spec
+
+
+def check_checkpoint_run(
+    folder: str | os.PathLike,
+    *,
+    policy_spec: dict | None,
+    freeze_mode: str,
+    world_size: int | None = None,
+    check_options: bool = True,
+) -> str | None:
+    """Refuse to resume from ``folder`` a run it cannot reproduce (module docstring); return the
+    warning for another number of processes (None: nothing to say). ``policy_spec`` is this run's
+    (``registry.policy_spec``); ``check_options=False`` compares the policy's name only (a
+    policy that is picked after the model loads, by a budget)."""
+    saved = saved_freeze_args(folder)
+    if saved is not None:
+        theirs = _normalised(saved.get("policy"))
+        same = (theirs == policy_spec if check_options
+                else (theirs or {}).get("name") == (policy_spec or {}).get("name"))
+        if not same:
+            raise FreezePolicyError(
+                f"checkpoint {str(folder)!r} was trained with policy {describe_policy(theirs)}, "
+                f"this run has {describe_policy(policy_spec)}: resume with the checkpoint's "
+                "policy and options, or start a new run"
+            )
+        if saved.get("freeze_mode") != freeze_mode:
+            raise FreezePolicyError(
+                f"checkpoint {str(folder)!r} was trained with freeze_mode="
+                f"{saved.get('freeze_mode')!r}, this run has freeze_mode={freeze_mode!r}: resume "
+                "with the same freeze mode, or start a new run"
+            )
+    saved_world = checkpoint_world_size(folder)
+    if world_size is not None and saved_world is not None and saved_world != world_size:
+        return (
+            f"checkpoint {str(folder)!r} was saved by {saved_world} process"
+            f"{'es' if saved_world > 1 else ''}, this run has {world_size}: the batches and the "
+            "data order differ from the run that saved it, so the resumed run will not equal an "
+            "uninterrupted one"
+        )
+    return None

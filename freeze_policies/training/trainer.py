@@ -64,6 +64,7 @@ What it does on top of ``Trainer``:
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -155,6 +156,7 @@ class FreezeTrainer(Trainer):
                 directory=options.prefix_cache_dir,
                 replay=options.cache_frozen_prefix,
                 wait_for_prefix=bool(getattr(self.freeze_callback.policy, "adaptive", False)),
+                owner=self.args.output_dir,
             )
 
     # the options, as attributes of the trainer (read-only: the options object is the record)
@@ -311,12 +313,16 @@ class FreezeTrainer(Trainer):
         down again (also when Trainer rebuilds the callback from the checkpoint)."""
         resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         self._resuming = bool(resume)
+        if self._resuming:  # another policy or freeze mode: one line, not torch's optimizer error
+            self._check_resume(resume)
         if self._resuming and self.model is not None:
             self._upcast_held(self.model)
         try:
             output = super().train(*args, **kwargs)
         finally:
             self._resuming = False
+            if self.prefix_cache is not None:  # its file goes, on success, error or interrupt
+                self.prefix_cache.release()
             callback = self.freeze_callback
             self.frozen_audit = callback.audit_result
             if self.model is not None:  # stored bytes: frozen_dtype shows here
@@ -325,6 +331,19 @@ class FreezeTrainer(Trainer):
                 )}
         output.metrics.update({**callback.audit_metrics, **self._end_figures})
         return output
+
+    def _check_resume(self, resume) -> None:
+        """``resume.check_checkpoint_run`` on the checkpoint ``train`` is about to load."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from freeze_policies.policies.registry import policy_spec
+        from freeze_policies.training.resume import check_checkpoint_run
+
+        folder = (get_last_checkpoint(self.args.output_dir) if resume is True
+                  and os.path.isdir(self.args.output_dir) else resume)
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+            check_checkpoint_run(folder, policy_spec=policy_spec(self.freeze_callback.policy),
+                                 freeze_mode=self.freeze_mode)
 
     def evaluate(self, *args, **kwargs):
         """``Trainer.evaluate``, with the random generators restored afterwards (see the module

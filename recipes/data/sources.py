@@ -22,6 +22,15 @@ warning on the ``recipes.data.sources`` logger):
 * a CSV / JSON file that is not valid UTF-8: loaded with each invalid byte sequence replaced by
   U+FFFD, and a warning saying how many and on which line the first is (as the embedded tweet
   corpus is read); a UTF-16 file (byte-order mark) is an error asking for UTF-8;
+* rows with nothing to train on (no text; for classification no label, a ``null``, an empty or
+  blank cell, or -1 in a ``ClassLabel`` column): left out, with a warning per file (or split)
+  naming how many, why and the first row numbers, and counted in the splits' ``rows_left_out``
+  (``recipes.data.files.LeftOut``: the launcher writes it to ``results.json``); a split left
+  with no row is an error;
+* JSON rows that disagree (a column the run reads missing from some rows, or a number in one row
+  and a string in another): an error naming the file, the row and the column;
+* labels that are fractional numbers, or that differ only in case or surrounding spaces: an
+  error naming the values; whole numbers keep integer names (``1.0`` is class ``"1"``);
 * a label column with a single class in ``train`` (after subsampling): an error, since a
   one-class head learns nothing and scores 1.0; one with a different value in every row (10 rows
   or more: text and label columns swapped) and text and label naming the same column: errors;
@@ -46,9 +55,11 @@ from recipes.data.files import (
     EMBEDDED_DATASETS,
     VALID_SOURCES,
     encode_labels,
+    leave_out_rows,
     load_external,
     package_dir,
     select_columns,
+    set_left_out,
 )
 from recipes.data.splits import SplitSizes, check_label_coverage
 
@@ -103,9 +114,9 @@ def load_classification_splits(
         tweets = load_tweets()
         raw = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(tweets)})
     else:
-        raw = load_external(source, dataset_config)
+        raw = load_external(source, dataset_config, (text_column, label_column))
         raw = select_columns(raw, {text_column: "text", label_column: "label"})
-    raw, label_names = encode_labels(raw)
+    raw, label_names, left_out = encode_labels(raw, source, text_column, label_column)
     rows = sum(len(split) for split in raw.values())
     if rows >= 10 and len(label_names) == rows:
         raise ValueError(
@@ -114,7 +125,7 @@ def load_classification_splits(
         )
     splits = sizes.carve(raw, stratify=True)
     check_label_coverage(splits, label_names, label_column)
-    return splits, label_names
+    return set_left_out(splits, left_out if source != "tweets" else None), label_names
 
 
 def load_causal_lm_splits(
@@ -142,11 +153,15 @@ def load_causal_lm_splits(
         texts = load_chatterbot() if source == "chatterbot" else load_tweets()["text"].tolist()
         raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})})
     else:
-        raw = load_external(source, dataset_config)
+        raw = load_external(source, dataset_config, (text_column,))
         raw = select_columns(raw, {text_column: "text"})
     raw = raw.cast_column("text", datasets.Value("string"))
-    raw = raw.filter(lambda row: bool(row["text"] and row["text"].strip()))
-    return sizes.carve(raw, stratify=False)
+    empty = f"with no text in column {text_column!r}"
+    raw, left_out = leave_out_rows(
+        raw, source, lambda row: empty if not (row["text"] and row["text"].strip()) else None
+    )
+    embedded = source in ("tweets", "chatterbot")
+    return set_left_out(sizes.carve(raw, stratify=False), None if embedded else left_out)
 
 
 def load_tweets() -> pd.DataFrame:
@@ -210,7 +225,8 @@ def tokenize_classification(
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     tokenized = splits.map(encode, batched=True, remove_columns=["text"])
-    return tokenized.rename_column("label", "labels")
+    return set_left_out(tokenized.rename_column("label", "labels"),
+                        getattr(splits, "rows_left_out", None))
 
 
 def tokenize_causal_lm(
@@ -258,7 +274,7 @@ def tokenize_causal_lm(
                 f"split {name!r} has fewer than block_size={block_size} tokens per group of "
                 "1,000 texts; use a smaller block size (recipes/run.py: --max_length) or more data"
             )
-    return grouped
+    return set_left_out(grouped, getattr(splits, "rows_left_out", None))
 
 
 def check_length(name: str, length: int, tokenizer, flag: str | None = None) -> None:

@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 
 from freeze_policies import FreezeOptions
+from freeze_policies.costs.budget import check_budget
 from recipes.launcher.common import ConfigError, parse_mapping
 from recipes.launcher.peft_methods import PEFT_METHODS
 from recipes.launcher.run_dir import RunTrainingArguments
 
 METHODS = ("full", "freeze", "peft")
+BUDGET_FLAGS = {"max_step_ratio": "--budget_step_ratio", "max_memory_bytes": "--budget_memory_gb",
+                "calibration_steps": "--budget_calibration_steps", "stack": "--budget_stack"}
 RECIPE_DEFAULTS = {
     "output_dir": "outputs/run",
     "per_device_train_batch_size": 32,
@@ -143,6 +146,11 @@ class MethodArguments(FreezeOptions):
         metadata={"help": "measure the budget's pick against full fine-tuning on this many "
                   "forward+backward steps of a training batch, and go deeper if it misses"},
     )
+    budget_stack: str | None = field(
+        default=None,
+        metadata={"help": "pick bottom_n by budget on a model with several stacks of blocks (an "
+                  "encoder-decoder): the stack frozen from the bottom, e.g. encoder"},
+    )
     peft_method: str | None = field(
         default=None,
         metadata={"help": " | ".join(PEFT_METHODS) + " (recipes/peft_methods.py)"},
@@ -155,6 +163,9 @@ class MethodArguments(FreezeOptions):
         self.policy_options = parse_mapping("policy_options", self.policy_options)
         self.peft_options = parse_mapping("peft_options", self.peft_options)
         budget = self.budget_step_ratio is not None or self.budget_memory_gb is not None
+        check_budget(max_step_ratio=self.budget_step_ratio, max_memory=self.budget_memory_gb,
+                     calibration_steps=self.budget_calibration_steps, stack=self.budget_stack,
+                     names=BUDGET_FLAGS)
         if budget and self.policy:
             raise ConfigError(
                 "budget_step_ratio / budget_memory_gb pick the policy (bottom_n); do not also "

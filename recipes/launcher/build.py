@@ -46,6 +46,7 @@ def prepare(model_args, data_args, method_args, training_args):
     from recipes.launcher import models
     from recipes.launcher.metrics import make_compute_metrics
     from recipes.launcher.outputs import RunTrainer
+    from recipes.launcher.tasks import check_model_task
 
     choice("task", model_args.task, models.TASKS)
     # Seed before anything random is built (the classification head, LoRA's A matrices, prompt
@@ -56,6 +57,10 @@ def prepare(model_args, data_args, method_args, training_args):
         if method_args.method == "freeze" and method_args.policy
         else None
     )
+    # a model that cannot do the task is refused from its config, before the data loads
+    check_model_task(model_args.model_name_or_path,
+                     models.resolve_model_path(model_args.model_name_or_path,
+                                               model_args.model_cache_dir), model_args.task)
     splits, label_names = load_data(model_args, data_args)
     model, tokenizer = models.load_model_and_tokenizer(
         model_args.model_name_or_path,
@@ -123,6 +128,7 @@ def prepare(model_args, data_args, method_args, training_args):
 def choose_by_budget(model, train, collator, model_args, method_args, training_args):
     """bottom_n picked by ``freeze_policies.costs.budget`` from the budget flags (rank 0 prints)."""
     from freeze_policies.costs.budget import choose_frozen_depth
+    from recipes.launcher.arguments import BUDGET_FLAGS
 
     batch = None
     if method_args.budget_calibration_steps > 0:
@@ -137,6 +143,10 @@ def choose_by_budget(model, train, collator, model_args, method_args, training_a
         batch_size=training_args.per_device_train_batch_size,
         calibrate=batch,
         calibration_steps=method_args.budget_calibration_steps,
+        stack=method_args.budget_stack,
+        names=BUDGET_FLAGS,
+        shown={"max_step_ratio": f"--budget_step_ratio {method_args.budget_step_ratio}",
+               "max_memory_bytes": f"--budget_memory_gb {gib}"},
     )
     if training_args.process_index == 0:
         print(f"\n{choice}\n", flush=True)

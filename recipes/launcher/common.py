@@ -61,12 +61,25 @@ def parse_mapping(name: str, value) -> dict:
     """
     if value is None or isinstance(value, dict):
         return dict(value or {})
+    example = 'e.g. --policy_options \'{"n": 4}\' or, in a YAML config, policy_options: {n: 4}'
+    example = example.replace("policy_options", name)
     try:
         parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        parsed = None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or first_line(error)
+        raise ConfigError(
+            f"{name}={value!r} does not parse as YAML or JSON ({problem}{where}); give a "
+            f"mapping of option: value, {example}"
+        ) from None
     if not isinstance(parsed, dict):
-        raise ConfigError(f"{name}={value!r} is not a mapping (e.g. '{{\"n\": 4}}')")
+        kind = {list: "a list", str: "a plain string", type(None): "empty"}.get(
+            type(parsed), f"a {type(parsed).__name__}")
+        raise ConfigError(
+            f"{name}={value!r} parses as {kind} ({parsed!r}), not a mapping of option: value; "
+            f"{example}"
+        )
     return parsed
 
 

@@ -37,6 +37,7 @@ from recipes.launcher.common import ConfigError, environment, exit_on_user_error
 from recipes.launcher.outputs import RunOutputs, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
+from recipes.launcher.resuming import check_resume
 from recipes.launcher.run_dir import OutputError, check_output_options, open_run_dir
 
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         check_output_options(method_args.method, training_args)
         run_dir = open_run_dir(training_args)
+        check_resume(run_dir.checkpoint, model_args, method_args)  # before any model loads
     except OutputError as error:
         raise ConfigError(str(error)) from None
     try:
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dict:
     """``main`` once ``output_dir`` is settled: build, train (or resume), evaluate, save."""
     from freeze_policies import predict_cost, summarize
+    from recipes.data.files import left_out_of
     from recipes.data.sources import split_digests
     from recipes.launcher.metrics import perplexity
     from recipes.launcher.models import resolve_model_path
@@ -122,6 +125,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "task": model_args.task,
         "dataset": data_args.dataset,
         "data": split_digests(tokenized),  # the rows each split held, in order
+        "rows_left_out": left_out_of(tokenized),  # rows of the data file not used, and why
         "seed": training_args.seed,
         "learning_rate": training_args.learning_rate,
         "max_steps": trainer.state.max_steps,

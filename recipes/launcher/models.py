@@ -167,7 +167,10 @@ def load_model_and_tokenizer(
         AutoTokenizer,
     )
 
+    from recipes.launcher.tasks import check_model_task
+
     path = resolve_model_path(name, cache_dir)
+    check_model_task(name, path, task)  # a model that cannot do the task: one line, no weights
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         pad_token = SMOLLM2_PAD_TOKEN if name == "smollm2" else tokenizer.eos_token

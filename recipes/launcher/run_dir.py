@@ -14,6 +14,7 @@ Before any model is loaded (``open_run_dir``):
   when the run started are removed again if the run fails while they are empty (``RunDir.failed``),
   and so are the temporary files of an interrupted write.
 
+Whether the checkpoint of a resume can reproduce the run is ``recipes.launcher.resuming``.
 What the run leaves there after training is ``recipes.launcher.outputs``.
 """
 

@@ -28,10 +28,11 @@ from __future__ import annotations
 import datasets
 from transformers import Seq2SeqTrainer
 
-from recipes.data.files import load_external, select_columns
+from recipes.data.files import leave_out_rows, load_external, select_columns, set_left_out
 from recipes.data.sources import check_length, load_chatterbot_conversations
 from recipes.data.splits import SplitSizes
 from recipes.launcher.outputs import RunTrainer
+from recipes.launcher.tasks import check_model_task
 
 
 class RunSeq2SeqTrainer(RunTrainer, Seq2SeqTrainer):
@@ -83,7 +84,7 @@ def load_seq2seq_splits(
                 f"source_column and target_column are both {source_column!r}; name two "
                 "different columns"
             )
-        raw = load_external(source, dataset_config)
+        raw = load_external(source, dataset_config, (source_column, target_column))
         available = raw["train"].column_names
         for flag, column in (("source_column", source_column), ("target_column", target_column)):
             if column not in available:
@@ -94,11 +95,17 @@ def load_seq2seq_splits(
         raw = select_columns(raw, {source_column: "source", target_column: "target"})
     for column in ("source", "target"):
         raw = raw.cast_column(column, datasets.Value("string"))
-    raw = raw.filter(
-        lambda row: bool(row["source"] and row["source"].strip()
-                         and row["target"] and row["target"].strip())
-    )
-    return sizes.carve(raw, stratify=False)
+    names = {"source": source_column, "target": target_column}
+
+    def reason(row):
+        for column in ("source", "target"):
+            if not (row[column] and row[column].strip()):
+                return f"with no {column} in column {names[column]!r}"
+        return None
+
+    raw, left_out = leave_out_rows(raw, source, reason)
+    return set_left_out(sizes.carve(raw, stratify=False),
+                        None if source == "chatterbot" else left_out)
 
 
 def tokenize_seq2seq(
@@ -117,23 +124,16 @@ def tokenize_seq2seq(
         return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
                 "labels": targets["input_ids"]}
 
-    return splits.map(encode, batched=True, remove_columns=splits["train"].column_names)
+    tokenized = splits.map(encode, batched=True, remove_columns=splits["train"].column_names)
+    return set_left_out(tokenized, getattr(splits, "rows_left_out", None))
 
 
 def load_seq2seq_model(name: str, path: str, **kwargs):
     """``AutoModelForSeq2SeqLM`` from ``path``; a model type without one (a decoder-only or
     encoder-only model, a speech encoder-decoder) is a one-line ``ValueError`` naming the model,
-    its type and the valid choices, read from the config before any weight is loaded."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+    its type and the tasks it can do, read from the config before any weight is loaded
+    (``recipes.launcher.tasks.check_model_task``)."""
+    from transformers import AutoModelForSeq2SeqLM
 
-    model_type = AutoConfig.from_pretrained(path).model_type
-    if model_type not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
-        examples = ", ".join(t for t in ("t5", "bart", "mt5", "pegasus", "marian")
-                             if t in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
-        raise ValueError(
-            f"task='seq2seq' needs an encoder-decoder text model (AutoModelForSeq2SeqLM: "
-            f"{examples}, ...), but model {name!r} is of type {model_type!r}; for it use task "
-            "'classification' or 'causal_lm'"
-        )
+    check_model_task(name, path, "seq2seq")
     return AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
