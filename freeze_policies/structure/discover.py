@@ -67,6 +67,7 @@ from __future__ import annotations
 from torch import nn
 
 from freeze_policies.errors import FreezePolicyError
+from freeze_policies.structure import metadata
 from freeze_policies.structure import (
     trace as tracing,  # called through the module: a test counts traces
 )
@@ -95,18 +96,29 @@ def check_blocks_option(blocks) -> None:
     )
 
 
-def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
+SOURCES = ("auto", "trace", "structure")
+
+
+def anatomy(
+    model: nn.Module, blocks: str | list[str] | None = None, *, source: str = "auto"
+) -> Anatomy:
     """Group the parameters of ``model`` into embeddings, blocks, head (and shared), per stack.
 
     See the module doc. ``blocks`` overrides the discovery: the name of a ModuleList, or a list
-    of module names bottom first (the model is then one stack). Raises ``FreezePolicyError`` when
-    the blocks cannot be found, or several stacks cannot be traced.
+    of module names bottom first (the model is then one stack). ``source``: ``"auto"`` (trace,
+    else transformers' metadata), ``"trace"`` (refuse a model with several stacks the dummy
+    forward cannot trace) or ``"structure"`` (metadata and registration order only, no forward).
+    Raises ``FreezePolicyError`` when the blocks cannot be found, or several stacks can be placed
+    neither by the trace nor by the metadata.
     """
     check_blocks_option(blocks)
+    if source not in SOURCES:
+        raise FreezePolicyError(f"source={source!r} is not one of {', '.join(SOURCES)}")
     named_modules = dict(model.named_modules())
     if blocks is None:
         lists = discover_block_lists(model, named_modules)
         block_lists = [[f"{name}.{i}" for i in range(len(named_modules[name]))] for name in lists]
+        lists, block_lists = _merge_by_tower(model, lists, block_lists)
     elif isinstance(blocks, str):
         if not isinstance(named_modules.get(blocks), nn.ModuleList):
             raise FreezePolicyError(
@@ -151,14 +163,40 @@ def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
             block_lists[0],
             block_params,
             explicit=blocks is not None and not isinstance(blocks, str),
+            source=source,
         )
-    return several_stacks(model, named_modules, lists, block_lists, block_params, block_of)
+    return several_stacks(
+        model, named_modules, lists, block_lists, block_params, block_of, source=source
+    )
+
+
+def _merge_by_tower(model, lists, block_lists):
+    """Block lists under one tower transformers names (``structure.metadata.towers``) form one
+    stack, in registration order: Mllama's vision ``transformer`` then ``global_transformer``.
+    The merged stack is named as a list directly under the tower (``<tower>.layers``)."""
+    if len(lists) < 2:
+        return lists, block_lists
+    found = list(metadata.towers(model).values())
+    tower_of = [next((t for t in found if name.startswith(t + ".")), None) for name in lists]
+    out_lists, out_blocks = [], []
+    for k, name in enumerate(lists):
+        tower = tower_of[k]
+        together = [j for j, t in enumerate(tower_of) if t is not None and t == tower]
+        if tower is None or len(together) < 2:
+            out_lists.append(name)
+            out_blocks.append(block_lists[k])
+        elif together[0] == k:
+            out_lists.append(f"{tower}.layers")
+            out_blocks.append([module for j in together for module in block_lists[j]])
+    return out_lists, out_blocks
 
 
 # -- one stack: the flat anatomy ----------------------------------------------------------------
 
 
-def _single_stack(model, named_modules, list_name, block_modules, block_params, explicit):
+def _single_stack(
+    model, named_modules, list_name, block_modules, block_params, explicit, source="auto"
+):
     param_names = [name for name, _ in model.named_parameters()]
     blocks = [block_params[module] for module in block_modules]
     in_block = {name for names in blocks for name in names}
@@ -172,7 +210,10 @@ def _single_stack(model, named_modules, list_name, block_modules, block_params, 
             return "embeddings"
         return "head" if position > last_block else "shared"
 
-    trace = tracing.trace(model, named_modules, [block_modules])
+    if source == "structure":
+        trace = tracing.Trace(False, "registration order (source='structure')")
+    else:
+        trace = tracing.trace(model, named_modules, [block_modules])
     groups: dict[str, list[str]] = {"embeddings": [], "shared": [], "head": []}
     for name in param_names:
         if name in in_block:

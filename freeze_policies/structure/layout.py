@@ -32,6 +32,7 @@ class Stack:
     top: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     feeds: tuple[str, ...] = ()
+    role: str | None = None
 
     @property
     def depth(self) -> int:
@@ -289,4 +290,5 @@ def _stack_with_aliases(stack: Stack, tied_parts: dict[str, str]) -> Stack:
         top=stack.top + extra("top"),
         features=stack.features,
         feeds=stack.feeds,
+        role=stack.role,
     )
