@@ -64,6 +64,8 @@ ALBERT (one layer shared by all depths) has no per-depth parameters to freeze an
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from freeze_policies.errors import FreezePolicyError
@@ -79,6 +81,7 @@ from freeze_policies.structure.block_lists import (
     tied_aliases,
 )
 from freeze_policies.structure.layout import Anatomy, Stack
+from freeze_policies.structure.roles import block_parts
 from freeze_policies.structure.stacks import several_stacks
 
 __all__ = ["Anatomy", "Stack", "anatomy", "check_blocks_option"]
@@ -156,7 +159,7 @@ def anatomy(
             "pass blocks=[...] naming modules that own their weights"
         )
     if len(block_lists) == 1:
-        return _single_stack(
+        found = _single_stack(
             model,
             named_modules,
             lists[0],
@@ -165,9 +168,12 @@ def anatomy(
             explicit=blocks is not None and not isinstance(blocks, str),
             source=source,
         )
-    return several_stacks(
-        model, named_modules, lists, block_lists, block_params, block_of, source=source
-    )
+    else:
+        found = several_stacks(
+            model, named_modules, lists, block_lists, block_params, block_of, source=source
+        )
+    parts = block_parts(model, named_modules, found.block_modules)
+    return dataclasses.replace(found, block_parts=parts)
 
 
 def _merge_by_tower(model, lists, block_lists):

@@ -8,7 +8,8 @@
 - **Towers.** ``get_encoder(modality="image")`` / ``("audio")`` return a vision-language or
   speech model's tower (``vision_tower``, ``visual``, ``vision_model``, ``audio_tower`` ...),
   ``get_encoder()`` an encoder-decoder's encoder and ``get_decoder()`` its decoder or a
-  vision-language model's language model. A tower feeds the decoder.
+  vision-language model's language model (only for a model that generates: CLIP's
+  ``get_decoder()`` returns its text tower). A tower feeds the decoder.
 - **Embeddings.** ``get_input_embeddings()`` / ``get_output_embeddings()``.
 
 ``structure.stacks`` uses these when a model with several stacks cannot be traced on a dummy
@@ -88,11 +89,20 @@ def towers(model: nn.Module) -> dict[str, str]:
         name = _module_name(model, _call(get_encoder))
         if name is not None and name not in out.values():
             out["encoder"] = name
-    if callable(get_decoder):
+    if callable(get_decoder) and _generates(model):
         name = _module_name(model, _call(get_decoder))
         if name is not None and name not in out.values():
             out["decoder"] = name
     return out
+
+
+def _generates(model: nn.Module) -> bool:
+    """Whether the model generates (a decoder's output is what it predicts): CLIP's and SigLIP's
+    ``get_decoder()`` return their text tower, which decodes nothing."""
+    config = getattr(model, "config", None)
+    can_generate = getattr(model, "can_generate", None)
+    generates = bool(_call(can_generate)) if callable(can_generate) else False
+    return generates or bool(getattr(config, "is_encoder_decoder", False))
 
 
 def stack_roles(model: nn.Module, lists: list[str]) -> list[str | None]:
