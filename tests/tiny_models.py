@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
@@ -444,3 +445,61 @@ def expected_block_parts(names: list[str], block_patterns: list[str]) -> dict[st
                 out.setdefault("shared_experts", set()).add(name)
         out.setdefault(role, set()).add(name)
     return out
+
+
+def _ids(g, n, length, image_token=None, count=0):
+    x = torch.randint(3, 90, (n, length), generator=g)
+    if count:
+        x = torch.cat([x[:, :1], torch.full((n, count), image_token), x[:, 1:]], 1)
+    return x
+def family_batch(case_id: str, model, n: int = 2, seed: int = 0) -> dict:
+    """A batch of ``n`` tiny inputs of the shape each family's forward takes, with labels:
+    images with their grid sizes (Qwen2-VL), image sizes (LLaVA-NeXT), tiles and aspect ratios
+    (Mllama), filter-bank features (Speech2Text), image placeholders as many as the image gives
+    rows."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    if case_id in ("qwen2-vl", "qwen2.5-vl"):
+        v = cfg.vision_config
+        grid = torch.tensor([[1, 2, 2]] * n)  # t, h, w patches per image
+        patch = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
+        pv = torch.randn((int(grid.prod(-1).sum()), patch), generator=g)
+        count = 4 // v.spatial_merge_size ** 2  # 2 x 2 patches merged 2 x 2: one token
+        x = _ids(g, n, 6, cfg.image_token_id, count)
+        return dict(input_ids=x, pixel_values=pv, image_grid_thw=grid, labels=x,
+                    mm_token_type_ids=(x == cfg.image_token_id).long())
+    if case_id == "llava-next":
+        size = cfg.vision_config.image_size
+        pv = torch.randn((n, 2, 3, size, size), generator=g)  # the base image and one tile
+        sizes = torch.tensor([[size, size]] * n)
+        with torch.no_grad():
+            features = model.model.get_image_features(pixel_values=pv, image_sizes=sizes)
+        features = getattr(features, "pooler_output", features)
+        x = _ids(g, n, 6, cfg.image_token_index, features[0].shape[0])
+        return dict(input_ids=x, pixel_values=pv, image_sizes=sizes, labels=x)
+    if case_id == "idefics3":
+        size = cfg.vision_config.image_size
+        pv = torch.randn((n, 1, 3, size, size), generator=g)
+        k = (size // cfg.vision_config.patch_size) ** 2 // cfg.scale_factor ** 2
+        x = _ids(g, n, 6, cfg.image_token_id, k)
+        return dict(input_ids=x, pixel_values=pv, labels=x)
+    if case_id == "gemma3":
+        size = cfg.vision_config.image_size
+        pv = torch.randn((n, 3, size, size), generator=g)
+        k = cfg.mm_tokens_per_image
+        x = _ids(g, n, 6, cfg.image_token_index, k)
+        return dict(input_ids=x, pixel_values=pv, labels=x,
+                    token_type_ids=(x == cfg.image_token_index).long())
+    if case_id == "mllama":
+        v = cfg.vision_config
+        pv = torch.randn((n, 1, 1, 3, v.image_size, v.image_size), generator=g)
+        x = _ids(g, n, 6, cfg.image_token_index, 1)
+        ones = dict(dtype=torch.long)
+        return dict(input_ids=x, pixel_values=pv, aspect_ratio_ids=torch.ones((n, 1), **ones),
+                    aspect_ratio_mask=torch.ones((n, 1, 1), **ones),
+                    cross_attention_mask=torch.ones((n, x.shape[1], 1, 1), **ones), labels=x)
+    if case_id == "speech2text":
+        feats = torch.randn((n, 16, cfg.input_feat_per_channel * cfg.input_channels), generator=g)
+        return dict(input_features=feats, labels=_ids(g, n, 5))
+    x = _ids(g, n, 8)
+    return dict(input_ids=x, labels=x)
