@@ -40,17 +40,18 @@ def test_run_refuses_a_part_the_model_lacks_in_one_line_before_training(tmp_path
             "--report_to", "none", "--use_cpu", "true", "--policy", "freeze_parts",
             "--policy_options", '{"parts": ["router"]}']
     with pytest.raises(ConfigError, match=r"freeze_parts: BertForSequenceClassification has no "
-                       r"'router' \(no parameter there\); its parts: embeddings, head, attention, "
-                       r"mlp, norms"):
+                       r"'router' \(no parameter there\); its parts: embeddings, head, encoder, "
+                       r"encoder.embeddings, encoder.blocks, attention, mlp, norms"):
         main(argv)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("case_id,task,expected", [
-    ("qwen2-vl", "vision_language", "parts: embeddings, head, vision_tower, projector, "
-     "language_model, feature_encoder, attention, mlp, norms, visual, "),
-    ("mixtral", "causal_lm", "parts: embeddings, head, attention, mlp, norms, router, experts, "
-     "model, model.embeddings, model.blocks"),
+    ("qwen2-vl", "vision_language", "parts: embeddings, head, feature_encoder, visual, "
+     "visual.embeddings, visual.blocks, visual.top, language_model, language_model.embeddings, "
+     "language_model.blocks, language_model.top, vision_tower, projector, attention, mlp, "),
+    ("mixtral", "causal_lm", "parts: embeddings, head, model, model.embeddings, model.blocks, "
+     "attention, mlp, norms, router, experts\n"),
 ])
 def test_preview_cli_prints_the_parts(tmp_path, case_id, task, expected):
     folder = tmp_path / case_id

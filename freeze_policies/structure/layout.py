@@ -190,24 +190,27 @@ class Anatomy:
         return view, frozenset(self.names()) - frozenset(view.names())
 
     def part_choices(self) -> list[str]:
-        """The part names ``part_names`` accepts for this model (see there)."""
+        """The part names ``part_names`` accepts for this model (see there): the whole-model
+        parts, each stack's, the vision-language presets, then the parts inside blocks."""
         choices = ["embeddings", "head"]
-        presets = self.presets()
-        choices += [p for p in presets if p not in choices and presets[p]]
-        if self.projector and "projector" not in choices:
+        if self.projector:
             choices.append("projector")
         if self.features:
             choices.append("feature_encoder")
-        choices += [p for p in BLOCK_PART_NAMES if self.block_parts.get(p)]
         for stack in self.stacks:
-            for name in (stack.name, f"{stack.name}.embeddings", f"{stack.name}.blocks"):
-                if name not in choices:
-                    choices.append(name)
+            choices += [stack.name, f"{stack.name}.embeddings", f"{stack.name}.blocks"]
             if stack.top:
                 choices.append(f"{stack.name}.top")
-            if len(self.stacks) > 1:
-                choices += [f"{stack.name}.{p}" for p in BLOCK_PART_NAMES if self._block_part(
-                    f"{stack.name}.{p}")]
+        presets = self.presets()
+        choices += [p for p in presets if presets[p] and p not in choices]
+        choices += [p for p in BLOCK_PART_NAMES if self.block_parts.get(p)]
+        if len(self.stacks) > 1:
+            choices += [
+                f"{stack.name}.{p}"
+                for stack in self.stacks
+                for p in BLOCK_PART_NAMES
+                if self._block_part(f"{stack.name}.{p}")
+            ]
         return choices
 
     def part_names(self, part: str, who: str) -> list[str]:
