@@ -263,6 +263,10 @@ def _single_stack(
             for alias, group in tied_groups.items()
         },
         trace=trace.note,
+        head_unread=[
+            name for name in groups["head"]
+            if trace.ok and trace.output_reads is not None and name not in trace.output_reads
+        ],
     )
 
 

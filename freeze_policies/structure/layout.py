@@ -69,7 +69,9 @@ class Anatomy:
     the per-stack view (one entry for a single-stack model), ``projector`` the parameters
     between stacks. ``trace`` says how the groups were found. ``block_parts`` holds the parts
     inside the blocks by role (``attention``, ``mlp``, ``norms``, ``router``, ``experts``,
-    ``shared_experts``; see ``freeze_policies.structure.roles``).
+    ``shared_experts``; see ``freeze_policies.structure.roles``). ``head_unread``: head
+    parameters the model's first output does not depend on in the trace (a bare encoder's
+    pooler, which mean pooling of ``last_hidden_state`` never reads).
     """
 
     embeddings: list[str]
@@ -87,6 +89,7 @@ class Anatomy:
     tied_parts: dict[str, str] = field(default_factory=dict)
     trace: str = ""
     block_parts: dict[str, list[str]] = field(default_factory=dict)
+    head_unread: list[str] = field(default_factory=list)
 
     @property
     def depth(self) -> int:
@@ -299,6 +302,7 @@ class Anatomy:
             projector=projector,
             trace=self.trace,
             block_parts=self.block_parts,
+            head_unread=self.head_unread,
         )
 
     # -- presets: vision-language parts and parts inside blocks ---------------------------------
