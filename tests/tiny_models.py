@@ -261,8 +261,8 @@ STACK_CASE_IDS = [case.id for case in STACK_CASES]
 
 # -- the families people fine-tune now: vision-language, speech, mixture of experts -------------
 # Each written from the model's module tree by hand. ``traced=False``: the dummy forward cannot run
-# (the model needs image grids, image sizes, pixel masks, tiles or filter-bank features), so the
-# anatomy comes from transformers' metadata (freeze_policies.structure.metadata).
+# (the model needs image grids, image sizes, pixel masks or tiles), so the anatomy comes from
+# transformers' metadata (freeze_policies.structure.metadata).
 
 LLM = dict(DECODER, num_hidden_layers=ENCODER_DEPTH, intermediate_size=40)
 MOE = dict(LLM, intermediate_size=32, moe_intermediate_size=16, num_experts_per_tok=2)  # x8: CPU
@@ -399,7 +399,6 @@ FAMILY_CASES = [
         tied={"lm_head.weight": "model.decoder.embed_tokens.weight"},
         feeds={"encoder": ("decoder",)},
         features=("model.encoder.conv.",),
-        traced=False,
     ),
     *(
         StackCase(

@@ -10,10 +10,12 @@ and a tag seen while another stack's blocks run means it feeds that stack. Tags 
 keyed by tensor id with weak references, so no activation is kept alive by the trace.
 
 Dummy inputs: ``input_ids`` (4 tokens), ``pixel_values`` (the configured image size),
-``input_features`` (Whisper-style log-mel frames), ``input_values`` (raw audio long enough for a
-few frames after the convolutions); with several stacks also ``decoder_input_ids`` and the other
-modality the forward takes, and, for a model with an image token, as many image placeholders as
-``get_image_features`` returns rows.
+``input_features`` (Whisper-style log-mel frames, or Speech2Text's filter-bank frames),
+``input_values`` (raw audio long enough for a few frames after the convolutions); with several
+stacks also ``decoder_input_ids`` and the other modality the forward takes, and, for a model with
+an image token, as many image placeholders as ``get_image_features`` returns rows. A model whose
+forward needs more (image grids, image sizes, tiles) is not traced; ``structure.metadata`` then
+answers.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def _dummy_input(model, config, name, device, dtype):
         height, width = (size, size) if isinstance(size, int) else size
         channels = getattr(source, "num_channels", 3)
         return torch.zeros((1, channels, height, width), device=device, dtype=dtype)
+    if name == "input_features" and getattr(config, "input_feat_per_channel", None):
+        # Speech2Text-style filter-bank frames: (1, frames, features x channels)
+        width = config.input_feat_per_channel * getattr(config, "input_channels", 1)
+        return torch.zeros((1, 16, width), device=device, dtype=dtype)
     if name == "input_features":  # Whisper-style log-mel frames: (1, mels, 2 * positions)
         mels, positions = (
             getattr(config, "num_mel_bins", None),
