@@ -2,9 +2,11 @@
 
 The anatomy is read off the model itself, not from a table of architecture names:
 
-1. **Blocks and stacks.** A stack is an ``nn.ModuleList`` of identical modules whose length is a
-   depth the config states (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``,
-   ``encoder_layers``, ``decoder_layers`` or ``num_decoder_layers``, of the config or of any
+1. **Blocks and stacks.** A stack is an ``nn.ModuleList`` whose entries are all, or all hold, a
+   block class transformers lists in ``_no_split_modules`` (several classes allowed), or a
+   ``nn.ModuleList`` of identical modules whose length is a depth the config states
+   (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``, ``encoder_layers``,
+   ``decoder_layers`` or ``num_decoder_layers``, of the config or of any
    sub-config such as ``text_config`` / ``vision_config``); its entries are the blocks, bottom
    first. A list nested inside another candidate (experts, sub-layers) is not a stack; when
    several candidates remain, those without a 2-D weight (a convolutional feature extractor) are
@@ -41,8 +43,13 @@ The anatomy is read off the model itself, not from a table of architecture names
    (T5's and BART's ``shared`` table), while a stack runs -> ``shared``, after a stack and read by
    a later stack's blocks -> ``projector`` (LLaVA's ``multi_modal_projector``), otherwise ->
    ``head`` (``lm_head``, CLIP's projections and ``logit_scale``). A model with several stacks
-   whose forward cannot be traced, or whose blocks are not all entered in order, is refused: there
-   is no safe guess of which tower a parameter belongs to.
+   whose forward cannot be traced, or whose blocks are not all entered in order, is read from
+   what transformers records (``structure.metadata``: ``get_encoder(modality=...)`` /
+   ``get_decoder()`` towers, input and output embeddings; the towers feed the decoder, and
+   within a root registration order places parameters); where transformers names no tower for
+   some stack (CLIP's text tower), it is refused: there is no safe guess of which tower a
+   parameter belongs to. ``anatomy(source=)`` forces one way. Block lists under one tower are one
+   stack (Mllama's local and global vision transformers).
 
    ``Anatomy.stacks`` holds each stack's view; the flat fields (``embeddings``, ``blocks``,
    ``shared``, ``head``) still cover every parameter once: the blocks of all stacks in forward

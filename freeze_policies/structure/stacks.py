@@ -1,7 +1,8 @@
 """Several stacks of blocks (encoder and decoder, text and vision towers, a vision tower and a
 language model): each stack's root, and its parameters by first use in the trace (see point 3
-of ``freeze_policies.structure.discover``'s docstring). A model with several stacks whose forward
-cannot be traced is refused: there is no safe guess of which tower a parameter belongs to."""
+of ``freeze_policies.structure.discover``'s docstring), or, when the forward cannot be traced,
+from transformers' metadata (``_by_structure``). A model neither can place is refused: there is
+no safe guess of which tower a parameter belongs to."""
 
 from __future__ import annotations
 
