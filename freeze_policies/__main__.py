@@ -180,6 +180,9 @@ def preview(argv: list[str] | None = None) -> None:
         print(f"{group}: {', '.join(getattr(anat, group)) or '-'}")
     if anat.tied:
         print("tied: " + ", ".join(f"{alias} = {name}" for alias, name in anat.tied.items()))
+    print("parts: " + ", ".join(anat.part_choices()))
+    if anat.trace.startswith("transformers metadata"):
+        print(f"found by: {anat.trace}")
 
     cost = dict(seq_len=args.seq_len, batch_size=args.batch_size)
     if single:

@@ -10,7 +10,9 @@ Conventions shared by every policy:
   head's ``lm_head.weight`` and the input embedding it is tied to), it raises, unless
   ``tied_weights="train"`` (train the tensor) or ``tied_weights="freeze"`` (freeze it) says which.
 - ``blocks=`` overrides block discovery (see ``freeze_policies.structure.discover``).
-- A policy that leaves nothing trainable raises.
+- A policy that leaves nothing trainable raises, and so does one that trains only head
+  parameters the model's output never reads (``Anatomy.head_unread``: a bare encoder's pooler
+  under mean pooling), before any training.
 
 Scheduled policies move to the next stage every ``every`` steps or epochs;
 ``stage_at(step, epoch)`` says which stage a point in training is in. ``ever_trainable_names``
@@ -92,6 +94,13 @@ class Policy:
             else:
                 chosen.discard(listed)
         chosen -= set(anat.tied)
+        if chosen and chosen <= set(anat.head_unread):
+            raise FreezePolicyError(
+                f"policy {self.name!r} would train only {', '.join(sorted(chosen))} of "
+                f"{anat.model_class} at stage {stage}, which its output never reads (a pooler "
+                "that mean pooling skips), so no gradient could reach what trains; train blocks "
+                "too (top_n, or train_parts with parts=['attention', 'mlp'])"
+            )
         if not chosen:
             raise FreezePolicyError(
                 f"policy {self.name!r} leaves nothing trainable in {anat.model_class} "

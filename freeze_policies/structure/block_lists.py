@@ -9,6 +9,7 @@ import re
 from torch import nn
 
 from freeze_policies.errors import FreezePolicyError
+from freeze_policies.structure.metadata import metadata_block_lists, no_split_classes
 from freeze_policies.structure.trace import Trace
 
 DEPTH_ATTRIBUTES = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -73,6 +74,13 @@ def discover_block_lists(model: nn.Module, named_modules: dict[str, nn.Module]) 
     else:
         longest = max((len(m) for m in lists.values()), default=0)
         candidates = [name for name, module in lists.items() if len(module) == longest]
+    # The block classes transformers records (``_no_split_modules``) name stacks too, including
+    # lists of several block classes (Mllama's self- and cross-attention layers).
+    recorded = metadata_block_lists(named_modules, no_split_classes(model))
+    if recorded:
+        lists.update({name: named_modules[name] for name in recorded})
+        wanted = set(candidates) | set(recorded)
+        candidates = [name for name in named_modules if name in wanted]
     # A ModuleList nested inside a candidate block (experts, sub-layers) is not a block list.
     outermost = [c for c in candidates if not any(c.startswith(o + ".") for o in candidates)]
     if len(outermost) > 1 and depths:
@@ -123,10 +131,16 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
 
 
 def feature_params(model, named_modules, embeddings: list[str], trace: Trace) -> list[str]:
-    """The convolutions first used in ``embeddings`` (with norms inside the same modules)."""
-    if not trace.ok:
-        return []
-    used = sorted((n for n in embeddings if n in trace.first_use), key=trace.first_use.get)
+    """The convolutions first used in ``embeddings`` (with norms inside the same modules); without
+    a trace, the first ones registered."""
+    if trace.ok:
+        used = sorted((n for n in embeddings if n in trace.first_use), key=trace.first_use.get)
+    else:  # registration order, from the first convolution's parameters
+        convs = [
+            n for n in embeddings
+            if isinstance(named_modules.get(n.rpartition(".")[0]), nn.modules.conv._ConvNd)
+        ]
+        used = embeddings[embeddings.index(convs[0]):] if convs else []
     conv_parents: set[str] = set()
     out = []
     for name in used:

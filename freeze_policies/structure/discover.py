@@ -2,9 +2,11 @@
 
 The anatomy is read off the model itself, not from a table of architecture names:
 
-1. **Blocks and stacks.** A stack is an ``nn.ModuleList`` of identical modules whose length is a
-   depth the config states (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``,
-   ``encoder_layers``, ``decoder_layers`` or ``num_decoder_layers``, of the config or of any
+1. **Blocks and stacks.** A stack is an ``nn.ModuleList`` whose entries are all, or all hold, a
+   block class transformers lists in ``_no_split_modules`` (several classes allowed), or a
+   ``nn.ModuleList`` of identical modules whose length is a depth the config states
+   (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``, ``encoder_layers``,
+   ``decoder_layers`` or ``num_decoder_layers``, of the config or of any
    sub-config such as ``text_config`` / ``vision_config``); its entries are the blocks, bottom
    first. A list nested inside another candidate (experts, sub-layers) is not a stack; when
    several candidates remain, those without a 2-D weight (a convolutional feature extractor) are
@@ -41,8 +43,13 @@ The anatomy is read off the model itself, not from a table of architecture names
    (T5's and BART's ``shared`` table), while a stack runs -> ``shared``, after a stack and read by
    a later stack's blocks -> ``projector`` (LLaVA's ``multi_modal_projector``), otherwise ->
    ``head`` (``lm_head``, CLIP's projections and ``logit_scale``). A model with several stacks
-   whose forward cannot be traced, or whose blocks are not all entered in order, is refused: there
-   is no safe guess of which tower a parameter belongs to.
+   whose forward cannot be traced, or whose blocks are not all entered in order, is read from
+   what transformers records (``structure.metadata``: ``get_encoder(modality=...)`` /
+   ``get_decoder()`` towers, input and output embeddings; the towers feed the decoder, and
+   within a root registration order places parameters); where transformers names no tower for
+   some stack (CLIP's text tower), it is refused: there is no safe guess of which tower a
+   parameter belongs to. ``anatomy(source=)`` forces one way. Block lists under one tower are one
+   stack (Mllama's local and global vision transformers).
 
    ``Anatomy.stacks`` holds each stack's view; the flat fields (``embeddings``, ``blocks``,
    ``shared``, ``head``) still cover every parameter once: the blocks of all stacks in forward
@@ -64,9 +71,12 @@ ALBERT (one layer shared by all depths) has no per-depth parameters to freeze an
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from freeze_policies.errors import FreezePolicyError
+from freeze_policies.structure import metadata
 from freeze_policies.structure import (
     trace as tracing,  # called through the module: a test counts traces
 )
@@ -78,6 +88,7 @@ from freeze_policies.structure.block_lists import (
     tied_aliases,
 )
 from freeze_policies.structure.layout import Anatomy, Stack
+from freeze_policies.structure.roles import block_parts
 from freeze_policies.structure.stacks import several_stacks
 
 __all__ = ["Anatomy", "Stack", "anatomy", "check_blocks_option"]
@@ -95,18 +106,29 @@ def check_blocks_option(blocks) -> None:
     )
 
 
-def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
+SOURCES = ("auto", "trace", "structure")
+
+
+def anatomy(
+    model: nn.Module, blocks: str | list[str] | None = None, *, source: str = "auto"
+) -> Anatomy:
     """Group the parameters of ``model`` into embeddings, blocks, head (and shared), per stack.
 
     See the module doc. ``blocks`` overrides the discovery: the name of a ModuleList, or a list
-    of module names bottom first (the model is then one stack). Raises ``FreezePolicyError`` when
-    the blocks cannot be found, or several stacks cannot be traced.
+    of module names bottom first (the model is then one stack). ``source``: ``"auto"`` (trace,
+    else transformers' metadata), ``"trace"`` (refuse a model with several stacks the dummy
+    forward cannot trace) or ``"structure"`` (metadata and registration order only, no forward).
+    Raises ``FreezePolicyError`` when the blocks cannot be found, or several stacks can be placed
+    neither by the trace nor by the metadata.
     """
     check_blocks_option(blocks)
+    if source not in SOURCES:
+        raise FreezePolicyError(f"source={source!r} is not one of {', '.join(SOURCES)}")
     named_modules = dict(model.named_modules())
     if blocks is None:
         lists = discover_block_lists(model, named_modules)
         block_lists = [[f"{name}.{i}" for i in range(len(named_modules[name]))] for name in lists]
+        lists, block_lists = _merge_by_tower(model, lists, block_lists)
     elif isinstance(blocks, str):
         if not isinstance(named_modules.get(blocks), nn.ModuleList):
             raise FreezePolicyError(
@@ -144,21 +166,50 @@ def anatomy(model: nn.Module, blocks: str | list[str] | None = None) -> Anatomy:
             "pass blocks=[...] naming modules that own their weights"
         )
     if len(block_lists) == 1:
-        return _single_stack(
+        found = _single_stack(
             model,
             named_modules,
             lists[0],
             block_lists[0],
             block_params,
             explicit=blocks is not None and not isinstance(blocks, str),
+            source=source,
         )
-    return several_stacks(model, named_modules, lists, block_lists, block_params, block_of)
+    else:
+        found = several_stacks(
+            model, named_modules, lists, block_lists, block_params, block_of, source=source
+        )
+    parts = block_parts(model, named_modules, found.block_modules)
+    return dataclasses.replace(found, block_parts=parts)
+
+
+def _merge_by_tower(model, lists, block_lists):
+    """Block lists under one tower transformers names (``structure.metadata.towers``) form one
+    stack, in registration order: Mllama's vision ``transformer`` then ``global_transformer``.
+    The merged stack is named as a list directly under the tower (``<tower>.layers``)."""
+    if len(lists) < 2:
+        return lists, block_lists
+    found = list(metadata.towers(model).values())
+    tower_of = [next((t for t in found if name.startswith(t + ".")), None) for name in lists]
+    out_lists, out_blocks = [], []
+    for k, name in enumerate(lists):
+        tower = tower_of[k]
+        together = [j for j, t in enumerate(tower_of) if t is not None and t == tower]
+        if tower is None or len(together) < 2:
+            out_lists.append(name)
+            out_blocks.append(block_lists[k])
+        elif together[0] == k:
+            out_lists.append(f"{tower}.layers")
+            out_blocks.append([module for j in together for module in block_lists[j]])
+    return out_lists, out_blocks
 
 
 # -- one stack: the flat anatomy ----------------------------------------------------------------
 
 
-def _single_stack(model, named_modules, list_name, block_modules, block_params, explicit):
+def _single_stack(
+    model, named_modules, list_name, block_modules, block_params, explicit, source="auto"
+):
     param_names = [name for name, _ in model.named_parameters()]
     blocks = [block_params[module] for module in block_modules]
     in_block = {name for names in blocks for name in names}
@@ -172,7 +223,10 @@ def _single_stack(model, named_modules, list_name, block_modules, block_params, 
             return "embeddings"
         return "head" if position > last_block else "shared"
 
-    trace = tracing.trace(model, named_modules, [block_modules])
+    if source == "structure":
+        trace = tracing.Trace(False, "registration order (source='structure')")
+    else:
+        trace = tracing.trace(model, named_modules, [block_modules])
     groups: dict[str, list[str]] = {"embeddings": [], "shared": [], "head": []}
     for name in param_names:
         if name in in_block:
@@ -216,6 +270,10 @@ def _single_stack(model, named_modules, list_name, block_modules, block_params, 
             for alias, group in tied_groups.items()
         },
         trace=trace.note,
+        head_unread=[
+            name for name in groups["head"]
+            if trace.ok and trace.output_reads is not None and name not in trace.output_reads
+        ],
     )
 
 

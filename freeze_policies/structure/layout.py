@@ -32,6 +32,7 @@ class Stack:
     top: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     feeds: tuple[str, ...] = ()
+    role: str | None = None
 
     @property
     def depth(self) -> int:
@@ -66,7 +67,11 @@ class Anatomy:
     name of a tied tensor to the name under which it is listed; ``tied_groups`` says which group
     each extra name would belong to and ``tied_parts`` which part (see ``parts``). ``stacks`` is
     the per-stack view (one entry for a single-stack model), ``projector`` the parameters
-    between stacks. ``trace`` says how the groups were found.
+    between stacks. ``trace`` says how the groups were found. ``block_parts`` holds the parts
+    inside the blocks by role (``attention``, ``mlp``, ``norms``, ``router``, ``experts``,
+    ``shared_experts``; see ``freeze_policies.structure.roles``). ``head_unread``: head
+    parameters the model's first output does not depend on in the trace (a bare encoder's
+    pooler, which mean pooling of ``last_hidden_state`` never reads).
     """
 
     embeddings: list[str]
@@ -83,6 +88,8 @@ class Anatomy:
     projector: list[str] = field(default_factory=list)
     tied_parts: dict[str, str] = field(default_factory=dict)
     trace: str = ""
+    block_parts: dict[str, list[str]] = field(default_factory=dict)
+    head_unread: list[str] = field(default_factory=list)
 
     @property
     def depth(self) -> int:
@@ -181,11 +188,13 @@ class Anatomy:
             traced=self.traced,
             stacks=(chosen,),
             trace=self.trace,
+            block_parts=_restricted(self.block_parts, chosen),
         )
         return view, frozenset(self.names()) - frozenset(view.names())
 
     def part_choices(self) -> list[str]:
-        """The part names ``part_names`` accepts for this model (see there)."""
+        """The part names ``part_names`` accepts for this model (see there): the whole-model
+        parts, each stack's, the vision-language presets, then the parts inside blocks."""
         choices = ["embeddings", "head"]
         if self.projector:
             choices.append("projector")
@@ -195,6 +204,16 @@ class Anatomy:
             choices += [stack.name, f"{stack.name}.embeddings", f"{stack.name}.blocks"]
             if stack.top:
                 choices.append(f"{stack.name}.top")
+        presets = self.presets()
+        choices += [p for p in presets if presets[p] and p not in choices]
+        choices += [p for p in BLOCK_PART_NAMES if self.block_parts.get(p)]
+        if len(self.stacks) > 1:
+            choices += [
+                f"{stack.name}.{p}"
+                for stack in self.stacks
+                for p in BLOCK_PART_NAMES
+                if self._block_part(f"{stack.name}.{p}")
+            ]
         return choices
 
     def part_names(self, part: str, who: str) -> list[str]:
@@ -203,7 +222,11 @@ class Anatomy:
         Parts: a stack's name (its embeddings, blocks, shared parameters and top),
         ``<stack>.embeddings``, ``<stack>.blocks``, ``<stack>.top``; ``embeddings`` (every
         stack's and the model's), ``head``, ``projector`` (between stacks) and
-        ``feature_encoder`` (the convolutions reading the raw input).
+        ``feature_encoder`` (the convolutions reading the raw input); the vision-language
+        presets (``presets``: ``vision_tower``, ``projector``, ``language_model``, ``head``),
+        which take precedence; the parts inside blocks by role, in every block
+        (``attention``, ``mlp``, ``norms``, ``router``, ``experts``, ``shared_experts``) or in
+        one stack's (``<stack>.mlp``).
         """
         if not isinstance(part, str):
             raise FreezePolicyError(
@@ -216,8 +239,14 @@ class Anatomy:
             "projector": self.projector,
             "feature_encoder": self.features,
         }
-        if part in whole:
+        presets = self.presets()
+        block_part = self._block_part(part)
+        if part in presets:
+            names = presets[part]
+        elif part in whole:
             names = whole[part]
+        elif block_part is not None:
+            names = block_part
         else:
             stack_name, _, what = part.rpartition(".")
             found = [s for s in self.stacks if part in (s.name, s.module)]
@@ -272,7 +301,52 @@ class Anatomy:
             stacks=stacks,
             projector=projector,
             trace=self.trace,
+            block_parts=self.block_parts,
+            head_unread=self.head_unread,
         )
+
+    # -- presets: vision-language parts and parts inside blocks ---------------------------------
+    def presets(self) -> dict[str, list[str]]:
+        """The vision-language presets of a model with a vision tower feeding a language model:
+        ``vision_tower`` (every vision stack, less the projector), ``projector`` (between the
+        stacks; where the model keeps it inside the vision module, as Qwen2-VL's ``merger``,
+        the vision stack's top), ``language_model`` (the decoder stacks) and ``head``. Empty
+        for other models."""
+        vision = [s for s in self.stacks if s.role == "vision" and s.feeds]
+        language = [s for s in self.stacks if s.role == "decoder"]
+        if not vision or not language:
+            return {}
+        projector = list(self.projector) or [n for s in vision for n in s.top]
+        inside = set(projector)
+        return {
+            "vision_tower": [n for s in vision for n in s.names() if n not in inside],
+            "projector": projector,
+            "language_model": [n for s in language for n in s.names()],
+            "head": list(self.head),
+        }
+
+    def _block_part(self, part: str) -> list[str] | None:
+        """``attention`` (all stacks) or ``<stack>.attention`` (one); None if not such a name."""
+        stack_name, _, role = part.rpartition(".")
+        if role not in BLOCK_PART_NAMES:
+            return None
+        names = self.block_parts.get(role, [])
+        if not stack_name:
+            return list(names)
+        if stack_name not in self.stack_names():
+            return None
+        chosen = set(self.stack(stack_name).names())
+        return [n for n in names if n in chosen]
+
+
+BLOCK_PART_NAMES = ("attention", "mlp", "norms", "router", "experts", "shared_experts")
+"""The roles inside a block (``freeze_policies.structure.roles``)."""
+
+
+def _restricted(block_parts: dict[str, list[str]], stack: Stack) -> dict[str, list[str]]:
+    own = set(stack.names())
+    out = {role: [n for n in names if n in own] for role, names in block_parts.items()}
+    return {role: names for role, names in out.items() if names}
 
 
 def _stack_with_aliases(stack: Stack, tied_parts: dict[str, str]) -> Stack:
@@ -289,4 +363,5 @@ def _stack_with_aliases(stack: Stack, tied_parts: dict[str, str]) -> Stack:
         top=stack.top + extra("top"),
         features=stack.features,
         feeds=stack.feeds,
+        role=stack.role,
     )

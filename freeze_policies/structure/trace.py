@@ -10,10 +10,12 @@ and a tag seen while another stack's blocks run means it feeds that stack. Tags 
 keyed by tensor id with weak references, so no activation is kept alive by the trace.
 
 Dummy inputs: ``input_ids`` (4 tokens), ``pixel_values`` (the configured image size),
-``input_features`` (Whisper-style log-mel frames), ``input_values`` (raw audio long enough for a
-few frames after the convolutions); with several stacks also ``decoder_input_ids`` and the other
-modality the forward takes, and, for a model with an image token, as many image placeholders as
-``get_image_features`` returns rows.
+``input_features`` (Whisper-style log-mel frames, or Speech2Text's filter-bank frames),
+``input_values`` (raw audio long enough for a few frames after the convolutions); with several
+stacks also ``decoder_input_ids`` and the other modality the forward takes, and, for a model with
+an image token, as many image placeholders as ``get_image_features`` returns rows. A model whose
+forward needs more (image grids, image sizes, tiles) is not traced; ``structure.metadata`` then
+answers.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def _dummy_input(model, config, name, device, dtype):
         height, width = (size, size) if isinstance(size, int) else size
         channels = getattr(source, "num_channels", 3)
         return torch.zeros((1, channels, height, width), device=device, dtype=dtype)
+    if name == "input_features" and getattr(config, "input_feat_per_channel", None):
+        # Speech2Text-style filter-bank frames: (1, frames, features x channels)
+        width = config.input_feat_per_channel * getattr(config, "input_channels", 1)
+        return torch.zeros((1, 16, width), device=device, dtype=dtype)
     if name == "input_features":  # Whisper-style log-mel frames: (1, mels, 2 * positions)
         mels, positions = (
             getattr(config, "num_mel_bins", None),
@@ -148,6 +154,7 @@ class Trace:
     start: list[int] = field(default_factory=list)
     end: list[int] = field(default_factory=list)
     fed: list[set[str]] = field(default_factory=list)
+    output_reads: frozenset[str] | None = None  # outside parameters the first output depends on
 
     def phase(self, name: str, stack: int) -> str | None:
         used = self.first_use.get(name)
@@ -249,7 +256,10 @@ def trace(
                 tags[name] = stack_names[block]
             elif not any(name.startswith(prefix) for prefix in owned):
                 tags[name] = f"~{name}"
-    recorder = _Recorder(names_by_id, tags, len(block_lists), follow=multi)
+    else:  # one stack: follow the parameters outside the blocks to the model's first output
+        blocks = tuple(module + "." for module in block_lists[0])
+        tags = {name: f"~{name}" for name in names_by_id.values() if not name.startswith(blocks)}
+    recorder = _Recorder(names_by_id, tags, len(block_lists), follow=True)
     entered: list[list[int]] = [[] for _ in block_lists]
     start: list[int | None] = [None] * len(block_lists)
     end: list[int | None] = [None] * len(block_lists)
@@ -278,7 +288,7 @@ def trace(
     model.eval()
     try:
         with torch.no_grad(), recorder:
-            model(**inputs)
+            outputs = model(**inputs)
     except Exception as error:  # any model the dummy input does not fit: registration order
         first_line = (str(error).strip().splitlines() or [""])[0][:120]
         return Trace(
@@ -299,4 +309,25 @@ def trace(
                 f"registration order: the blocks of {where} were {seen} "
                 "through their module call during the dummy forward",
             )
-    return Trace(True, "forward trace", recorder.first_use, start, end, recorder.fed)
+    first = next(
+        (t for t in tree_flatten(_first_output(outputs))[0] if isinstance(t, torch.Tensor)), None
+    )
+    entry = recorder.tensor_tags.get(id(first)) if first is not None else None
+    reads = (
+        frozenset(tag[1:] for tag in entry[1] if tag.startswith("~"))
+        if entry is not None and entry[0]() is first
+        else frozenset()
+    )
+    return Trace(
+        True, "forward trace", recorder.first_use, start, end, recorder.fed,
+        output_reads=reads if first is not None else None,
+    )
+
+
+def _first_output(outputs):
+    """The model's first output: ``last_hidden_state`` of a bare model, ``logits`` of a head."""
+    if isinstance(outputs, dict):
+        return next(iter(outputs.values()), None)
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0] if outputs else None
+    return outputs
