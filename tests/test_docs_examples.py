@@ -7,7 +7,7 @@
 - ```bash / ```console blocks are not run, but every repository path they name (``configs/...``,
   ``recipes/...``, ``tests/...``, ``freeze_policies/...``, ``docs/...``) must exist and every
   ``make TARGET`` must be a target of the Makefile.
-- ```yaml blocks must parse. ```text and ```mermaid blocks (output, diagrams) are not checked.
+- ```yaml and ```json blocks must parse. ```text and ```mermaid blocks (output, diagrams) are not checked.
   A block in any other language fails, so no block escapes by its fence.
 - README.md's relative links must point at files that exist (the docs' own links are checked by
   ``mkdocs build --strict``, run by ``make docs``).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import textwrap
 import traceback
@@ -31,7 +32,7 @@ from freeze_policies.policies import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-LANGUAGES = {"python", "bash", "console", "yaml", "text", "mermaid"}
+LANGUAGES = {"python", "bash", "console", "yaml", "json", "text", "mermaid"}
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(\S.*?)\s*-->")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 REPO_PATH = re.compile(r"(?<![\w/.-])((?:configs|recipes|tests|freeze_policies|docs)/[\w./-]*\w)")
@@ -169,3 +170,14 @@ def test_this_test_finds_the_blocks_it_checks():
     for page in PAGES:
         fences = sum(1 for line in page.read_text().splitlines() if FENCE.match(line))
         assert fences == 2 * len(blocks_of(page)), f"{page.relative_to(ROOT)}: unbalanced fences"
+
+
+JSON = [b for b in ALL_BLOCKS if b.language == "json"]
+
+
+@pytest.mark.parametrize("block", JSON, ids=[b.where for b in JSON])
+def test_json_block_parses(block):
+    try:
+        json.loads(block.code)
+    except json.JSONDecodeError as error:
+        pytest.fail(f"{block.where}: the json block does not parse: {error}", pytrace=False)
