@@ -7,7 +7,8 @@
 - ```bash / ```console blocks are not run, but every repository path they name (``configs/...``,
   ``recipes/...``, ``tests/...``, ``freeze_policies/...``, ``docs/...``) must exist and every
   ``make TARGET`` must be a target of the Makefile.
-- ```yaml and ```json blocks must parse. ```text and ```mermaid blocks (output, diagrams) are not checked.
+- ```yaml and ```json blocks must parse. ```text and ```mermaid blocks (output, diagrams) are
+  not checked.
   A block in any other language fails, so no block escapes by its fence.
 - README.md's relative links must point at files that exist (the docs' own links are checked by
   ``mkdocs build --strict``, run by ``make docs``).
