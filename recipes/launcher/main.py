@@ -17,10 +17,11 @@ data, model and trainer ``recipes.launcher.build``, the PEFT baselines
 
 Outputs in ``output_dir`` (``recipes.launcher.outputs``): the saved model (the whole model, the PEFT
 adapter, or with ``--save_trainable_only`` a freeze delta) with its tokenizer and a model card,
-unless ``--save_model false``; ``results.json`` (written atomically, last, only after a
-successful run); the trainer's logs (TensorBoard when installed); checkpoints only if asked
-(``save_strategy`` defaults to "no"). ``--resume_from_checkpoint PATH|true`` resumes; a non-empty
-``output_dir`` is refused unless ``--overwrite_output_dir true`` or a resume is asked for.
+unless ``--save_model false``; ``results.json`` (a ``recipes.launcher.results.RunResults``,
+written atomically, last, only after a successful run; ``main`` returns its JSON object); the
+trainer's logs (TensorBoard when installed); checkpoints only if asked (``save_strategy``
+defaults to "no"). ``--resume_from_checkpoint PATH|true`` resumes; a non-empty ``output_dir`` is
+refused unless ``--overwrite_output_dir true`` or a resume is asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from recipes.launcher.common import ConfigError, environment, exit_on_user_error
 from recipes.launcher.outputs import RunOutputs, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
+from recipes.launcher.results import METRIC_PREFIXES, MethodSpec, RunResults
 from recipes.launcher.run_dir import OutputError, check_output_options, open_run_dir
 
 
@@ -110,43 +112,48 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
 
     audit = trainer.frozen_audit
     timing = ("_runtime", "_per_second")
-    results = {
-        "method": method_args.method,
-        "policy": method_args.policy,
-        "policy_options": method_args.policy_options,
-        "freeze_mode": method_args.freeze_mode if method_args.method == "freeze" else None,
-        "peft_method": method_args.peft_method,
-        "peft_options": method_args.peft_options,
-        "command": shlex.join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
-        "model": model_args.model_name_or_path,
-        "task": model_args.task,
-        "dataset": data_args.dataset,
-        "data": split_digests(tokenized),  # the rows each split held, in order
-        "seed": training_args.seed,
-        "learning_rate": training_args.learning_rate,
-        "max_steps": trainer.state.max_steps,
-        "total_params": total_params(trainer.model),
-        "groups": summary.as_dict()["groups"],
-        "cost_preview": preview.as_dict(),
-        "budget": trainer.budget_choice.as_dict() if trainer.budget_choice else None,
-        **{k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)},
-        "train_loss": train_output.training_loss,
-        "train_runtime": train_output.metrics["train_runtime"],
-        "train_samples_per_second": train_output.metrics["train_samples_per_second"],
-        "train_steps_per_second": train_output.metrics["train_steps_per_second"],
+    evaluated = {k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)}
+    record = RunResults(
+        **MethodSpec(
+            method=method_args.method,
+            policy=method_args.policy,
+            policy_options=method_args.policy_options,
+            freeze_mode=method_args.freeze_mode if method_args.method == "freeze" else None,
+            peft_method=method_args.peft_method,
+            peft_options=method_args.peft_options,
+        ).as_dict(),
+        command=shlex.join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        model=model_args.model_name_or_path,
+        task=model_args.task,
+        dataset=data_args.dataset,
+        data=split_digests(tokenized),  # the rows each split held, in order
+        seed=training_args.seed,
+        learning_rate=training_args.learning_rate,
+        max_steps=trainer.state.max_steps,
+        total_params=total_params(trainer.model),
+        groups=summary.as_dict()["groups"],
+        cost_preview=preview.as_dict(),
+        budget=trainer.budget_choice.as_dict() if trainer.budget_choice else None,
+        metrics={k: v for k, v in evaluated.items() if k.startswith(METRIC_PREFIXES)},
+        epoch=evaluated.get("epoch"),
+        train_loss=train_output.training_loss,
+        train_runtime=train_output.metrics["train_runtime"],
+        train_samples_per_second=train_output.metrics["train_samples_per_second"],
+        train_steps_per_second=train_output.metrics["train_steps_per_second"],
         **peak_memory(),
         # trainable counts as the policy means them (under zero_lr / zero_grad every parameter
         # requires grad, only the policy's set is updated), the audit's and the cost figures,
         # the prefix cache's counters
         **trainer.freeze_metrics(),
-        "frozen_audit": audit.as_dict() if audit is not None else None,
-        "log_history": trainer.state.log_history,
-        "resumed_from": run_dir.checkpoint,
-        "saved": outputs.saved if outputs is not None else None,
+        frozen_audit=audit.as_dict() if audit is not None else None,
+        log_history=trainer.state.log_history,
+        resumed_from=run_dir.checkpoint,
+        saved=outputs.saved if outputs is not None else None,
         **environment(),
-    }
+    )
+    results = record.as_dict()
     if outputs is not None:
-        outputs.results = results
+        outputs.results = record
         if trainer.is_world_process_zero():
             outputs.write_card()
     if trainer.is_world_process_zero():

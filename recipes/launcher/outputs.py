@@ -23,6 +23,7 @@ from pathlib import Path
 from freeze_policies import FreezeTrainer
 from freeze_policies.training.delta import DELTA_WEIGHTS, save_freeze_delta
 from recipes.launcher.model_card import model_card
+from recipes.launcher.results import RunResults
 from recipes.launcher.run_dir import MODEL_CARD
 
 
@@ -72,7 +73,7 @@ class RunOutputs:
     base_path: str  # what from_pretrained loads it from
     task: str
     trainable_only: bool
-    results: dict = field(default_factory=dict)
+    results: RunResults | None = None  # set before the card is written
     label_config: dict = field(default_factory=dict)
     saved: dict = field(default_factory=dict)
 
