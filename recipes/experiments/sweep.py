@@ -48,6 +48,7 @@ import yaml
 from recipes.launcher.common import ConfigError, write_json_atomic
 from recipes.launcher.main import main
 from recipes.launcher.results import ResultsError, RunResults, read_results
+from recipes.launcher.tasks import get_task
 
 DEFAULT_BOUNDS = (1e-6, 1.0)
 DEFAULT_MAX_EXTENSIONS = 3
@@ -75,10 +76,9 @@ def flags(fields: dict) -> list[str]:
 
 
 def validation_score(results: RunResults) -> float:
-    """Higher is better: validation accuracy for classification, minus loss for causal LM."""
-    if results.metrics.get("eval_accuracy") is not None:
-        return results.metrics["eval_accuracy"]
-    return -results.metrics["eval_loss"]
+    """Higher is better: the task's selection metric (``recipes.launcher.tasks``: validation
+    accuracy for classification, minus the loss for causal LM and seq2seq)."""
+    return get_task(results.task).metrics.score(results)
 
 
 def rate_name(lr: float) -> str:

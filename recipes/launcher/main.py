@@ -63,6 +63,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
     from recipes.data.sources import split_digests
     from recipes.launcher.metrics import perplexity
     from recipes.launcher.models import resolve_model_path
+    from recipes.launcher.tasks import get_task
 
     results_path = run_dir.path / "results.json"
     try:
@@ -89,8 +90,9 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         trainer.evaluate(tokenized["test"], metric_key_prefix="test")
         if training_args.do_predict else {}
     )
+    task = get_task(model_args.task)
     for metrics, prefix in ((validation, "eval"), (test, "test")):
-        if model_args.task in ("causal_lm", "seq2seq") and metrics:
+        if task.reports_perplexity and metrics:
             metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
     outputs = None
     if training_args.save_model:
@@ -101,11 +103,11 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
             base_model=model_args.model_name_or_path,
             base_path=resolve_model_path(model_args.model_name_or_path,
                                          model_args.model_cache_dir),
-            task=model_args.task,
+            auto_class=task.auto_class,
             trainable_only=training_args.save_trainable_only,
             label_config={"id2label": config.id2label, "label2id": config.label2id,
                           "pad_token_id": config.pad_token_id}
-            if model_args.task == "classification" else {},
+            if task.has_labels else {},
         )
         trainer.run_outputs = outputs
         trainer.save_model()  # RunTrainer: the model, the adapter or the delta, and the tokenizer

@@ -6,16 +6,10 @@ import json
 
 from recipes.launcher.run_dir import CARD_MARKER
 
-# The class that loads a saved run of each launcher task.
-AUTO_CLASSES = {
-    "classification": "AutoModelForSequenceClassification",
-    "causal_lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-}
 
 def _loading_code(outputs) -> str:
     folder = str(outputs.output_dir)
-    auto = AUTO_CLASSES[outputs.task]
+    auto = outputs.auto_class  # the task's (recipes.launcher.tasks), as main hands it over
     if outputs.kind == "model":
         return (f"from transformers import AutoTokenizer, {auto}\n\n"
                 f"model = {auto}.from_pretrained({folder!r})\n"

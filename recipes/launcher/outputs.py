@@ -71,7 +71,7 @@ class RunOutputs:
     method: str
     base_model: str  # as given: an alias, a folder or a hub id
     base_path: str  # what from_pretrained loads it from
-    task: str
+    auto_class: str  # the transformers class that loads it (the task's, recipes.launcher.tasks)
     trainable_only: bool
     results: RunResults | None = None  # set before the card is written
     label_config: dict = field(default_factory=dict)

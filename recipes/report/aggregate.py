@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recipes.launcher.results import MethodSpec, RunResults
+from recipes.launcher.tasks import TASKS as LAUNCHER_TASKS
+from recipes.launcher.tasks import TaskMetrics
 from recipes.report.stats import Stat
 
 SCHEDULE_TIMING = ("every", "unit", "seed")
@@ -35,36 +37,8 @@ class ReportError(ValueError):
     """An input that cannot be reported; the message starts with the file's path."""
 
 
-@dataclass(frozen=True)
-class TaskMetrics:
-    """Which validation metric chose the rate, and which test metrics are reported."""
-
-    select: str  # validation metric in results.json
-    higher_is_better: bool
-    primary: str  # the test metric of the statistics, plots and findings
-    reported: tuple[tuple[str, str], ...]  # (key, column title)
-    as_percent: bool
-
-    def score(self, run: RunResults) -> float:
-        """``recipes/sweep.py``'s selection score: higher is better."""
-        value = run.metrics[self.select]
-        return value if self.higher_is_better else -value
-
-    def display(self, score: float) -> float:
-        """A selection score back in the metric's own terms."""
-        return score if self.higher_is_better else -score
-
-
-TASKS = {
-    "classification": TaskMetrics(
-        "eval_accuracy", True, "test_accuracy",
-        (("test_accuracy", "test accuracy (%)"), ("test_f1", "macro-F1 (%)")), True,
-    ),
-    "causal_lm": TaskMetrics(
-        "eval_loss", False, "test_loss",
-        (("test_loss", "test loss"), ("test_perplexity", "test perplexity")), False,
-    ),
-}
+TASKS: dict[str, TaskMetrics] = {name: task.metrics for name, task in LAUNCHER_TASKS.items()}
+"""Each task's selection and reported metrics, from its entry in ``recipes.launcher.tasks``."""
 
 
 # -- labels and identity ----------------------------------------------------------------------
