@@ -50,7 +50,10 @@ What it does on top of ``Trainer``:
   a report needs (trainable counts, audit, cost figures, prefix-cache figures) in one dict.
 - ``trainer.anatomy`` is the anatomy of the model, traced once per run (the policy's, with its
   ``blocks=``) and handed to the optimizer, the cache and the guards; pass it to ``summarize``
-  and ``predict_cost`` instead of tracing again.
+  and ``predict_cost`` instead of tracing again. A caller that traced it already (to check the
+  policy before building the trainer, as ``recipes/run.py`` does) passes it as
+  ``freeze_anatomy=`` (the policy's anatomy of ``model``: ``policy.anatomy(model)``) and it is
+  not traced again.
 - ``evaluate`` leaves the random generators (Python, NumPy, torch CPU and CUDA) as it found them:
   each DataLoader iterator draws its base seed from the global torch generator, so a plain
   ``Trainer``'s evaluations during training shift every later dropout mask and shuffle, and a
@@ -99,6 +102,7 @@ class FreezeTrainer(Trainer):
         prefix_cache_dir: str | None = None,
         frozen_prefix_eval: bool | None = None,
         frozen_dtype=None,
+        freeze_anatomy: Anatomy | None = None,
         **kwargs,
     ):
         # Everything that can be checked without the Trainer is checked before it is built:
@@ -138,7 +142,10 @@ class FreezeTrainer(Trainer):
         self.dtype_moves: list[DtypeMove] = []
         self._end_figures: dict = {}
         self._resuming = False  # True while train() loads a checkpoint (see train)
-        self._anatomy: tuple[nn.Module, Anatomy] | None = None  # (model, its anatomy)
+        # (model, its anatomy): the caller's, when it traced it already (freeze_anatomy=)
+        self._anatomy: tuple[nn.Module, Anatomy] | None = (
+            (model, freeze_anatomy) if freeze_anatomy is not None and model is not None else None
+        )
         callback.after_set_trainable = self._follow_dtypes
         self.frozen_audit: AuditResult | None = None
         self.add_callback(callback)
@@ -236,7 +243,8 @@ class FreezeTrainer(Trainer):
     def _freeze_before_optimizer(self, model) -> None:
         """Bind the policy to ``model`` (validating it) and set the state before the optimizer."""
         callback = self.freeze_callback
-        callback.bind(model)
+        given = self._anatomy[1] if self._anatomy and self._anatomy[0] is model else None
+        callback.bind(model, given)
         if callback.policy is not None:  # (zero_lr / zero_grad open the rest in train())
             set_trainable(model, callback.trainable_at(0))
         check_trainer(self)  # FSDP / DeepSpeed / DDP guards (freeze_policies.distributed.guards)

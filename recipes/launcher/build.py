@@ -5,6 +5,13 @@ Every input error surfaces in ``prepare``, before training: the seed is set befo
 is built (the classification head, LoRA's A matrices, prompt embeddings), since ``Trainer`` seeds
 only in its ``__init__``, after the model exists; a policy is checked against the model before
 any output is made.
+
+One anatomy per run: the model is traced once, here, with the policy's ``blocks=`` (the budget's
+choice reuses it: its candidates are ``bottom_n`` without ``blocks=``), and the trace is handed to
+``FreezeTrainer`` (``freeze_anatomy=``), whose ``trainer.anatomy`` the launcher's summary and cost
+preview read. Without a policy ``trainer.anatomy`` traces the model on first use, once. (A PEFT
+baseline that saves the classification head also traces the base model before wrapping it, to
+find the head: the wrapped model's anatomy is another.)
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ def prepare(model_args, data_args, method_args, training_args):
     """Data, model, method and trainer; every input error surfaces here, before training."""
     from transformers import set_seed
 
-    from freeze_policies import get_policy
+    from freeze_policies import anatomy, get_policy
     from recipes.launcher import models
     from recipes.launcher.tasks import TASKS
 
@@ -52,16 +59,20 @@ def prepare(model_args, data_args, method_args, training_args):
         model = build_peft_model(model, model_args.task, method_args.peft_method,
                                  method_args.peft_options)
     budget = None
+    traced = None  # the run's one anatomy (see the module docstring)
     if method_args.budget_step_ratio is not None or method_args.budget_memory_gb is not None:
+        traced = anatomy(model)
         budget = choose_by_budget(model, tokenized["train"], collator, model_args, method_args,
-                                  training_args)
+                                  training_args, traced)
         policy = budget.policy  # None: full fine-tuning fits the budget
         # report what runs: bottom_n with the chosen n, or full fine-tuning
         method_args.method = "freeze" if policy is not None else "full"
         method_args.policy = policy.name if policy is not None else None
         method_args.policy_options = policy.options() if policy is not None else {}
     if policy is not None:  # check the policy against this model before any output is made
-        policy.trainable_names(policy.anatomy(model))
+        if traced is None or policy.blocks is not None:
+            traced = policy.anatomy(model)
+        policy.trainable_names(traced)
     trainer = task.trainer_class()(  # a RunTrainer (recipes.launcher.outputs)
         model=model,
         args=training_args,
@@ -72,6 +83,7 @@ def prepare(model_args, data_args, method_args, training_args):
         compute_metrics=task.make_compute_metrics(),
         freeze_policy=policy,
         freeze_options=method_args.freeze_options,
+        freeze_anatomy=traced,
     )
     if task.per_batch_loss:  # see Task.per_batch_loss (classification)
         trainer.model_accepts_loss_kwargs = False
@@ -79,7 +91,7 @@ def prepare(model_args, data_args, method_args, training_args):
     return trainer, tokenized
 
 
-def choose_by_budget(model, train, collator, model_args, method_args, training_args):
+def choose_by_budget(model, train, collator, model_args, method_args, training_args, anat=None):
     """bottom_n picked by ``freeze_policies.costs.budget`` from the budget flags (rank 0 prints)."""
     from freeze_policies.costs.budget import choose_frozen_depth
 
@@ -96,6 +108,7 @@ def choose_by_budget(model, train, collator, model_args, method_args, training_a
         batch_size=training_args.per_device_train_batch_size,
         calibrate=batch,
         calibration_steps=method_args.budget_calibration_steps,
+        anat=anat,
     )
     if training_args.process_index == 0:
         print(f"\n{choice}\n", flush=True)

@@ -70,7 +70,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         trainer, tokenized = prepare(model_args, data_args, method_args, training_args)
     except (ValueError, OSError) as error:  # bad input, found before training: one line
         raise ConfigError(str(error).strip().splitlines()[0]) from error
-    summary = summarize(trainer.model)
+    summary = summarize(trainer.model, trainer.anatomy)  # the run's one anatomy (build.py)
     prompt_tokens = added_tokens(method_args.peft_method, method_args.peft_options)
     callback = trainer.freeze_callback
     preview = predict_cost(
@@ -78,6 +78,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         callback.trainable_at(0) if callback.policy is not None else None,
         seq_len=model_args.max_length + prompt_tokens,
         batch_size=training_args.per_device_train_batch_size,
+        anat=trainer.anatomy,
     )
     if trainer.is_world_process_zero():
         print(f"\n{summary}\n\n{preview}\n", flush=True)
