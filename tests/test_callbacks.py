@@ -19,7 +19,7 @@ from trainer_support import (
 )
 from transformers import Trainer
 
-from freeze_policies import FreezePolicyError, FreezeScheduleCallback, get_policy
+from freeze_policies import FreezeOptions, FreezePolicyError, FreezeScheduleCallback, get_policy
 from freeze_policies.training.optim import create_optimizer
 
 
@@ -73,7 +73,7 @@ def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, TrainingArguments
 
-    from freeze_policies import FreezeTrainer, get_policy
+    from freeze_policies import FreezeOptions, FreezeTrainer, get_policy
 
     config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3, num_labels=2,
                                   num_attention_heads=2, intermediate_size=37, vocab_size=99)
@@ -89,10 +89,12 @@ def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
                                use_cpu=True),
         train_dataset=train_dataset,
         freeze_policy=get_policy("lisa", k=1, every=2),  # 1 random block every 2 steps
-        layer_lr_decay=1 / 2.6,  # ULMFiT's discriminative learning rates
-        head_lr_multiplier=2.0,
-        freeze_mode="requires_grad",  # the default; also "zero_lr", "zero_grad" (fixed policies)
-        audit="raise",  # the default: a frozen weight that moved raises FrozenWeightsMovedError
+        freeze_options=FreezeOptions(
+            layer_lr_decay=1 / 2.6,  # ULMFiT's discriminative learning rates
+            head_lr_multiplier=2.0,
+            freeze_mode="requires_grad",  # the default; also "zero_lr", "zero_grad" (fixed ones)
+            audit="raise",  # the default: a frozen weight that moved raises FrozenWeightsMovedError
+        ),
     )
     output = trainer.train()
     print(output.metrics["frozen_audit_passed"], trainer.frozen_audit)
@@ -179,13 +181,15 @@ def test_zero_lr_needs_its_optimizer_groups(tmp_path):
     with pytest.raises(FreezePolicyError, match="freeze_mode='zero_lr' needs lr=0 optimizer"):
         Trainer(model=make_model("bert"), args=make_args(tmp_path),
                 train_dataset=RandomTokens("bert"),
-                callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+                callbacks=[FreezeScheduleCallback(policy,
+                    freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
 
     model = make_model("bert")
     wrong = torch.optim.AdamW(model.parameters(), lr=1e-2)
     trainer = Trainer(model=model, args=make_args(tmp_path), train_dataset=RandomTokens("bert"),
                       optimizers=(wrong, None),
-                      callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+                      callbacks=[FreezeScheduleCallback(policy,
+                          freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
     with pytest.raises(FreezePolicyError, match=r"frozen parameters sit in optimizer groups with "
                        r"lr != 0"):
         trainer.train()
@@ -198,7 +202,8 @@ def test_zero_lr_with_create_optimizer_in_plain_trainer(tmp_path):
     optimizer = create_optimizer(model, args, policy, freeze_mode="zero_lr", layer_lr_decay=0.5)
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens("bert"),
                       optimizers=(optimizer, None),
-                      callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+                      callbacks=[FreezeScheduleCallback(policy,
+                          freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
     before = snapshot(model)
     trainer.train()
     frozen = set(before) - policy.trainable_names(policy.anatomy(model))
@@ -223,7 +228,8 @@ def test_callback_without_policy_audits_what_was_frozen(tmp_path):
 
 
 def test_callback_state_round_trips():
-    callback = FreezeScheduleCallback({"name": "lisa", "k": 1, "every": 3}, audit="log")
+    callback = FreezeScheduleCallback({"name": "lisa", "k": 1, "every": 3},
+        freeze_options=FreezeOptions(audit="log"))
     callback.stage = 4
     saved = callback.state()
     rebuilt = FreezeScheduleCallback.from_state(saved)

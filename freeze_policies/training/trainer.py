@@ -25,9 +25,11 @@
     ``bf16=True`` or ``fp16=True``; see ``freeze_policies.training.precision``.
     ``trainer.dtype_moves`` lists the moves.
 
-  Each of these is also accepted as a keyword argument of ``FreezeTrainer`` itself
-  (``FreezeTrainer(..., freeze_mode="zero_lr", audit="log")``), as before ``FreezeOptions``
-  existed: the keywords build the ``FreezeOptions``. Give each option one way, not both.
+  ``FreezeOptions`` is the one way to give them. Each is still accepted as a keyword argument of
+  ``FreezeTrainer`` itself (``FreezeTrainer(..., freeze_mode="zero_lr")``), as before
+  ``FreezeOptions`` existed, but deprecated: the keyword builds the ``FreezeOptions`` and a
+  ``FutureWarning`` (once per process and keyword) names the replacement. Giving an option both
+  ways is an error.
 
 What it does on top of ``Trainer``:
 
@@ -78,7 +80,11 @@ from freeze_policies.errors import FreezePolicyError
 from freeze_policies.policies.trainable import check_not_peft, set_trainable
 from freeze_policies.structure.discover import Anatomy, anatomy
 from freeze_policies.training.audit import AuditResult
-from freeze_policies.training.callbacks import FreezeScheduleCallback, find_freeze_callback
+from freeze_policies.training.callbacks import (
+    FreezeScheduleCallback,
+    find_freeze_callback,
+    warn_option_keywords,
+)
 from freeze_policies.training.modes import check_scheduler_type
 from freeze_policies.training.optim import create_optimizer
 from freeze_policies.training.options import FreezeOptions, freeze_options_from
@@ -107,8 +113,7 @@ class FreezeTrainer(Trainer):
     ):
         # Everything that can be checked without the Trainer is checked before it is built:
         # the options once, in FreezeOptions; the options against the policy in the callback.
-        options = freeze_options_from(
-            freeze_options,
+        keywords = dict(
             freeze_mode=freeze_mode,
             layer_lr_decay=layer_lr_decay,
             head_lr_multiplier=head_lr_multiplier,
@@ -118,6 +123,8 @@ class FreezeTrainer(Trainer):
             frozen_prefix_eval=frozen_prefix_eval,
             frozen_dtype=frozen_dtype,
         )
+        warn_option_keywords("FreezeTrainer", **keywords)
+        options = freeze_options_from(freeze_options, **keywords)
         callback = FreezeScheduleCallback(freeze_policy, freeze_options=options)
         model = kwargs.get("model", args[0] if args else None)
         if model is not None:

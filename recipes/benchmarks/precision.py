@@ -61,7 +61,7 @@ def measure(args) -> dict:
     import datasets
     from transformers import default_data_collator
 
-    from freeze_policies import FreezeTrainer, get_policy, saved_for_backward_bytes
+    from freeze_policies import FreezeOptions, FreezeTrainer, get_policy, saved_for_backward_bytes
     from freeze_policies.costs.measure import account_memory, peak_rss_bytes
     from freeze_policies.training.precision import dtype_bytes
 
@@ -84,7 +84,7 @@ def measure(args) -> dict:
             data_collator=default_data_collator,
             callbacks=[timer],
             freeze_policy=policy,
-            frozen_dtype=variant["frozen_dtype"],
+            freeze_options=FreezeOptions(frozen_dtype=variant["frozen_dtype"]),
         )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
