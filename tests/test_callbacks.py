@@ -73,7 +73,7 @@ def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, TrainingArguments
 
-    from freeze_policies import FreezeOptions, FreezeTrainer, get_policy
+    from freeze_policies import FreezeTrainer, get_policy
 
     config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=3, num_labels=2,
                                   num_attention_heads=2, intermediate_size=37, vocab_size=99)
@@ -89,12 +89,10 @@ def test_readme_snippet_freeze_trainer(tmp_path, monkeypatch):
                                use_cpu=True),
         train_dataset=train_dataset,
         freeze_policy=get_policy("lisa", k=1, every=2),  # 1 random block every 2 steps
-        freeze_options=FreezeOptions(
-            layer_lr_decay=1 / 2.6,  # ULMFiT's discriminative learning rates
-            head_lr_multiplier=2.0,
-            freeze_mode="requires_grad",  # the default; also "zero_lr", "zero_grad" (fixed ones)
-            audit="raise",  # the default: a frozen weight that moved raises FrozenWeightsMovedError
-        ),
+        layer_lr_decay=1 / 2.6,  # ULMFiT's discriminative learning rates
+        head_lr_multiplier=2.0,
+        freeze_mode="requires_grad",  # the default; also "zero_lr", "zero_grad" (fixed policies)
+        audit="raise",  # the default: a frozen weight that moved raises FrozenWeightsMovedError
     )
     output = trainer.train()
     print(output.metrics["frozen_audit_passed"], trainer.frozen_audit)

@@ -220,7 +220,7 @@ def test_peft_model_with_a_policy_is_refused_and_without_one_trains(tmp_path):
 
 
 def test_optim_that_builds_its_own_groups_is_refused(tmp_path, monkeypatch):
-    from freeze_policies import optim
+    from freeze_policies.training import optim
 
     def fake(args, model):
         return torch.optim.AdamW, {"params": [], "lr": 1.0}
