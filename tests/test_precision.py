@@ -522,7 +522,7 @@ def test_bench_precision_reports_accounted_memory_and_rss(tmp_path):
     out = tmp_path / "bench_precision.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "bench_precision.py"), "--model", str(folder),
+        [sys.executable, str(ROOT / "recipes" / "bench.py"), "precision", "--model", str(folder),
          "--n", "3", "--batch-size", "2", "--seq-len", "16", "--steps", "2", "--out", str(out)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )
