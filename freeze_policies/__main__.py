@@ -38,8 +38,12 @@ AUTO_CLASSES = {
     "vision_language": "AutoModelForImageTextToText",
     "dual_encoder": "AutoModel",
 }
-"""``--task``: the ``transformers`` Auto class a model is loaded with."""
+"""``--task``: the ``transformers`` Auto class a model is loaded with. The preview's own table,
+not the launcher's (``recipes.launcher.tasks``): the library is installed without the recipes and
+must not import them, and it previews more kinds of model than the launcher trains."""
 TASKS = tuple(AUTO_CLASSES)
+LABELLED_TASKS = frozenset({"classification"})
+"""Tasks whose Auto class builds a new head of ``--num_labels`` outputs."""
 # Bad input is handled as the recipes handle it (recipes/common.py: one ``error:`` line, exit
 # status 2, mapping options as JSON or YAML). A deliberate parallel, not a shared helper: the
 # library is installed without the recipes and must not import them.
@@ -125,7 +129,7 @@ def load_model(path: str, task: str, num_labels: int):
     import transformers
 
     auto_class = getattr(transformers, AUTO_CLASSES[task])
-    kwargs = {"num_labels": num_labels} if task == "classification" else {}
+    kwargs = {"num_labels": num_labels} if task in LABELLED_TASKS else {}
     try:
         return auto_class.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as error:  # a bad path / hub id, an unknown head

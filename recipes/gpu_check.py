@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
     sys.path.insert(0, str(ROOT))
 
+from recipes.launcher.results import read_results  # noqa: E402
+
 GPU_TESTS = ["tests/test_distributed.py", "tests/test_precision.py",
              "tests/test_fsdp2_schedules.py"]
 ACCELERATE_CONFIG = "configs/accelerate/single_gpu.yaml"
@@ -120,23 +122,22 @@ def run_smoke(scratch: Path, steps: int) -> list[dict]:
             rows.append({"kind": "smoke", "name": name, "outcome": "failed",
                          "seconds": seconds, "detail": last[0][:160]})
             continue
-        results = json.loads(results_file.read_text())
-        audit = results.get("frozen_audit") or {}
-        accuracy = results.get("test_accuracy")
+        results = read_results(results_file)  # the schema (recipes.launcher.results)
+        audit = results.frozen_audit or {}
+        accuracy = results.metrics.get("test_accuracy")
         detail = [
             f"test acc {accuracy:.3f}" if isinstance(accuracy, (int, float)) else "",
-            f"max alloc {results.get('peak_memory_bytes', 0) / 2**20:.0f} MiB "
-            f"({results.get('peak_memory_kind')})",
-            f"params {results.get('parameter_bytes', 0) / 2**20:.0f} MiB",
+            f"max alloc {(results.peak_memory_bytes or 0) / 2**20:.0f} MiB "
+            f"({results.peak_memory_kind})",
+            f"params {(results.parameter_bytes or 0) / 2**20:.0f} MiB",
             f"audit {audit.get('passed')}" if audit else "audit n/a",
         ]
         passed = audit.get("passed", True) is not False
         rows.append({"kind": "smoke", "name": name, "outcome": "passed" if passed else "failed",
                      "seconds": seconds, "detail": ", ".join(d for d in detail if d),
-                     "results": {k: results.get(k) for k in (
-                         "test_accuracy", "peak_memory_bytes", "peak_memory_kind",
-                         "parameter_bytes", "gradient_bytes", "optimizer_state_bytes",
-                         "train_runtime")}})
+                     "results": {"test_accuracy": accuracy, **{k: getattr(results, k) for k in (
+                         "peak_memory_bytes", "peak_memory_kind", "parameter_bytes",
+                         "gradient_bytes", "optimizer_state_bytes", "train_runtime")}}})
     return rows
 
 

@@ -45,7 +45,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from freeze_policies import FreezeTrainer, get_policy  # noqa: E402
+from freeze_policies import FreezeOptions, FreezeTrainer, get_policy  # noqa: E402
 
 VOCAB, SEQ_LEN, STEPS, BATCH = 99, 12, 4, 4
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "module.")
@@ -142,7 +142,7 @@ def main(argv=None):
         train_sampling_strategy="sequential",
     )
     trainer = FreezeTrainer(model=model, args=args, train_dataset=Rows(), freeze_policy=policy,
-                            frozen_dtype=options.frozen_dtype)
+                            freeze_options=FreezeOptions(frozen_dtype=options.frozen_dtype))
     recorder = SnapshotRecorder(trainer)
     trainer.add_callback(recorder)
     trainer.train()

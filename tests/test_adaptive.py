@@ -15,7 +15,7 @@ from trainer_support import (
     snapshot,
 )
 
-from freeze_policies import FreezePolicyError, FreezeTrainer, anatomy, get_policy
+from freeze_policies import FreezeOptions, FreezePolicyError, FreezeTrainer, anatomy, get_policy
 from freeze_policies.policies.adaptive import AutoFreezeController, decide, percentile
 
 
@@ -193,7 +193,8 @@ def test_the_prefix_cache_deepens_with_each_freeze_and_replays_later(tmp_path):
         model=model,
         args=make_args(tmp_path, max_steps=-1, num_train_epochs=6, per_device_train_batch_size=8),
         train_dataset=RandomTokens("bert", n=16),
-        freeze_policy=policy(every=2, percentile=100.0), cache_frozen_prefix=True,
+        freeze_policy=policy(every=2, percentile=100.0),
+            freeze_options=FreezeOptions(cache_frozen_prefix=True),
     )
     trainer.train()
     cache = trainer.prefix_cache

@@ -11,7 +11,7 @@ from tiny_models import STACK_CASES
 from trainer_support import Recorder, make_model, one_torch_thread  # noqa: F401
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSpeechSeq2Seq
 
-from freeze_policies import FreezePolicyError, FreezeTrainer, anatomy, get_policy
+from freeze_policies import FreezeOptions, FreezePolicyError, FreezeTrainer, anatomy, get_policy
 from freeze_policies.policies.adaptive import AutoFreezeController
 
 CASES = {case.id: case for case in STACK_CASES}
@@ -86,7 +86,8 @@ def test_the_prefix_cache_is_refused_on_several_stacks_in_one_line(tmp_path):
     with pytest.raises(FreezePolicyError, match=r"^cache_frozen_prefix works on models with one "
                        r"stack of blocks; T5ForConditionalGeneration has 2 \(encoder, decoder\)"):
         FreezeTrainer(model=CASES["t5"].build(), args=args_for(tmp_path), train_dataset=Pairs(),
-                      freeze_policy=policy(every=1), cache_frozen_prefix=True)
+                      freeze_policy=policy(every=1),
+                          freeze_options=FreezeOptions(cache_frozen_prefix=True))
 
 
 # -- in training --------------------------------------------------------------------------------

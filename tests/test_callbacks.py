@@ -19,7 +19,7 @@ from trainer_support import (
 )
 from transformers import Trainer
 
-from freeze_policies import FreezePolicyError, FreezeScheduleCallback, get_policy
+from freeze_policies import FreezeOptions, FreezePolicyError, FreezeScheduleCallback, get_policy
 from freeze_policies.training.optim import create_optimizer
 
 
@@ -175,13 +175,15 @@ def test_zero_lr_needs_its_optimizer_groups(tmp_path):
     with pytest.raises(FreezePolicyError, match="freeze_mode='zero_lr' needs lr=0 optimizer"):
         Trainer(model=make_model("bert"), args=make_args(tmp_path),
                 train_dataset=RandomTokens("bert"),
-                callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+                callbacks=[FreezeScheduleCallback(policy,
+                    freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
 
     model = make_model("bert")
     wrong = torch.optim.AdamW(model.parameters(), lr=1e-2)
     trainer = Trainer(model=model, args=make_args(tmp_path), train_dataset=RandomTokens("bert"),
                       optimizers=(wrong, None),
-                      callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+                      callbacks=[FreezeScheduleCallback(policy,
+                          freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
     with pytest.raises(FreezePolicyError, match=r"frozen parameters sit in optimizer groups with "
                        r"lr != 0"):
         trainer.train()
@@ -194,7 +196,8 @@ def test_zero_lr_with_create_optimizer_in_plain_trainer(tmp_path):
     optimizer = create_optimizer(model, args, policy, freeze_mode="zero_lr", layer_lr_decay=0.5)
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens("bert"),
                       optimizers=(optimizer, None),
-                      callbacks=[FreezeScheduleCallback(policy, freeze_mode="zero_lr")])
+                      callbacks=[FreezeScheduleCallback(policy,
+                          freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
     before = snapshot(model)
     trainer.train()
     frozen = set(before) - policy.trainable_names(policy.anatomy(model))
@@ -219,7 +222,8 @@ def test_callback_without_policy_audits_what_was_frozen(tmp_path):
 
 
 def test_callback_state_round_trips():
-    callback = FreezeScheduleCallback({"name": "lisa", "k": 1, "every": 3}, audit="log")
+    callback = FreezeScheduleCallback({"name": "lisa", "k": 1, "every": 3},
+        freeze_options=FreezeOptions(audit="log"))
     callback.stage = 4
     saved = callback.state()
     rebuilt = FreezeScheduleCallback.from_state(saved)

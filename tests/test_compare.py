@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from recipes.experiments import sweep
+from recipes.launcher.results import MethodSpec, RunResults
 from recipes.report import aggregate, columns, markdown, pricing
 from recipes.report.aggregate import ReportError
 from recipes.report.cli import write_report
@@ -243,9 +244,9 @@ def tables_by_model(root: Path, bench: dict | None = BENCH, cache: dict | None =
 def test_full_length_runs_are_reported_and_short_runs_only_choose_the_rate(comparison):
     cells, results = tables_by_model(comparison)
     full = cells["minilm"]["full"]
-    assert [run["seed"] for run in full.runs] == [0, 1, 2]
-    assert all(run["max_steps"] == FULL_STEPS for run in full.runs)
-    assert {run["max_steps"] for run in full.selection.sweep_runs.values()} == {SHORT_STEPS}
+    assert [run.seed for run in full.runs] == [0, 1, 2]
+    assert all(run.max_steps == FULL_STEPS for run in full.runs)
+    assert {run.max_steps for run in full.selection.sweep_runs.values()} == {SHORT_STEPS}
     assert full.chosen_lr == 1e-4 and full.selection.interior
     assert full.test("test_accuracy").mean == pytest.approx(0.7333333)
     assert len(results.runs) == 18 and results.incomplete == []
@@ -372,7 +373,7 @@ def test_costs_are_priced_from_the_bench_and_the_cache_share_from_hits_and_recor
     run = lora.curve_run
     assert pricing.cumulative_seconds(table, lora, run, [10, 30]) == pytest.approx(
         [10 * 0.7 * unit, 30 * 0.7 * unit])
-    assert full.curve_run["seed"] == 0
+    assert full.curve_run.seed == 0
     smol, _ = tables_by_model(comparison)
     assert smol["smollm2"]["lora"].priced_source == "runs"  # the bench ran MiniLM only
 
@@ -569,7 +570,7 @@ def test_the_command_line_entry_point_refuses_in_one_line(runs, tmp_path):
     )
     assert process.returncode == 1
     assert process.stderr.strip() == (f"error: {bad}: unknown task 'translation' (known: "
-                                      "classification, causal_lm)")
+                                      "classification, causal_lm, seq2seq)")
     assert not (tmp_path / "REPORT.md").exists()
 
 
@@ -577,25 +578,30 @@ def test_the_command_line_entry_point_refuses_in_one_line(runs, tmp_path):
 
 
 def test_training_seconds_leave_out_evaluation_inside_training():
-    run = {"train_runtime": 30.0, "log_history": [
+    run = RunResults("full", "minilm", "classification", 0, 1e-4, train_runtime=30.0,
+                     log_history=[
         {"loss": 1.0, "step": 10}, {"eval_runtime": 4.0, "step": 10},
         {"eval_runtime": 5.0, "step": 20}, {"train_runtime": 30.0, "step": 30},
         {"eval_runtime": 6.0, "step": 30},  # the final evaluate(), after training
-    ]}
+    ])
     assert aggregate.training_seconds(run) == 21.0
 
 
 def test_method_labels_and_schedule_timing_does_not_split_bench_matches():
-    assert aggregate.method_label({"method": "peft", "peft_method": "lora"}) == "lora"
+    assert aggregate.method_label(MethodSpec("peft", peft_method="lora")) == "lora"
     run = {"method": "freeze", "policy": "bottom_n", "policy_options": {"n": 4}}
-    assert aggregate.method_label(run) == "bottom_n (n=4)"
-    assert aggregate.method_label({**run, "freeze_mode": "zero_lr"}) == "bottom_n (n=4) zero_lr"
+    assert aggregate.method_label(MethodSpec(**run)) == "bottom_n (n=4)"
+    assert aggregate.method_label(MethodSpec(**run, freeze_mode="zero_lr")) == (
+        "bottom_n (n=4) zero_lr")
+    # a whole run is labelled as its method
+    assert aggregate.method_label(RunResults(**run, model="m", task="classification", seed=0,
+                                             learning_rate=1e-4)) == "bottom_n (n=4)"
     base = {"method": "freeze", "policy": "lisa", "freeze_mode": "requires_grad",
             "peft_method": None}
-    assert aggregate.descriptor({**base, "policy_options": {"k": 2, "every": 10}}) == (
-        aggregate.descriptor({**base, "policy_options": {"k": 2}}))
-    assert aggregate.descriptor({**base, "policy_options": {"k": 1}}) != (
-        aggregate.descriptor({**base, "policy_options": {"k": 2}}))
+    assert aggregate.descriptor(MethodSpec(**base, policy_options={"k": 2, "every": 10})) == (
+        aggregate.descriptor(MethodSpec(**base, policy_options={"k": 2})))
+    assert aggregate.descriptor(MethodSpec(**base, policy_options={"k": 1})) != (
+        aggregate.descriptor(MethodSpec(**base, policy_options={"k": 2})))
 
 
 # -- real files ---------------------------------------------------------------------------------
@@ -626,7 +632,7 @@ def test_real_cells_paired_interval_and_cache_share_by_hand():
     # 47 x (0.44 - 0.48) = 19.74 full steps, freezing 141 x 0.52 = 73.32: a share of 19.74 / 93.06
     assert bottom.cache_share == pytest.approx(19.74 / 93.06)
     assert bottom.priced_ratio == pytest.approx((47 * 0.44 + 94 * 0.29) / 141)
-    assert cells["minilm"]["full"].curve_run["seed"] == 0
+    assert cells["minilm"]["full"].curve_run.seed == 0
     assert len(validation_curve_of(cells["minilm"]["full"])) == 12
 
 

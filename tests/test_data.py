@@ -22,10 +22,10 @@ from recipes.data.sources import (  # noqa: E402
 )
 from recipes.launcher.metrics import (  # noqa: E402
     CLASSIFICATION_METRIC_PATH,
-    make_compute_metrics,
     perplexity,
 )
 from recipes.launcher.models import resolve_model_path  # noqa: E402
+from recipes.launcher.tasks import get_task  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
@@ -284,14 +284,14 @@ def test_metric_module_loads_offline_and_is_exact():
 
 
 def test_compute_metrics_takes_argmax_of_logits():
-    compute_metrics = make_compute_metrics("classification")
+    compute_metrics = get_task("classification").make_compute_metrics()
     logits = np.eye(3)[PREDICTIONS] * 5.0 - 1.0
     result = compute_metrics((logits, np.array(REFERENCES)))
     assert result == pytest.approx({"accuracy": 5 / 8, "f1": 28 / 45})
     assert compute_metrics(((logits, None), np.array(REFERENCES)))["accuracy"] == 5 / 8
-    assert make_compute_metrics("causal_lm") is None
+    assert get_task("causal_lm").make_compute_metrics() is None
     with pytest.raises(ValueError, match="unknown task 'ranking'; valid tasks"):
-        make_compute_metrics("ranking")
+        get_task("ranking")
 
 
 def test_perplexity():

@@ -30,7 +30,13 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from trainer_support import RandomTokens, make_args, make_model
 from transformers import Trainer
 
-from freeze_policies import FreezePolicyError, FreezeScheduleCallback, FreezeTrainer, get_policy
+from freeze_policies import (
+    FreezeOptions,
+    FreezePolicyError,
+    FreezeScheduleCallback,
+    FreezeTrainer,
+    get_policy,
+)
 from freeze_policies.distributed import guards as dist_module
 from freeze_policies.distributed.ddp import REGISTERED, DDPRewrapper
 from freeze_policies.distributed.guards import (
@@ -191,7 +197,8 @@ def test_freeze_trainer_runs_the_guards_when_built(monkeypatch, tmp_path, setup,
     _pretend(monkeypatch, setup)
     with pytest.raises(FreezePolicyError, match=message):
         FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
-                      train_dataset=RandomTokens("bert"), freeze_policy=policy, **options)
+                      train_dataset=RandomTokens("bert"), freeze_policy=policy,
+                      freeze_options=FreezeOptions(**options))
     # the same trainer is built where the setup allows it
     _pretend(monkeypatch, FSDP1_ORIG if setup.kind == "fsdp" else SINGLE)
     FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),

@@ -13,7 +13,13 @@ from trainer_support import (
 )
 from transformers import Trainer
 
-from freeze_policies import FreezePolicyError, FreezeScheduleCallback, FreezeTrainer, get_policy
+from freeze_policies import (
+    FreezeOptions,
+    FreezePolicyError,
+    FreezeScheduleCallback,
+    FreezeTrainer,
+    get_policy,
+)
 from freeze_policies.policies.base import ever_trainable_names
 from freeze_policies.training.modes import optimizer_membership
 from freeze_policies.training.optim import (
@@ -173,14 +179,15 @@ def test_zero_lr_with_a_scheduler_that_lifts_lr_zero_is_refused(tmp_path):
         greedy = make_args(tmp_path, lr_scheduler_type="greedy", eval_strategy="steps")
         FreezeTrainer(model=make_model("bert"), args=greedy, train_dataset=RandomTokens("bert"),
                       eval_dataset=RandomTokens("bert"), freeze_policy="all_but_head",
-                      freeze_mode="zero_lr")
+                      freeze_options=FreezeOptions(freeze_mode="zero_lr"))
     model = make_model("bert")
     args = make_args(tmp_path)
     optimizer = create_optimizer(model, args, "all_but_head", freeze_mode="zero_lr")
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, min_lr=1e-6)
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens("bert"),
                       optimizers=(optimizer, scheduler),
-                      callbacks=[FreezeScheduleCallback("all_but_head", freeze_mode="zero_lr")])
+                      callbacks=[FreezeScheduleCallback("all_but_head",
+                          freeze_options=FreezeOptions(freeze_mode="zero_lr"))])
     with pytest.raises(FreezePolicyError, match="ReduceLROnPlateau has a floor min_lr=1e-06"):
         trainer.train()
 

@@ -134,6 +134,36 @@ def test_trainer_keywords_and_options_train_identically(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_option_keywords_warn_once_naming_freeze_options(tmp_path, monkeypatch):
+    """The keywords are deprecated: a FutureWarning per keyword, once per process, naming the
+    replacement; FreezeOptions itself warns about nothing."""
+    import warnings
+
+    from freeze_policies.training import callbacks
+
+    monkeypatch.setattr(callbacks, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FreezeScheduleCallback("all_but_head", freeze_options=FreezeOptions(audit="log"))
+        assert caught == []
+        FreezeScheduleCallback("all_but_head", audit="log")
+        FreezeScheduleCallback("all_but_head", audit="log", freeze_mode="zero_lr")
+        FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
+                      train_dataset=RandomTokens("bert"), freeze_policy="all_but_head",
+                      audit="log")
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert messages == [
+        "FreezeScheduleCallback(audit=...) is deprecated; pass "
+        "freeze_options=FreezeOptions(audit=...) instead",
+        "FreezeScheduleCallback(freeze_mode=...) is deprecated; pass "
+        "freeze_options=FreezeOptions(freeze_mode=...) instead",
+        "FreezeTrainer(audit=...) is deprecated; pass freeze_options=FreezeOptions(audit=...) "
+        "instead",
+    ]
+    # pointing at the caller's line, not the library's
+    assert all(w.filename == __file__ for w in caught if issubclass(w.category, FutureWarning))
+
+
 def test_freeze_metrics_has_counts_audit_costs_and_cache(tmp_path):
     trainer = FreezeTrainer(
         model=make_model("bert"), args=make_args(tmp_path, max_steps=2),
@@ -154,7 +184,7 @@ def test_freeze_metrics_has_counts_audit_costs_and_cache(tmp_path):
     cached = FreezeTrainer(
         model=make_model("bert"), args=make_args(tmp_path, max_steps=2),
         train_dataset=RandomTokens("bert"), freeze_policy={"name": "bottom_n", "n": 2},
-        cache_frozen_prefix=True,
+        freeze_options=FreezeOptions(cache_frozen_prefix=True),
     )
     cached.train()
     figures = cached.freeze_metrics()["prefix_cache"]

@@ -68,7 +68,7 @@ def evaluate_test_split(model, tokenizer, tiny_bert, tmp_path) -> dict:
     from recipes.data import sources as data
     from recipes.launcher.build import load_data
     from recipes.launcher.main import parse_args
-    from recipes.launcher.metrics import make_compute_metrics
+    from recipes.launcher.tasks import get_task
 
     model_args, data_args, _, _ = parse_args(flags(tiny_bert, tmp_path / "unused"))
     splits, _labels = load_data(model_args, data_args)
@@ -76,7 +76,7 @@ def evaluate_test_split(model, tokenizer, tiny_bert, tmp_path) -> dict:
     args = TrainingArguments(output_dir=str(tmp_path / "eval"), per_device_eval_batch_size=8,
                              report_to=[], use_cpu=True)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=make_compute_metrics("classification"))
+                      compute_metrics=get_task("classification").make_compute_metrics())
     return trainer.evaluate(tokenized["test"], metric_key_prefix="test")
 
 
@@ -330,8 +330,3 @@ def test_script_resume_from_a_missing_path_is_one_line(tmp_path, tiny_bert):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_model_card_knows_a_loading_class_for_every_task():
-    from recipes.launcher.model_card import AUTO_CLASSES
-    from recipes.launcher.models import TASKS
-
-    assert sorted(AUTO_CLASSES) == sorted(TASKS)

@@ -30,7 +30,13 @@ from trainer_support import (
 )
 from transformers import TrainerCallback
 
-from freeze_policies import FreezePolicyError, FreezeTrainer, get_policy, list_policies
+from freeze_policies import (
+    FreezeOptions,
+    FreezePolicyError,
+    FreezeTrainer,
+    get_policy,
+    list_policies,
+)
 from freeze_policies.costs.measure import account_memory, parameter_bytes, peak_rss_bytes
 from freeze_policies.training.precision import (
     check_frozen_dtype,
@@ -65,7 +71,7 @@ def make_trainer(arch, tmp_path, freeze_policy, model=None, callbacks=(), args=N
         train_dataset=RandomTokens(arch),
         callbacks=list(callbacks),
         freeze_policy=freeze_policy,
-        **options,
+        freeze_options=FreezeOptions(**options),  # the one way to give options
     )
 
 
@@ -581,7 +587,7 @@ def test_frozen_dtype_lowers_max_memory_allocated_on_cuda(tmp_path):
         trainer = FreezeTrainer(
             model=model, args=make_args(tmp_path, bf16=True, use_cpu=False, max_steps=3),
             train_dataset=RandomTokens("bert"), freeze_policy=get_policy("bottom_n", n=5),
-            frozen_dtype=frozen_dtype,
+            freeze_options=FreezeOptions(frozen_dtype=frozen_dtype),
         )
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()  # training only, not building

@@ -7,7 +7,7 @@ import torch
 from tiny_models import TINY
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from freeze_policies import FreezePolicyError, anatomy, get_policy, set_trainable
+from freeze_policies import FreezeOptions, FreezePolicyError, anatomy, get_policy, set_trainable
 from freeze_policies.training.prefix_cache import PrefixCache, frozen_prefix_depth
 
 DEPTH4 = dict(TINY, num_hidden_layers=4)
@@ -172,7 +172,8 @@ def trainer_run(tmp_path, arch, policy, **options):
                              logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
                              seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = FreezeTrainer(model=model, args=args, train_dataset=padded_dataset(arch == "llama"),
-                            data_collator=pad_collator, freeze_policy=policy, **options)
+                            data_collator=pad_collator, freeze_policy=policy,
+                            freeze_options=FreezeOptions(**options))
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return trainer, losses

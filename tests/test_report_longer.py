@@ -3,7 +3,11 @@
 import json
 import shlex
 
+from recipes.launcher.results import RunResults
 from recipes.report.longer import curve_of, longer_markdown
+
+IDENTITY = {"method": "full", "model": "minilm", "task": "classification", "seed": 0,
+            "learning_rate": 3e-4}
 
 
 def write_run(folder, accuracies, test, epoch, steps):
@@ -11,7 +15,8 @@ def write_run(folder, accuracies, test, epoch, steps):
     history = [{"step": 10 * (i + 1), "eval_accuracy": a} for i, a in enumerate(accuracies)]
     history.append({"step": 10 * len(accuracies), "eval_accuracy": accuracies[-1]})  # final eval
     (folder / "results.json").write_text(json.dumps({
-        "log_history": history, "test_accuracy": test, "epoch": epoch, "max_steps": steps,
+        **IDENTITY, "log_history": history, "test_accuracy": test, "epoch": epoch,
+        "max_steps": steps,
         "command": f"recipes/run.py --num_train_epochs {epoch:g}"}))
 
 
@@ -35,7 +40,7 @@ def test_a_rising_curve_is_still_improving_and_an_empty_folder_adds_nothing(tmp_
               steps=30)
     assert "is still improving" in "\n".join(longer_markdown(tmp_path / "longer", []))
     assert longer_markdown(tmp_path / "missing", []) == []
-    assert curve_of({"log_history": [{"step": 3, "loss": 1.0}]}) == []
+    assert curve_of(RunResults(**IDENTITY, log_history=[{"step": 3, "loss": 1.0}])) == []
 
 
 

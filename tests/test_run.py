@@ -23,6 +23,7 @@ from transformers import (
 from freeze_policies import list_policies
 from recipes.launcher.common import ConfigError
 from recipes.launcher.main import main
+from recipes.launcher.results import SCHEMA_VERSION, RunResults
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat and dog ran to park happy sad day good bad".split()
@@ -64,6 +65,10 @@ def run(tmp_path, model, *flags):
     results = main(argv)
     written = json.loads((out / "results.json").read_text())
     assert written["method"] == results["method"]
+    # written through the schema: its version, and nothing it would not read back unchanged
+    record = RunResults.from_dict(written)
+    assert written["schema_version"] == SCHEMA_VERSION and record.extra == {}
+    assert json.loads(json.dumps(record.as_dict(), default=str)) == written
     return written
 
 

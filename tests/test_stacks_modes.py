@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_stacks_training import CASES, Pairs, args_for, optimizer_names, snapshot
 
-from freeze_policies import FreezeTrainer, anatomy, get_policy
+from freeze_policies import FreezeOptions, FreezeTrainer, anatomy, get_policy
 
 # (model, a schedule over one stack, the input features of a speech model)
 SCHEDULES = [
@@ -48,7 +48,8 @@ def test_zero_modes_on_several_stacks_freeze_the_policys_set(mode, case_id, poli
     torch.manual_seed(0)
     model = CASES[case_id].build()
     expected = get_policy(**policy).trainable_names(anatomy(model))
-    trainer = FreezeTrainer(model=model, freeze_policy=policy, freeze_mode=mode,
+    trainer = FreezeTrainer(model=model, freeze_policy=policy,
+        freeze_options=FreezeOptions(freeze_mode=mode),
                             train_dataset=Pairs(features=features),
                             args=args_for(tmp_path, weight_decay=0.0))
     before = snapshot(model)

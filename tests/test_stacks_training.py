@@ -18,7 +18,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from freeze_policies import FreezePolicyError, FreezeTrainer, anatomy, get_policy
+from freeze_policies import FreezeOptions, FreezePolicyError, FreezeTrainer, anatomy, get_policy
 
 CASES = {case.id: case for case in STACK_CASES}
 
@@ -118,7 +118,7 @@ def test_prefix_cache_refuses_a_frozen_encoder_in_one_line(tmp_path):
         FreezeTrainer(model=model, args=args_for(tmp_path), train_dataset=Pairs(),
                       freeze_policy={"name": "freeze_parts", "parts": ["encoder"],
                                      "tied_weights": "freeze"},
-                      cache_frozen_prefix=True)
+                      freeze_options=FreezeOptions(cache_frozen_prefix=True))
 
 
 ROOT = Path(__file__).resolve().parent.parent

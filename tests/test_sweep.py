@@ -105,7 +105,9 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
         args = dict(zip(argv[::2], argv[1::2]))
         calls.append(args)
         lr = float(args["--learning_rate"])
-        result = {"eval_accuracy": {1e-3: 0.5, 1e-2: 0.6, 0.1: 0.55}[lr],
+        result = {"method": "full", "model": "minilm", "task": "classification",
+                  "seed": int(args["--seed"]), "learning_rate": lr,
+                  "eval_accuracy": {1e-3: 0.5, 1e-2: 0.6, 0.1: 0.55}[lr],
                   "command": shlex.join(["recipes/run.py", *argv]), "data": {"test": {}}}
         if args["--seed"] == "1":  # recorded before the runner flags existed: still the same run
             result["command"] = result["command"].replace(" --save_model false", "")

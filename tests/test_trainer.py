@@ -21,7 +21,7 @@ from trainer_support import (
 )
 from transformers import TrainerCallback
 
-from freeze_policies import FreezePolicyError, FreezeTrainer, get_policy
+from freeze_policies import FreezeOptions, FreezePolicyError, FreezeTrainer, get_policy
 from freeze_policies.errors import FrozenWeightsMovedError
 from freeze_policies.training.modes import FREEZE_MODES
 from freeze_policies.training.optim import group_param_names
@@ -35,7 +35,7 @@ def make_trainer(arch, tmp_path, policy, model=None, callbacks=(), args=None, **
         train_dataset=RandomTokens(arch),
         callbacks=list(callbacks),
         freeze_policy=policy,
-        **options,
+        freeze_options=FreezeOptions(**options),  # the one way to give options
     )
 
 

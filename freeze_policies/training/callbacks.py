@@ -43,6 +43,7 @@ Each job past the schedule has its module, which the callback calls at its event
 from __future__ import annotations
 
 import logging
+import warnings
 
 from torch import nn
 from transformers import TrainerCallback
@@ -73,6 +74,25 @@ from freeze_policies.training.resume import (
 
 logger = logging.getLogger("freeze_policies")
 
+_WARNED: set[tuple[str, str]] = set()  # (class, keyword) already warned about in this process
+
+
+def warn_option_keywords(owner: str, **keywords) -> None:
+    """A ``FutureWarning``, once per process for each of ``owner``'s keyword arguments given
+    (not None), that names its replacement: ``freeze_options=FreezeOptions(name=...)``. The
+    keywords still work (they build the ``FreezeOptions``); ``FreezeOptions`` is the one way the
+    docs teach, and the keywords will go."""
+    for name, value in keywords.items():
+        if value is None or (owner, name) in _WARNED:
+            continue
+        _WARNED.add((owner, name))
+        warnings.warn(
+            f"{owner}({name}=...) is deprecated; pass freeze_options=FreezeOptions({name}=...) "
+            "instead",
+            FutureWarning,
+            stacklevel=3,
+        )
+
 
 class FreezeScheduleCallback(TrainerCallback, ExportableState):
     """Applies ``policy`` (and its schedule), keeps frozen weights still, and audits them.
@@ -82,7 +102,8 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
     ``freeze_options``: a ``FreezeOptions`` (or a mapping of its fields); the callback reads its
     ``audit`` ("raise" default, "log": an ERROR, "off") and ``freeze_mode`` ("requires_grad"
     default, "zero_lr" or "zero_grad", fixed policies only). The keyword arguments ``audit=`` and
-    ``freeze_mode=`` still work in its place. See the module docstring.
+    ``freeze_mode=`` still work in its place but are deprecated (a ``FutureWarning`` once per
+    process names the replacement). See the module docstring.
     """
 
     def __init__(
@@ -93,6 +114,7 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         audit: str | None = None,
         freeze_mode: str | None = None,
     ):
+        warn_option_keywords("FreezeScheduleCallback", audit=audit, freeze_mode=freeze_mode)
         self.options = freeze_options_from(freeze_options, audit=audit, freeze_mode=freeze_mode)
         self.policy = resolve_policy(policy)
         self.options.check_policy(self.policy)

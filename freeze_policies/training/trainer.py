@@ -25,9 +25,11 @@
     ``bf16=True`` or ``fp16=True``; see ``freeze_policies.training.precision``.
     ``trainer.dtype_moves`` lists the moves.
 
-  Each of these is also accepted as a keyword argument of ``FreezeTrainer`` itself
-  (``FreezeTrainer(..., freeze_mode="zero_lr", audit="log")``), as before ``FreezeOptions``
-  existed: the keywords build the ``FreezeOptions``. Give each option one way, not both.
+  ``FreezeOptions`` is the one way to give them. Each is still accepted as a keyword argument of
+  ``FreezeTrainer`` itself (``FreezeTrainer(..., freeze_mode="zero_lr")``), as before
+  ``FreezeOptions`` existed, but deprecated: the keyword builds the ``FreezeOptions`` and a
+  ``FutureWarning`` (once per process and keyword) names the replacement. Giving an option both
+  ways is an error.
 
 What it does on top of ``Trainer``:
 
@@ -52,7 +54,10 @@ What it does on top of ``Trainer``:
   a report needs (trainable counts, audit, cost figures, prefix-cache figures) in one dict.
 - ``trainer.anatomy`` is the anatomy of the model, traced once per run (the policy's, with its
   ``blocks=``) and handed to the optimizer, the cache and the guards; pass it to ``summarize``
-  and ``predict_cost`` instead of tracing again.
+  and ``predict_cost`` instead of tracing again. A caller that traced it already (to check the
+  policy before building the trainer, as ``recipes/run.py`` does) passes it as
+  ``freeze_anatomy=`` (the policy's anatomy of ``model``: ``policy.anatomy(model)``) and it is
+  not traced again.
 - ``evaluate`` leaves the random generators (Python, NumPy, torch CPU and CUDA) as it found them:
   each DataLoader iterator draws its base seed from the global torch generator, so a plain
   ``Trainer``'s evaluations during training shift every later dropout mask and shuffle, and a
@@ -79,7 +84,11 @@ from freeze_policies.errors import FreezePolicyError
 from freeze_policies.policies.trainable import check_not_peft, set_trainable
 from freeze_policies.structure.discover import Anatomy, anatomy
 from freeze_policies.training.audit import AuditResult
-from freeze_policies.training.callbacks import FreezeScheduleCallback, find_freeze_callback
+from freeze_policies.training.callbacks import (
+    FreezeScheduleCallback,
+    find_freeze_callback,
+    warn_option_keywords,
+)
 from freeze_policies.training.modes import check_scheduler_type
 from freeze_policies.training.optim import create_optimizer
 from freeze_policies.training.options import FreezeOptions, freeze_options_from
@@ -103,12 +112,12 @@ class FreezeTrainer(Trainer):
         prefix_cache_dir: str | None = None,
         frozen_prefix_eval: bool | None = None,
         frozen_dtype=None,
+        freeze_anatomy: Anatomy | None = None,
         **kwargs,
     ):
         # Everything that can be checked without the Trainer is checked before it is built:
         # the options once, in FreezeOptions; the options against the policy in the callback.
-        options = freeze_options_from(
-            freeze_options,
+        keywords = dict(
             freeze_mode=freeze_mode,
             layer_lr_decay=layer_lr_decay,
             head_lr_multiplier=head_lr_multiplier,
@@ -118,6 +127,8 @@ class FreezeTrainer(Trainer):
             frozen_prefix_eval=frozen_prefix_eval,
             frozen_dtype=frozen_dtype,
         )
+        warn_option_keywords("FreezeTrainer", **keywords)
+        options = freeze_options_from(freeze_options, **keywords)
         callback = FreezeScheduleCallback(freeze_policy, freeze_options=options)
         model = kwargs.get("model", args[0] if args else None)
         if model is not None:
@@ -142,7 +153,10 @@ class FreezeTrainer(Trainer):
         self.dtype_moves: list[DtypeMove] = []
         self._end_figures: dict = {}
         self._resuming = False  # True while train() loads a checkpoint (see train)
-        self._anatomy: tuple[nn.Module, Anatomy] | None = None  # (model, its anatomy)
+        # (model, its anatomy): the caller's, when it traced it already (freeze_anatomy=)
+        self._anatomy: tuple[nn.Module, Anatomy] | None = (
+            (model, freeze_anatomy) if freeze_anatomy is not None and model is not None else None
+        )
         callback.after_set_trainable = self._follow_dtypes
         self.frozen_audit: AuditResult | None = None
         self.add_callback(callback)
@@ -241,7 +255,8 @@ class FreezeTrainer(Trainer):
     def _freeze_before_optimizer(self, model) -> None:
         """Bind the policy to ``model`` (validating it) and set the state before the optimizer."""
         callback = self.freeze_callback
-        callback.bind(model)
+        given = self._anatomy[1] if self._anatomy and self._anatomy[0] is model else None
+        callback.bind(model, given)
         if callback.policy is not None:  # (zero_lr / zero_grad open the rest in train())
             set_trainable(model, callback.trainable_at(0))
         check_trainer(self)  # FSDP / DeepSpeed / DDP guards (freeze_policies.distributed.guards)

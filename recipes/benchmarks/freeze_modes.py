@@ -36,7 +36,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from freeze_policies import FREEZE_MODES, FreezeScheduleCallback, FrozenAudit, get_policy
+from freeze_policies import (
+    FREEZE_MODES,
+    FreezeOptions,
+    FreezeScheduleCallback,
+    FrozenAudit,
+    get_policy,
+)
 from freeze_policies.training.optim import create_optimizer
 from recipes.benchmarks.harness import (
     add_flags,
@@ -69,7 +75,8 @@ class Run:
         self.args = args
         policy = None if mode == "full" else policy
         freeze_mode = "requires_grad" if mode == "full" else mode
-        self.callback = FreezeScheduleCallback(policy, audit="log", freeze_mode=freeze_mode)
+        self.callback = FreezeScheduleCallback(
+            policy, freeze_options=FreezeOptions(audit="log", freeze_mode=freeze_mode))
         self.optimizer = create_optimizer(self.model, args, policy, freeze_mode=freeze_mode)
         self.callback.on_train_begin(args, self.state, self.control, model=self.model,
                                      optimizer=self.optimizer)

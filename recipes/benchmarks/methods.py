@@ -1,7 +1,8 @@
 """What ``recipes/bench.py`` measures: its methods, and how each one's model takes a step.
 
-Every method is described with the fields a ``results.json`` uses (``Method``), so the report
-matches bench rows to runs by the same label. The PEFT rows are the baselines of
+Every method is a ``recipes.launcher.results.MethodSpec`` (``Method``), the fields a
+``results.json`` names its method with, so the report matches bench rows to runs by the same
+label and descriptor. The PEFT rows are the baselines of
 ``recipes.launcher.peft_methods.PEFT_METHODS`` that have ``bench_options``, in the table's order;
 the freeze rows are fixed here. Each ``Runner`` owns a deep copy of the base model with the method's
 freezing or adapters and its own ``torch.optim.AdamW`` (lr 1e-5, weight decay 0.01) over the
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,33 +30,17 @@ from freeze_policies.training.modes import zero_grad_hooks
 from freeze_policies.training.optim import build_param_groups
 from recipes.benchmarks.harness import LEARNING_RATE, WEIGHT_DECAY, synchronize
 from recipes.launcher.peft_methods import PEFT_METHODS, added_tokens, build_peft_model
+from recipes.launcher.results import MethodSpec
 from recipes.report.aggregate import method_label
 
 
 @dataclass(frozen=True)
-class Method:
-    """One benchmarked method, described with the fields a ``results.json`` uses."""
-
-    method: str
-    policy: str | None = None
-    policy_options: dict = field(default_factory=dict)
-    freeze_mode: str | None = None
-    peft_method: str | None = None
-    peft_options: dict = field(default_factory=dict)
+class Method(MethodSpec):
+    """One benchmarked method: the fields a ``results.json`` names its method with."""
 
     @property
     def label(self) -> str:
-        return method_label(self.describe())
-
-    def describe(self) -> dict:
-        return {
-            "method": self.method,
-            "policy": self.policy,
-            "policy_options": dict(self.policy_options),
-            "freeze_mode": self.freeze_mode,
-            "peft_method": self.peft_method,
-            "peft_options": dict(self.peft_options),
-        }
+        return method_label(self)
 
 
 def freeze(policy: str, freeze_mode: str = "requires_grad", **options) -> Method:

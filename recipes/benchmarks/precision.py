@@ -61,7 +61,7 @@ def measure(args) -> dict:
     import datasets
     from transformers import default_data_collator
 
-    from freeze_policies import FreezeTrainer, get_policy, saved_for_backward_bytes
+    from freeze_policies import FreezeOptions, FreezeTrainer, get_policy, saved_for_backward_bytes
     from freeze_policies.costs.measure import account_memory, peak_rss_bytes
     from freeze_policies.training.precision import dtype_bytes
 
@@ -84,7 +84,7 @@ def measure(args) -> dict:
             data_collator=default_data_collator,
             callbacks=[timer],
             freeze_policy=policy,
-            frozen_dtype=variant["frozen_dtype"],
+            freeze_options=FreezeOptions(frozen_dtype=variant["frozen_dtype"]),
         )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -128,12 +128,14 @@ def run_variant(name: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as scratch:
         out = Path(scratch) / "variant.json"
         command = [
-            sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", str(out),
+            sys.executable, "-m", "recipes.benchmarks.precision", "--child", name,
+            "--child-out", str(out),
             "--model", args.model, "--policy", args.policy, "--n", str(args.n),
             "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
             "--steps", str(args.steps), "--device", args.device,
         ]
-        done = subprocess.run(command, capture_output=True, text=True)
+        repository = Path(__file__).resolve().parents[2]  # so the child imports `recipes`
+        done = subprocess.run(command, capture_output=True, text=True, cwd=repository)
         if done.returncode != 0:
             raise SystemExit(f"error: variant {name} failed:\n{done.stderr[-3000:]}")
         return json.loads(out.read_text())

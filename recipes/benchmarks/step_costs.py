@@ -159,7 +159,7 @@ def method_row(runner: Runner, rounds: Rounds, batch, full_median, full_predicti
     trainable = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in runner.frozen)
     row = {
         "label": runner.spec.label,
-        **runner.spec.describe(),
+        **runner.spec.as_dict(),
         "trainable_params": trainable,
         "total_params": prediction.total_params,
         "step_times_s": times,

@@ -51,10 +51,10 @@ def evaluate_targets(rows: list[dict], trainer_note: str | None, disturbed: str 
             f"step{caveat}",
         )
 
-    embeddings = by_label[method_label(freeze("embeddings").describe())]
+    embeddings = by_label[method_label(freeze("embeddings"))]
     per_parameter = embeddings["flop_ratio"] - embeddings["step_ratio"]
     for n in (2, 4):
-        row = by_label[method_label(freeze("bottom_n", n=n).describe())]
+        row = by_label[method_label(freeze("bottom_n", n=n))]
         value = row["step_ratio"] / row["flop_ratio"]
         passed = abs(value - 1) <= FLOP_TOLERANCE
         direction = (

@@ -21,7 +21,6 @@ with its base run by seed (``recipes/report/variant.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -31,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from recipes.launcher.common import ConfigError, write_json_atomic
+from recipes.launcher.results import ResultsError, RunResults, read_results
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes/experiments/rerun.py)
 CURVE_FLAGS = ("eval_strategy", "eval_steps")  # set to "no" / dropped in every variant run
 
 
@@ -71,10 +71,10 @@ def base_runs(root: Path, cell: str) -> list[Path]:
     return runs
 
 
-def variant_argv(base: dict, out_dir: Path, extra: list[tuple[str, str]]) -> list[str]:
-    words = shlex.split(base["command"])
+def variant_argv(base: RunResults, out_dir: Path, extra: list[tuple[str, str]]) -> list[str]:
+    words = shlex.split(base.command or "")
     if not words or words[0] != "recipes/run.py":
-        raise ConfigError(f"recorded command is not a recipes/run.py command: {base['command']}")
+        raise ConfigError(f"recorded command is not a recipes/run.py command: {base.command}")
     argv = set_flag(words[1:], "output_dir", str(out_dir))
     argv = set_flag(set_flag(argv, "eval_strategy", "no"), "eval_steps", None)
     for name, value in extra:
@@ -87,10 +87,10 @@ def run_one(argv: list[str], data: dict | None) -> tuple[str, int]:
     done = Path(argv[argv.index("--output_dir") + 1]) / "results.json"
     command = shlex.join(["recipes/run.py", *argv])
     try:
-        previous = json.loads(done.read_text())
-    except (OSError, json.JSONDecodeError):  # absent, or cut short: run it again
-        previous = {}
-    if previous.get("command") == command and previous.get("data") == data:
+        previous = read_results(done)
+    except ResultsError:  # absent, cut short or not a run record: run it again
+        previous = None
+    if previous is not None and previous.command == command and previous.data == data:
         return f"reused {done.parent}", 0
     if done.parent.exists():  # stale, or interrupted before its results.json
         shutil.rmtree(done.parent)
@@ -104,9 +104,9 @@ def rerun(root: Path, cell: str, out: Path, extra: list[tuple[str, str]], jobs: 
     """Run every variant of the cell's runs; returns the number that failed."""
     argvs, datas = [], []
     for path in base_runs(root, cell):
-        base = json.loads(path.read_text())
+        base = read_results(path)
         argvs.append(variant_argv(base, out / cell / path.parent.name, extra))
-        datas.append(base.get("data"))
+        datas.append(base.data)
     write_json_atomic(out / cell / "variant.json", {
         "base": str(root / cell), "cell": cell,
         "flags": {name: value for name, value in extra}, "curve": "dropped (--eval_strategy no)",

@@ -47,6 +47,8 @@ import yaml
 
 from recipes.launcher.common import ConfigError, write_json_atomic
 from recipes.launcher.main import main
+from recipes.launcher.results import ResultsError, RunResults, read_results
+from recipes.launcher.tasks import get_task
 
 DEFAULT_BOUNDS = (1e-6, 1.0)
 DEFAULT_MAX_EXTENSIONS = 3
@@ -73,11 +75,10 @@ def flags(fields: dict) -> list[str]:
     return out
 
 
-def validation_score(results: dict) -> float:
-    """Higher is better: validation accuracy for classification, minus loss for causal LM."""
-    if results.get("eval_accuracy") is not None:
-        return results["eval_accuracy"]
-    return -results["eval_loss"]
+def validation_score(results: RunResults) -> float:
+    """Higher is better: the task's selection metric (``recipes.launcher.tasks``: validation
+    accuracy for classification, minus the loss for causal LM and seq2seq)."""
+    return get_task(results.task).metrics.score(results)
 
 
 def rate_name(lr: float) -> str:
@@ -215,23 +216,27 @@ def run_cell(profile_path: str, cell: str, out: str) -> dict | None:
 def _run_cell(profile_path: str, cell: str, plan: dict, config: Path, cell_dir: Path) -> dict:
     first, *other_seeds = plan["seeds"]
 
-    def run(lr: float, seed: int, fields: dict, folder: Path) -> dict:
+    def run(lr: float, seed: int, fields: dict, folder: Path) -> RunResults:
         run_dir = folder / f"lr{rate_name(lr)}-seed{seed}"
         argv = ["--config", str(config), *flags(fields), "--learning_rate", rate_name(lr),
                 "--seed", str(seed), "--output_dir", str(run_dir)]
         done = run_dir / "results.json"
         if done.exists():
-            previous = json.loads(done.read_text())
+            try:
+                previous = read_results(done)
+            except ResultsError:  # not a run record (a newer schema, a damaged file): again
+                previous = None
             # same arguments, and made since runs record their splits (the splitter changed
             # then): an interrupted cell resumes where it stopped
-            if same_run(previous.get("command", ""), argv) and "data" in previous:
+            if (previous is not None and same_run(previous.command or "", argv)
+                    and previous.data is not None):
                 return previous
             print(f"== {run_dir}: arguments changed or splits unrecorded, running again",
                   flush=True)
         if run_dir.exists():  # stale, or interrupted before its results.json
             shutil.rmtree(run_dir)
         print(f"== {cell} lr={rate_name(lr)} seed={seed} ({folder.name})", flush=True)
-        return main([*argv, *RUNNER_FLAGS])
+        return RunResults.from_dict(main([*argv, *RUNNER_FLAGS]))
 
     choice = choose_rate(
         lambda lr: validation_score(run(lr, first, plan["sweep_fields"], cell_dir / "sweep")),

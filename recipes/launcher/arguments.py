@@ -51,7 +51,8 @@ class ModelArguments:
     )
     task: str = field(
         default="classification",
-        metadata={"help": "classification | causal_lm | seq2seq (an encoder-decoder: T5, BART)"},
+        metadata={"help": "classification | causal_lm | seq2seq (an encoder-decoder: T5, BART); "
+                  "the tasks are recipes.launcher.tasks.TASKS"},
     )
     max_length: int = field(
         default=128,
@@ -71,7 +72,7 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        from recipes.launcher.models import TASKS
+        from recipes.launcher.tasks import TASKS
 
         choice("task", self.task, TASKS)
         positive_int("max_length", self.max_length)

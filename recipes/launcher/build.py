@@ -5,6 +5,13 @@ Every input error surfaces in ``prepare``, before training: the seed is set befo
 is built (the classification head, LoRA's A matrices, prompt embeddings), since ``Trainer`` seeds
 only in its ``__init__``, after the model exists; a policy is checked against the model before
 any output is made.
+
+One anatomy per run: the model is traced once, here, with the policy's ``blocks=`` (the budget's
+choice reuses it: its candidates are ``bottom_n`` without ``blocks=``), and the trace is handed to
+``FreezeTrainer`` (``freeze_anatomy=``), whose ``trainer.anatomy`` the launcher's summary and cost
+preview read. Without a policy ``trainer.anatomy`` traces the model on first use, once. (A PEFT
+baseline that saves the classification head also traces the base model before wrapping it, to
+find the head: the wrapped model's anatomy is another.)
 """
 
 from __future__ import annotations
@@ -14,41 +21,24 @@ from recipes.launcher.peft_methods import build_peft_model
 
 
 def load_data(model_args, data_args):
-    """(splits, label names) for classification; (splits, None) for causal_lm and seq2seq."""
-    from recipes.data import sources as data
+    """(splits, label names) for a task with labels; (splits, None) otherwise (the task's entry
+    in ``recipes.launcher.tasks``)."""
+    from recipes.launcher.tasks import get_task
 
-    common = dict(
-        text_column=data_args.text_column,
-        dataset_config=data_args.dataset_config,
-        seed=data_args.data_seed_splits,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-    )
-    if model_args.task == "classification":
-        return data.load_classification_splits(
-            data_args.dataset, label_column=data_args.label_column, **common
-        )
-    if model_args.task == "seq2seq":
-        from recipes.launcher.seq2seq import load_seq2seq_splits
-
-        del common["text_column"]
-        return load_seq2seq_splits(data_args.dataset, source_column=data_args.source_column,
-                                   target_column=data_args.target_column, **common), None
-    return data.load_causal_lm_splits(data_args.dataset, **common), None
+    return get_task(model_args.task).load_data(model_args, data_args)
 
 
 def prepare(model_args, data_args, method_args, training_args):
     """Data, model, method and trainer; every input error surfaces here, before training."""
-    from transformers import DataCollatorWithPadding, default_data_collator, set_seed
+    from transformers import set_seed
 
-    from freeze_policies import get_policy
-    from recipes.data import sources as data
+    from freeze_policies import anatomy, get_policy
     from recipes.launcher import models
-    from recipes.launcher.metrics import make_compute_metrics
-    from recipes.launcher.outputs import RunTrainer
-    from recipes.launcher.tasks import check_model_task
+    from recipes.launcher.model_tasks import check_model_task
+    from recipes.launcher.tasks import TASKS
 
-    choice("task", model_args.task, models.TASKS)
+    choice("task", model_args.task, TASKS)
+    task = TASKS[model_args.task]
     # Seed before anything random is built (the classification head, LoRA's A matrices, prompt
     # embeddings): Trainer seeds only in its __init__, after the model exists.
     set_seed(training_args.seed, deterministic=training_args.full_determinism)
@@ -69,63 +59,44 @@ def prepare(model_args, data_args, method_args, training_args):
         cache_dir=model_args.model_cache_dir,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
-    if model_args.task == "classification":
-        tokenized = data.tokenize_classification(splits, tokenizer, model_args.max_length)
-        collator = DataCollatorWithPadding(tokenizer)
-        if data_args.max_validation_samples is not None:
-            validation = tokenized["validation"]
-            if data_args.max_validation_samples < len(validation):
-                tokenized["validation"] = validation.shuffle(
-                    seed=data_args.data_seed_splits
-                ).select(range(data_args.max_validation_samples))
-    elif model_args.task == "seq2seq":
-        from transformers import DataCollatorForSeq2Seq
-
-        from recipes.launcher.seq2seq import tokenize_seq2seq
-
-        tokenized = tokenize_seq2seq(splits, tokenizer, model_args.max_length,
-                                     model_args.max_target_length)
-        # pads labels with -100; decoder_input_ids from the labels through the model
-        collator = DataCollatorForSeq2Seq(tokenizer, model=model)
-    else:
-        tokenized = data.tokenize_causal_lm(splits, tokenizer, model_args.max_length)
-        collator = default_data_collator
+    tokenized, collator = task.prepare_data(splits, tokenizer, model, model_args, data_args)
     if method_args.method == "peft":
         model = build_peft_model(model, model_args.task, method_args.peft_method,
                                  method_args.peft_options)
     budget = None
+    traced = None  # the run's one anatomy (see the module docstring)
     if method_args.budget_step_ratio is not None or method_args.budget_memory_gb is not None:
+        traced = anatomy(model)
         budget = choose_by_budget(model, tokenized["train"], collator, model_args, method_args,
-                                  training_args)
+                                  training_args, traced)
         policy = budget.policy  # None: full fine-tuning fits the budget
         # report what runs: bottom_n with the chosen n, or full fine-tuning
         method_args.method = "freeze" if policy is not None else "full"
         method_args.policy = policy.name if policy is not None else None
         method_args.policy_options = policy.options() if policy is not None else {}
     if policy is not None:  # check the policy against this model before any output is made
-        policy.trainable_names(policy.anatomy(model))
-    if model_args.task == "seq2seq":  # RunTrainer with Seq2SeqTrainer's evaluation
-        from recipes.launcher.seq2seq import RunSeq2SeqTrainer as RunTrainer
-    trainer = RunTrainer(
+        if traced is None or policy.blocks is not None:
+            traced = policy.anatomy(model)
+        policy.trainable_names(traced)
+    trainer = task.trainer_class()(  # a RunTrainer (recipes.launcher.outputs)
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         data_collator=collator,
         processing_class=tokenizer,
-        compute_metrics=make_compute_metrics(model_args.task),
+        compute_metrics=task.make_compute_metrics(),
         freeze_policy=policy,
         freeze_options=method_args.freeze_options,
+        freeze_anatomy=traced,
     )
-    if model_args.task == "classification":
-        # Sequence classifiers average their loss per batch; they take **kwargs, so Trainer would
-        # assume they consume num_items_in_batch and scale the loss by the world size under DDP.
+    if task.per_batch_loss:  # see Task.per_batch_loss (classification)
         trainer.model_accepts_loss_kwargs = False
     trainer.budget_choice = budget
     return trainer, tokenized
 
 
-def choose_by_budget(model, train, collator, model_args, method_args, training_args):
+def choose_by_budget(model, train, collator, model_args, method_args, training_args, anat=None):
     """bottom_n picked by ``freeze_policies.costs.budget`` from the budget flags (rank 0 prints)."""
     from freeze_policies.costs.budget import choose_frozen_depth
     from recipes.launcher.arguments import BUDGET_FLAGS
@@ -147,6 +118,7 @@ def choose_by_budget(model, train, collator, model_args, method_args, training_a
         names=BUDGET_FLAGS,
         shown={"max_step_ratio": f"--budget_step_ratio {method_args.budget_step_ratio}",
                "max_memory_bytes": f"--budget_memory_gb {gib}"},
+        anat=anat,
     )
     if training_args.process_index == 0:
         print(f"\n{choice}\n", flush=True)

@@ -17,10 +17,11 @@ data, model and trainer ``recipes.launcher.build``, the PEFT baselines
 
 Outputs in ``output_dir`` (``recipes.launcher.outputs``): the saved model (the whole model, the PEFT
 adapter, or with ``--save_trainable_only`` a freeze delta) with its tokenizer and a model card,
-unless ``--save_model false``; ``results.json`` (written atomically, last, only after a
-successful run); the trainer's logs (TensorBoard when installed); checkpoints only if asked
-(``save_strategy`` defaults to "no"). ``--resume_from_checkpoint PATH|true`` resumes; a non-empty
-``output_dir`` is refused unless ``--overwrite_output_dir true`` or a resume is asked for.
+unless ``--save_model false``; ``results.json`` (a ``recipes.launcher.results.RunResults``,
+written atomically, last, only after a successful run; ``main`` returns its JSON object); the
+trainer's logs (TensorBoard when installed); checkpoints only if asked (``save_strategy``
+defaults to "no"). ``--resume_from_checkpoint PATH|true`` resumes; a non-empty ``output_dir`` is
+refused unless ``--overwrite_output_dir true`` or a resume is asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from recipes.launcher.common import ConfigError, environment, exit_on_user_error
 from recipes.launcher.outputs import RunOutputs, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
+from recipes.launcher.results import METRIC_PREFIXES, MethodSpec, RunResults
 from recipes.launcher.resuming import check_resume
 from recipes.launcher.run_dir import OutputError, check_output_options, open_run_dir
 
@@ -64,13 +66,14 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
     from recipes.data.sources import split_digests
     from recipes.launcher.metrics import perplexity
     from recipes.launcher.models import resolve_model_path
+    from recipes.launcher.tasks import get_task
 
     results_path = run_dir.path / "results.json"
     try:
         trainer, tokenized = prepare(model_args, data_args, method_args, training_args)
     except (ValueError, OSError) as error:  # bad input, found before training: one line
         raise ConfigError(str(error).strip().splitlines()[0]) from error
-    summary = summarize(trainer.model)
+    summary = summarize(trainer.model, trainer.anatomy)  # the run's one anatomy (build.py)
     prompt_tokens = added_tokens(method_args.peft_method, method_args.peft_options)
     callback = trainer.freeze_callback
     preview = predict_cost(
@@ -78,6 +81,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         callback.trainable_at(0) if callback.policy is not None else None,
         seq_len=model_args.max_length + prompt_tokens,
         batch_size=training_args.per_device_train_batch_size,
+        anat=trainer.anatomy,
     )
     if trainer.is_world_process_zero():
         print(f"\n{summary}\n\n{preview}\n", flush=True)
@@ -90,8 +94,9 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         trainer.evaluate(tokenized["test"], metric_key_prefix="test")
         if training_args.do_predict else {}
     )
+    task = get_task(model_args.task)
     for metrics, prefix in ((validation, "eval"), (test, "test")):
-        if model_args.task in ("causal_lm", "seq2seq") and metrics:
+        if task.reports_perplexity and metrics:
             metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
     outputs = None
     if training_args.save_model:
@@ -102,55 +107,60 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
             base_model=model_args.model_name_or_path,
             base_path=resolve_model_path(model_args.model_name_or_path,
                                          model_args.model_cache_dir),
-            task=model_args.task,
+            auto_class=task.auto_class,
             trainable_only=training_args.save_trainable_only,
             label_config={"id2label": config.id2label, "label2id": config.label2id,
                           "pad_token_id": config.pad_token_id}
-            if model_args.task == "classification" else {},
+            if task.has_labels else {},
         )
         trainer.run_outputs = outputs
         trainer.save_model()  # RunTrainer: the model, the adapter or the delta, and the tokenizer
 
     audit = trainer.frozen_audit
     timing = ("_runtime", "_per_second")
-    results = {
-        "method": method_args.method,
-        "policy": method_args.policy,
-        "policy_options": method_args.policy_options,
-        "freeze_mode": method_args.freeze_mode if method_args.method == "freeze" else None,
-        "peft_method": method_args.peft_method,
-        "peft_options": method_args.peft_options,
-        "command": shlex.join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
-        "model": model_args.model_name_or_path,
-        "task": model_args.task,
-        "dataset": data_args.dataset,
-        "data": split_digests(tokenized),  # the rows each split held, in order
-        "rows_left_out": left_out_of(tokenized),  # rows of the data file not used, and why
-        "seed": training_args.seed,
-        "learning_rate": training_args.learning_rate,
-        "max_steps": trainer.state.max_steps,
-        "total_params": total_params(trainer.model),
-        "groups": summary.as_dict()["groups"],
-        "cost_preview": preview.as_dict(),
-        "budget": trainer.budget_choice.as_dict() if trainer.budget_choice else None,
-        **{k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)},
-        "train_loss": train_output.training_loss,
-        "train_runtime": train_output.metrics["train_runtime"],
-        "train_samples_per_second": train_output.metrics["train_samples_per_second"],
-        "train_steps_per_second": train_output.metrics["train_steps_per_second"],
+    evaluated = {k: v for k, v in {**validation, **test}.items() if not k.endswith(timing)}
+    record = RunResults(
+        **MethodSpec(
+            method=method_args.method,
+            policy=method_args.policy,
+            policy_options=method_args.policy_options,
+            freeze_mode=method_args.freeze_mode if method_args.method == "freeze" else None,
+            peft_method=method_args.peft_method,
+            peft_options=method_args.peft_options,
+        ).as_dict(),
+        command=shlex.join(["recipes/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        model=model_args.model_name_or_path,
+        task=model_args.task,
+        dataset=data_args.dataset,
+        data=split_digests(tokenized),  # the rows each split held, in order
+        rows_left_out=left_out_of(tokenized),  # rows of the data file not used, and why
+        seed=training_args.seed,
+        learning_rate=training_args.learning_rate,
+        max_steps=trainer.state.max_steps,
+        total_params=total_params(trainer.model),
+        groups=summary.as_dict()["groups"],
+        cost_preview=preview.as_dict(),
+        budget=trainer.budget_choice.as_dict() if trainer.budget_choice else None,
+        metrics={k: v for k, v in evaluated.items() if k.startswith(METRIC_PREFIXES)},
+        epoch=evaluated.get("epoch"),
+        train_loss=train_output.training_loss,
+        train_runtime=train_output.metrics["train_runtime"],
+        train_samples_per_second=train_output.metrics["train_samples_per_second"],
+        train_steps_per_second=train_output.metrics["train_steps_per_second"],
         **peak_memory(),
         # trainable counts as the policy means them (under zero_lr / zero_grad every parameter
         # requires grad, only the policy's set is updated), the audit's and the cost figures,
         # the prefix cache's counters
         **trainer.freeze_metrics(),
-        "frozen_audit": audit.as_dict() if audit is not None else None,
-        "log_history": trainer.state.log_history,
-        "resumed_from": run_dir.checkpoint,
-        "saved": outputs.saved if outputs is not None else None,
+        frozen_audit=audit.as_dict() if audit is not None else None,
+        log_history=trainer.state.log_history,
+        resumed_from=run_dir.checkpoint,
+        saved=outputs.saved if outputs is not None else None,
         **environment(),
-    }
+    )
+    results = record.as_dict()
     if outputs is not None:
-        outputs.results = results
+        outputs.results = record
         if trainer.is_world_process_zero():
             outputs.write_card()
     if trainer.is_world_process_zero():

@@ -6,16 +6,10 @@ import json
 
 from recipes.launcher.run_dir import CARD_MARKER
 
-# The class that loads a saved run of each launcher task.
-AUTO_CLASSES = {
-    "classification": "AutoModelForSequenceClassification",
-    "causal_lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-}
 
 def _loading_code(outputs) -> str:
     folder = str(outputs.output_dir)
-    auto = AUTO_CLASSES[outputs.task]
+    auto = outputs.auto_class  # the task's (recipes.launcher.tasks), as main hands it over
     if outputs.kind == "model":
         return (f"from transformers import AutoTokenizer, {auto}\n\n"
                 f"model = {auto}.from_pretrained({folder!r})\n"
@@ -34,24 +28,22 @@ def _loading_code(outputs) -> str:
 
 def model_card(outputs) -> str:
     """The README.md of a run folder: YAML metadata, what was trained, results, command, loading."""
-    r = outputs.results
-    method = r["method"]
+    r = outputs.results  # a recipes.launcher.results.RunResults
+    method = r.method
     if method == "freeze":
-        what = f"freeze policy `{r['policy']}`"
-        if r.get("policy_options"):
-            what += f" with options `{json.dumps(r['policy_options'], sort_keys=True)}`"
-        what += f", freeze mode `{r['freeze_mode']}`"
+        what = f"freeze policy `{r.policy}`"
+        if r.policy_options:
+            what += f" with options `{json.dumps(r.policy_options, sort_keys=True)}`"
+        what += f", freeze mode `{r.freeze_mode}`"
     elif method == "peft":
-        what = f"PEFT `{r['peft_method']}`"
-        if r.get("peft_options"):
-            what += f" with options `{json.dumps(r['peft_options'], sort_keys=True)}`"
+        what = f"PEFT `{r.peft_method}`"
+        if r.peft_options:
+            what += f" with options `{json.dumps(r.peft_options, sort_keys=True)}`"
     else:
         what = "full fine-tuning"
-    tags = list(dict.fromkeys(["freeze-policies", method, r.get("policy") or
-                               r.get("peft_method") or "full"]))
-    share = r["trainable_params"] / r["total_params"] if r["total_params"] else 0.0
-    metrics = {k: v for k, v in r.items()
-               if k.startswith(("eval_", "test_")) and isinstance(v, (int, float))}
+    tags = list(dict.fromkeys(["freeze-policies", method, r.policy or r.peft_method or "full"]))
+    share = r.trainable_params / r.total_params if r.total_params else 0.0
+    metrics = {k: v for k, v in r.metrics.items() if isinstance(v, (int, float))}
     saved = {"model": "the whole model and its tokenizer",
              "adapter": "the PEFT adapter (with the trained head) and the tokenizer",
              "delta": "a freeze delta: only the parameters that trained, plus the base model's "
@@ -67,7 +59,7 @@ def model_card(outputs) -> str:
         "",
         f"# {outputs.output_dir.name}",
         "",
-        f"`{outputs.base_model}` fine-tuned on `{r['dataset']}` ({r['task']}) with {what}, by "
+        f"`{outputs.base_model}` fine-tuned on `{r.dataset}` ({r.task}) with {what}, by "
         "`recipes/run.py` of freeze-policies.",
         "",
         "| | |",
@@ -75,12 +67,12 @@ def model_card(outputs) -> str:
         f"| base model | `{outputs.base_model}`" + (
             f" (`{outputs.base_path}`)" if outputs.base_path != outputs.base_model else "") + " |",
         f"| method | {what} |",
-        f"| trainable parameters | {r['trainable_params']:,} of {r['total_params']:,} "
-        f"({share:.2%})" + (f"; {r['trainable_params_max']:,} over all stages"
-                            if r.get("trainable_params_max", r["trainable_params"])
-                            != r["trainable_params"] else "") + " |",
-        f"| training | seed {r['seed']}, learning rate {r['learning_rate']:g}, "
-        f"{r['max_steps']} steps |",
+        f"| trainable parameters | {r.trainable_params:,} of {r.total_params:,} "
+        f"({share:.2%})" + (f"; {r.trainable_params_max:,} over all stages"
+                            if r.trainable_params_max not in (None, r.trainable_params)
+                            else "") + " |",
+        f"| training | seed {r.seed}, learning rate {r.learning_rate:g}, "
+        f"{r.max_steps} steps |",
         f"| saved here | {saved} |",
         "",
         "## Results",
@@ -92,7 +84,7 @@ def model_card(outputs) -> str:
         "## Command",
         "",
         "```bash",
-        r["command"],
+        r.command,
         "```",
         "",
         "## Loading",
@@ -101,7 +93,7 @@ def model_card(outputs) -> str:
         _loading_code(outputs).rstrip("\n"),
         "```",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(r.get("versions", {}).items())),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(r.versions.items())),
         "",
     ]
     return "\n".join(lines)

@@ -26,8 +26,6 @@ EMBEDDED_MODELS = {
 }
 """Reserved model names (aliases) and what they stand for; other names go to from_pretrained."""
 
-TASKS = ("classification", "causal_lm", "seq2seq")
-
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
 SMOLLM2_PAD_TOKEN = "<|im_end|>"
@@ -141,7 +139,7 @@ def load_model_and_tokenizer(
     dtype=None,
     ignore_mismatched_sizes: bool = False,
 ):
-    """Load ``(model, tokenizer)`` for ``task`` ("classification", "causal_lm" or "seq2seq").
+    """Load ``(model, tokenizer)`` for ``task`` (a name in ``recipes.launcher.tasks.TASKS``).
 
     Args:
         name: An alias from :data:`EMBEDDED_MODELS`, a local model folder or a Hub model id.
@@ -159,15 +157,13 @@ def load_model_and_tokenizer(
     A tokenizer without a pad token (usual for decoders) gets its eos token as pad token
     (``<|im_end|>`` for smollm2), and ``model.config.pad_token_id`` is set to match.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoTokenizer
 
-    from recipes.launcher.tasks import check_model_task
+    from recipes.launcher.tasks import get_task
+
+    entry = get_task(task)
+
+    from recipes.launcher.model_tasks import check_model_task
 
     path = resolve_model_path(name, cache_dir)
     check_model_task(name, path, task)  # a model that cannot do the task: one line, no weights
@@ -181,48 +177,10 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = pad_token
 
     kwargs = {} if dtype is None else {"dtype": dtype}
-    if task == "classification":
-        kwargs.update(_label_kwargs(num_labels, label_names))
-        kwargs["ignore_mismatched_sizes"] = ignore_mismatched_sizes
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-        except RuntimeError as error:
-            if not any(sign in str(error) for sign in ("size mismatch", "ignore_mismatched_sizes")):
-                raise  # (transformers 4 says "size mismatch", 5 names the flag)
-            raise ValueError(
-                f"the classification head of {name!r} does not fit the data's "
-                f"{kwargs['num_labels']} labels; pass --ignore_mismatched_sizes true to replace it "
-                "with a new head"
-            ) from None
-    elif task == "seq2seq":
-        from recipes.launcher.seq2seq import load_seq2seq_model
-
-        model = load_seq2seq_model(name, path, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = entry.load_model(name, path, kwargs, num_labels=num_labels, label_names=label_names,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
-
-def _label_kwargs(num_labels: int | None, label_names: list[str] | None) -> dict:
-    """``from_pretrained`` arguments for a classification head."""
-    if label_names is not None:
-        label_names = list(label_names)
-        if num_labels is not None and num_labels != len(label_names):
-            raise ValueError(
-                f"num_labels={num_labels} does not match the {len(label_names)} label_names "
-                f"{label_names}"
-            )
-        num_labels = len(label_names)
-    if num_labels is None or num_labels < 1:
-        raise ValueError(
-            f"classification needs num_labels >= 1 or label_names, got num_labels={num_labels!r}"
-        )
-    names = label_names or [f"LABEL_{i}" for i in range(num_labels)]
-    return {
-        "num_labels": num_labels,
-        "id2label": dict(enumerate(names)),
-        "label2id": {label: i for i, label in enumerate(names)},
-    }

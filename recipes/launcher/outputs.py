@@ -23,6 +23,7 @@ from pathlib import Path
 from freeze_policies import FreezeTrainer
 from freeze_policies.training.delta import DELTA_WEIGHTS, save_freeze_delta
 from recipes.launcher.model_card import model_card
+from recipes.launcher.results import RunResults
 from recipes.launcher.run_dir import MODEL_CARD
 
 
@@ -70,9 +71,9 @@ class RunOutputs:
     method: str
     base_model: str  # as given: an alias, a folder or a hub id
     base_path: str  # what from_pretrained loads it from
-    task: str
+    auto_class: str  # the transformers class that loads it (the task's, recipes.launcher.tasks)
     trainable_only: bool
-    results: dict = field(default_factory=dict)
+    results: RunResults | None = None  # set before the card is written
     label_config: dict = field(default_factory=dict)
     saved: dict = field(default_factory=dict)
 

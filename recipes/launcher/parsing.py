@@ -67,7 +67,9 @@ def parse_args(argv: list[str] | None = None):
     except (ValueError, TypeError) as error:  # TrainingArguments' own checks, often multi-line
         raise ConfigError(first_line(error)) from None
     check_training_arguments(parsed[3])
-    if parsed[0].task != "seq2seq":
+    from recipes.launcher.tasks import TASKS
+
+    if parsed[0].task in TASKS and not TASKS[parsed[0].task].generates:
         for name in ("predict_with_generate", "generation_max_length", "generation_num_beams"):
             if getattr(parsed[3], name):
                 raise ConfigError(f"{name} is a seq2seq option (generation at evaluation); "

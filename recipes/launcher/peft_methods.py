@@ -89,9 +89,11 @@ def build_peft_model(model, task: str, name: str, options: dict):
 
     entry = PEFT_METHODS[name]
     options = peft_options(name, options)
-    task_type = {"classification": peft.TaskType.SEQ_CLS,
-                 "seq2seq": peft.TaskType.SEQ_2_SEQ_LM}.get(task, peft.TaskType.CAUSAL_LM)
-    if task == "classification" and entry.saves_head:
+    from recipes.launcher.tasks import get_task
+
+    entry_task = get_task(task)
+    task_type = getattr(peft.TaskType, entry_task.peft_task_type)
+    if entry_task.has_labels and entry.saves_head:
         head_modules = sorted({param.rsplit(".", 1)[0] for param in anatomy(model).head})
         options.setdefault("modules_to_save", head_modules)
     cls = config_class(name)

@@ -32,7 +32,7 @@ from recipes.data.files import leave_out_rows, load_external, select_columns, se
 from recipes.data.sources import check_length, load_chatterbot_conversations
 from recipes.data.splits import SplitSizes
 from recipes.launcher.outputs import RunTrainer
-from recipes.launcher.tasks import check_model_task
+from recipes.launcher.model_tasks import check_model_task
 
 
 class RunSeq2SeqTrainer(RunTrainer, Seq2SeqTrainer):

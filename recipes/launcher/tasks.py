@@ -1,118 +1,300 @@
-"""Which of the launcher's tasks a model can do, read from its config before any weight loads.
+"""The launcher's tasks, one table: ``--task`` picks an entry of :data:`TASKS`.
 
-- ``classification``: any model type with an ``AutoModelForSequenceClassification`` class.
-- ``causal_lm``: a decoder, a model that predicts each token from the ones before it (Llama,
-  GPT-2, SmolLM2, ...). An encoder-only model (BERT, MiniLM, RoBERTa, ...) is refused although
-  transformers has a ``BertLMHeadModel``: loaded without ``is_decoder`` it attends both ways, sees
-  the tokens it is asked to predict, and reports a perplexity that means nothing.
-- ``seq2seq``: an encoder-decoder with an ``AutoModelForSeq2SeqLM`` class (T5, BART, ...).
+A :class:`Task` holds everything that differs between tasks: the ``transformers`` Auto class
+(loading, and the loading code of the model card), how the model is loaded, the data (splits and
+tokenization with the collator), the metrics the trainer computes, the metrics the sweep selects
+on and the report shows (:class:`TaskMetrics`), the trainer class, PEFT's task type and a few
+flags. Every other module asks the entry instead of comparing the task's name: ``models``
+(loading), ``build`` (data, trainer), ``main`` (derived metrics, the card's label config),
+``parsing`` (generation flags), ``arguments`` (the valid ``--task`` values), ``peft_methods``,
+``model_card`` (through the Auto class ``main`` hands it), ``recipes.report.aggregate`` and
+``recipes.experiments.sweep`` (selection and reported metrics).
 
-``check_model_task`` refuses a model that cannot do the task in one line naming the model, its
-class and the tasks it can do; a model folder without a ``config.json`` (an empty folder, or a
-PEFT adapter folder) is refused in one line too.
+Adding a task is adding one entry here (its functions may live in their own module, as
+``recipes.launcher.seq2seq`` does for ``seq2seq``).
+
+The library's own preview (``python -m freeze_policies``) keeps its own small mapping of task
+name to Auto class: the library is installed without the recipes and must not import them, and
+it previews more kinds of model (speech, CTC, vision-language, dual encoders) than the launcher
+trains.
+
+Imports of the heavy modules happen inside the entries' functions, so reading the table (for
+``--help`` or the report) loads neither ``datasets`` nor ``transformers``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from recipes.launcher.results import RunResults
 
 
-def model_class_name(config) -> str:
-    """The class a config was saved from (its first ``architectures`` entry), else its type."""
-    architectures = getattr(config, "architectures", None) or []
-    return architectures[0] if architectures else f"{config.model_type!r} model"
+@dataclass(frozen=True)
+class TaskMetrics:
+    """Which validation metric chooses the rate, and which test metrics are reported."""
+
+    select: str  # validation metric in results.json
+    higher_is_better: bool
+    primary: str  # the test metric of the statistics, plots and findings
+    reported: tuple[tuple[str, str], ...]  # (key, column title)
+    as_percent: bool
+
+    def score(self, run: RunResults) -> float:
+        """``recipes/sweep.py``'s selection score: higher is better."""
+        value = run.metrics[self.select]
+        return value if self.higher_is_better else -value
+
+    def display(self, score: float) -> float:
+        """A selection score back in the metric's own terms."""
+        return score if self.higher_is_better else -score
 
 
-def is_decoder(config) -> bool:
-    """Whether a causal LM of this config predicts each token from the ones before it only."""
-    from transformers.models.auto import modeling_auto
+@dataclass(frozen=True)
+class Task:
+    """One ``--task``: what the launcher does differently for it."""
 
-    if config.model_type not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return False
-    if getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
-        return True  # a decoder config, or the decoder of an encoder-decoder (BartForCausalLM)
-    # a type that is also a masked LM is an encoder whose causal-LM head needs is_decoder=True
-    return config.model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    name: str
+    help: str  # a few words for --help
+    auto_class: str  # the transformers Auto class: loading here and in the model card
+    load_model: Callable[..., Any]  # (name, path, kwargs, num_labels, label_names, ignore) -> model
+    load_data: Callable[[Any, Any], tuple]  # (model_args, data_args) -> (splits, label names)
+    prepare_data: Callable[..., tuple]  # (splits, tokenizer, model, model_args, data_args)
+    #                                     -> (tokenized splits, data collator)
+    metrics: TaskMetrics  # the sweep's selection and the report's columns
+    compute_metrics: Callable[[], Callable | None]  # Trainer's compute_metrics, or None
+    trainer_class: Callable[[], type]  # the launcher's trainer for it (imported on call)
+    peft_task_type: str  # peft.TaskType's member name
+    reports_perplexity: bool = False  # eval_/test_perplexity from the loss
+    has_labels: bool = False  # a classification head: label names, id2label in the card
+    per_batch_loss: bool = False  # the loss is averaged per batch (see build.prepare)
+    generates: bool = False  # accepts --predict_with_generate and the generation flags
 
-
-def tasks_of(config) -> list[str]:
-    """The launcher's tasks a model of ``config`` can do."""
-    from transformers.models.auto import modeling_auto
-
-    tasks = []
-    if config.model_type in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        tasks.append("classification")
-    if is_decoder(config):
-        tasks.append("causal_lm")
-    if config.model_type in modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
-        tasks.append("seq2seq")
-    return tasks
+    def make_compute_metrics(self) -> Callable | None:
+        return self.compute_metrics()
 
 
-def describe_tasks(tasks: list[str]) -> str:
-    if not tasks:
-        return "none of the launcher's tasks"
-    return "task " + " or ".join(repr(task) for task in tasks)
+# -- classification -------------------------------------------------------------------------
 
 
-def read_model_config(name: str, path: str):
-    """The config of the model at ``path`` (``name`` as the user gave it); a local folder without
-    a ``config.json`` is a one-line ``ValueError``."""
-    from transformers import AutoConfig
+def _load_classifier(name, path, kwargs, num_labels=None, label_names=None,
+                     ignore_mismatched_sizes=False):
+    from transformers import AutoModelForSequenceClassification
 
-    folder = Path(path)
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        files = sorted(entry.name for entry in folder.iterdir())
-        if "adapter_config.json" in files:
-            what = "is a PEFT adapter folder (adapter_config.json), not a model"
-        elif files:
-            shown = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
-            what = f"has no config.json (it holds {shown})"
-        else:
-            what = "is empty"
+    kwargs = {**kwargs, **label_kwargs(num_labels, label_names),
+              "ignore_mismatched_sizes": ignore_mismatched_sizes}
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except RuntimeError as error:
+        if not any(sign in str(error) for sign in ("size mismatch", "ignore_mismatched_sizes")):
+            raise  # (transformers 4 says "size mismatch", 5 names the flag)
         raise ValueError(
-            f"model folder {name!r} {what}; give a folder written by save_pretrained (with "
-            "config.json and weights), 'minilm', 'smollm2' or a Hub model id"
-        )
-    return AutoConfig.from_pretrained(path)
+            f"the classification head of {name!r} does not fit the data's "
+            f"{kwargs['num_labels']} labels; pass --ignore_mismatched_sizes true to replace it "
+            "with a new head"
+        ) from None
 
 
-SEQ2SEQ_EXAMPLES = ("t5", "bart", "mt5", "pegasus", "marian")
-
-
-def check_model_task(name: str, path: str, task: str):
-    """Refuse, before any weight loads, a model that cannot do ``task`` (module docstring);
-    return its config."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    config = read_model_config(name, path)
-    if task == "causal_lm" and not is_decoder(config):
-        kind = (
-            "an encoder: it attends both ways and would see the tokens it is asked to predict"
-            if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-            else "not a decoder"
-        )
+def label_kwargs(num_labels: int | None, label_names: list[str] | None) -> dict:
+    """``from_pretrained`` arguments for a classification head."""
+    if label_names is not None:
+        label_names = list(label_names)
+        if num_labels is not None and num_labels != len(label_names):
+            raise ValueError(
+                f"num_labels={num_labels} does not match the {len(label_names)} label_names "
+                f"{label_names}"
+            )
+        num_labels = len(label_names)
+    if num_labels is None or num_labels < 1:
         raise ValueError(
-            f"task='causal_lm' needs a decoder (a model that predicts each token from the ones "
-            f"before it: Llama, GPT-2, SmolLM2, ...), but model {name!r} is a "
-            f"{model_class_name(config)} (type {config.model_type!r}, {kind}); for it use "
-            f"{describe_tasks(tasks_of(config))}"
+            f"classification needs num_labels >= 1 or label_names, got num_labels={num_labels!r}"
         )
-    if task == "seq2seq" and "seq2seq" not in tasks_of(config):
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES as SEQ2SEQ,
-        )
+    names = label_names or [f"LABEL_{i}" for i in range(num_labels)]
+    return {
+        "num_labels": num_labels,
+        "id2label": dict(enumerate(names)),
+        "label2id": {label: i for i, label in enumerate(names)},
+    }
 
-        examples = ", ".join(t for t in SEQ2SEQ_EXAMPLES if t in SEQ2SEQ)
-        raise ValueError(
-            f"task='seq2seq' needs an encoder-decoder text model (AutoModelForSeq2SeqLM: "
-            f"{examples}, ...), but model {name!r} is of type {config.model_type!r}; for it use "
-            f"{describe_tasks(tasks_of(config))}"
-        )
-    if task == "classification" and "classification" not in tasks_of(config):
-        raise ValueError(
-            f"task='classification' needs a model type with a sequence-classification head, but "
-            f"model {name!r} is a {model_class_name(config)} (type {config.model_type!r}); for "
-            f"it use {describe_tasks(tasks_of(config))}"
-        )
-    return config
+
+def _common(data_args) -> dict:
+    return dict(
+        text_column=data_args.text_column,
+        dataset_config=data_args.dataset_config,
+        seed=data_args.data_seed_splits,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+    )
+
+
+def _classification_data(model_args, data_args):
+    from recipes.data import sources
+
+    return sources.load_classification_splits(
+        data_args.dataset, label_column=data_args.label_column, **_common(data_args)
+    )
+
+
+def _classification_tokens(splits, tokenizer, model, model_args, data_args):
+    from transformers import DataCollatorWithPadding
+
+    from recipes.data import sources
+
+    tokenized = sources.tokenize_classification(splits, tokenizer, model_args.max_length)
+    if data_args.max_validation_samples is not None:
+        validation = tokenized["validation"]
+        if data_args.max_validation_samples < len(validation):
+            tokenized["validation"] = validation.shuffle(
+                seed=data_args.data_seed_splits
+            ).select(range(data_args.max_validation_samples))
+    return tokenized, DataCollatorWithPadding(tokenizer)
+
+
+def _classification_metrics():
+    from recipes.launcher.metrics import classification_compute_metrics
+
+    return classification_compute_metrics()
+
+
+def _run_trainer():
+    from recipes.launcher.outputs import RunTrainer
+
+    return RunTrainer
+
+
+# -- causal language modelling --------------------------------------------------------------
+
+
+def _load_causal_lm(name, path, kwargs, num_labels=None, label_names=None,
+                    ignore_mismatched_sizes=False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def _causal_lm_data(model_args, data_args):
+    from recipes.data import sources
+
+    return sources.load_causal_lm_splits(data_args.dataset, **_common(data_args)), None
+
+
+def _causal_lm_tokens(splits, tokenizer, model, model_args, data_args):
+    from transformers import default_data_collator
+
+    from recipes.data import sources
+
+    return sources.tokenize_causal_lm(splits, tokenizer, model_args.max_length), \
+        default_data_collator
+
+
+def _no_metrics():
+    """Per-token logits are too large to collect; perplexity comes from the loss."""
+    return None
+
+
+# -- sequence to sequence (recipes.launcher.seq2seq) ----------------------------------------
+
+
+def _load_seq2seq(name, path, kwargs, num_labels=None, label_names=None,
+                  ignore_mismatched_sizes=False):
+    from recipes.launcher.seq2seq import load_seq2seq_model
+
+    return load_seq2seq_model(name, path, **kwargs)
+
+
+def _seq2seq_data(model_args, data_args):
+    from recipes.launcher.seq2seq import load_seq2seq_splits
+
+    common = _common(data_args)
+    del common["text_column"]
+    return load_seq2seq_splits(data_args.dataset, source_column=data_args.source_column,
+                               target_column=data_args.target_column, **common), None
+
+
+def _seq2seq_tokens(splits, tokenizer, model, model_args, data_args):
+    from transformers import DataCollatorForSeq2Seq
+
+    from recipes.launcher.seq2seq import tokenize_seq2seq
+
+    tokenized = tokenize_seq2seq(splits, tokenizer, model_args.max_length,
+                                 model_args.max_target_length)
+    # pads labels with -100; decoder_input_ids from the labels through the model
+    return tokenized, DataCollatorForSeq2Seq(tokenizer, model=model)
+
+
+def _seq2seq_trainer():
+    from recipes.launcher.seq2seq import RunSeq2SeqTrainer  # with Seq2SeqTrainer's evaluation
+
+    return RunSeq2SeqTrainer
+
+
+BY_LOSS = TaskMetrics(
+    "eval_loss", False, "test_loss",
+    (("test_loss", "test loss"), ("test_perplexity", "test perplexity")), False,
+)
+
+TASKS: dict[str, Task] = {
+    task.name: task for task in (
+        Task(
+            name="classification",
+            help="a sequence classifier on labelled texts",
+            auto_class="AutoModelForSequenceClassification",
+            load_model=_load_classifier,
+            load_data=_classification_data,
+            prepare_data=_classification_tokens,
+            metrics=TaskMetrics(
+                "eval_accuracy", True, "test_accuracy",
+                (("test_accuracy", "test accuracy (%)"), ("test_f1", "macro-F1 (%)")), True,
+            ),
+            compute_metrics=_classification_metrics,
+            trainer_class=_run_trainer,
+            peft_task_type="SEQ_CLS",
+            has_labels=True,
+            # Sequence classifiers average their loss per batch; they take **kwargs, so Trainer
+            # would assume they consume num_items_in_batch and scale the loss by the world size
+            # under DDP.
+            per_batch_loss=True,
+        ),
+        Task(
+            name="causal_lm",
+            help="next-token prediction on texts packed into blocks",
+            auto_class="AutoModelForCausalLM",
+            load_model=_load_causal_lm,
+            load_data=_causal_lm_data,
+            prepare_data=_causal_lm_tokens,
+            metrics=BY_LOSS,
+            compute_metrics=_no_metrics,
+            trainer_class=_run_trainer,
+            peft_task_type="CAUSAL_LM",
+            reports_perplexity=True,
+        ),
+        Task(
+            name="seq2seq",
+            help="an encoder-decoder (T5, BART) on source/target pairs",
+            auto_class="AutoModelForSeq2SeqLM",
+            load_model=_load_seq2seq,
+            load_data=_seq2seq_data,
+            prepare_data=_seq2seq_tokens,
+            metrics=BY_LOSS,
+            compute_metrics=_no_metrics,
+            trainer_class=_seq2seq_trainer,
+            peft_task_type="SEQ_2_SEQ_LM",
+            reports_perplexity=True,
+            generates=True,
+        ),
+    )
+}
+"""Every ``--task``, by name."""
+
+
+def get_task(name: str) -> Task:
+    """The entry for ``name``; an unknown name is a ``ValueError`` naming the valid ones."""
+    task = TASKS.get(name)
+    if task is None:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return task
+
+
+__all__ = ["TASKS", "Task", "TaskMetrics", "get_task", "label_kwargs"]

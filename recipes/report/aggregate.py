@@ -25,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from recipes.launcher.results import MethodSpec, RunResults
+from recipes.launcher.tasks import TASKS as LAUNCHER_TASKS
+from recipes.launcher.tasks import TaskMetrics
 from recipes.report.stats import Stat
 
 SCHEDULE_TIMING = ("every", "unit", "seed")
@@ -34,36 +37,8 @@ class ReportError(ValueError):
     """An input that cannot be reported; the message starts with the file's path."""
 
 
-@dataclass(frozen=True)
-class TaskMetrics:
-    """Which validation metric chose the rate, and which test metrics are reported."""
-
-    select: str  # validation metric in results.json
-    higher_is_better: bool
-    primary: str  # the test metric of the statistics, plots and findings
-    reported: tuple[tuple[str, str], ...]  # (key, column title)
-    as_percent: bool
-
-    def score(self, run: dict) -> float:
-        """``recipes/sweep.py``'s selection score: higher is better."""
-        value = run[self.select]
-        return value if self.higher_is_better else -value
-
-    def display(self, score: float) -> float:
-        """A selection score back in the metric's own terms."""
-        return score if self.higher_is_better else -score
-
-
-TASKS = {
-    "classification": TaskMetrics(
-        "eval_accuracy", True, "test_accuracy",
-        (("test_accuracy", "test accuracy (%)"), ("test_f1", "macro-F1 (%)")), True,
-    ),
-    "causal_lm": TaskMetrics(
-        "eval_loss", False, "test_loss",
-        (("test_loss", "test loss"), ("test_perplexity", "test perplexity")), False,
-    ),
-}
+TASKS: dict[str, TaskMetrics] = {name: task.metrics for name, task in LAUNCHER_TASKS.items()}
+"""Each task's selection and reported metrics, from its entry in ``recipes.launcher.tasks``."""
 
 
 # -- labels and identity ----------------------------------------------------------------------
@@ -77,66 +52,71 @@ def _canonical(value) -> str:
     return json.dumps(value or {}, sort_keys=True)
 
 
-def method_label(run: dict) -> str:
+def _spec(run: RunResults | MethodSpec) -> MethodSpec:
+    return run.spec if isinstance(run, RunResults) else run
+
+
+def method_label(run: RunResults | MethodSpec) -> str:
     """``"full"``, ``"bottom_n (n=4)"``, ``"bottom_n (n=4) zero_lr"``, ``"lora"``."""
-    if run["method"] == "peft":
-        return run.get("peft_method") or "peft"
-    if run["method"] != "freeze":
-        return run["method"]
-    options = run.get("policy_options") or {}
-    label = run.get("policy") or "freeze"
+    spec = _spec(run)
+    if spec.method == "peft":
+        return spec.peft_method or "peft"
+    if spec.method != "freeze":
+        return spec.method
+    options = spec.policy_options or {}
+    label = spec.policy or "freeze"
     if options:
         label += " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(options.items())) + ")"
-    mode = run.get("freeze_mode")
+    mode = spec.freeze_mode
     if mode and mode != "requires_grad":
         label += f" {mode}"
     return label
 
 
-def descriptor(run: dict) -> tuple:
+def descriptor(run: RunResults | MethodSpec) -> tuple:
     """What a benchmark row and a cell must share to cost the same per step. When a schedule
     changes stage (``every``, ``unit``) and its draw (``seed``) do not change a step's cost."""
-    mode = run.get("freeze_mode") if run["method"] == "freeze" else None
-    options = {k: v for k, v in (run.get("policy_options") or {}).items()
-               if k not in SCHEDULE_TIMING}
+    spec = _spec(run)
+    mode = spec.freeze_mode if spec.method == "freeze" else None
+    options = {k: v for k, v in (spec.policy_options or {}).items() if k not in SCHEDULE_TIMING}
     return (
-        run["method"],
-        run.get("policy"),
+        spec.method,
+        spec.policy,
         _canonical(options),
-        mode or ("requires_grad" if run["method"] == "freeze" else None),
-        run.get("peft_method"),
+        mode or ("requires_grad" if spec.method == "freeze" else None),
+        spec.peft_method,
     )
 
 
-def cell_key(run: dict) -> tuple:
-    return (*descriptor(run), _canonical(run.get("policy_options")),
-            _canonical(run.get("peft_options")))
+def cell_key(run: RunResults | MethodSpec) -> tuple:
+    spec = _spec(run)
+    return (*descriptor(spec), _canonical(spec.policy_options), _canonical(spec.peft_options))
 
 
 # -- per-run quantities ---------------------------------------------------------------------
 
 
-def training_seconds(run: dict) -> float:
+def training_seconds(run: RunResults) -> float:
     """``train_runtime`` less the evaluations run inside the training loop (the log entries
     before the one that reports ``train_runtime``)."""
     evaluating = 0.0
-    for entry in run.get("log_history") or []:
+    for entry in run.log_history:
         if "train_runtime" in entry:
             break
         evaluating += entry.get("eval_runtime", 0.0)
-    return run["train_runtime"] - evaluating
+    return run.train_runtime - evaluating
 
 
-def stage_timeline(run: dict) -> list[tuple[int, int]]:
+def stage_timeline(run: RunResults) -> list[tuple[int, int]]:
     """``(step, trainable parameters)`` from each stage change in ``log_history``, starting at
     step 0; a single entry for a method whose trainable set never changes."""
     changes = [
         (int(entry["step"]), int(entry["trainable_params"]))
-        for entry in run.get("log_history") or []
+        for entry in run.log_history
         if isinstance(entry, dict) and "freeze_stage" in entry and "trainable_params" in entry
     ]
     if not changes or changes[0][0] > 0:
-        changes.insert(0, (0, int(run["trainable_params"])))
+        changes.insert(0, (0, int(run.trainable_params)))
     timeline: list[tuple[int, int]] = []
     for step, count in changes:  # the last entry of a step wins
         if timeline and timeline[-1][0] == step:
@@ -146,32 +126,32 @@ def stage_timeline(run: dict) -> list[tuple[int, int]]:
     return timeline
 
 
-def mean_trainable_share(run: dict) -> float:
+def mean_trainable_share(run: RunResults) -> float:
     """Trainable share of the parameters, averaged over the run's optimizer steps."""
     timeline = stage_timeline(run)
-    total_steps = int(run.get("max_steps") or 0)
+    total_steps = int(run.max_steps or 0)
     if total_steps <= 0 or len(timeline) == 1:
-        return timeline[0][1] / run["total_params"]
+        return timeline[0][1] / run.total_params
     weighted = 0.0
     for (step, count), (next_step, _) in zip(timeline, [*timeline[1:], (total_steps, 0)]):
         weighted += count * max(0, min(next_step, total_steps) - step)
-    return weighted / total_steps / run["total_params"]
+    return weighted / total_steps / run.total_params
 
 
-def validation_curve(run: dict, key: str) -> list[tuple[int, float]]:
+def validation_curve(run: RunResults, key: str) -> list[tuple[int, float]]:
     """``(step, validation metric)`` of the evaluations in ``log_history``, one per step."""
     points: dict[int, float] = {}
-    for entry in run.get("log_history") or []:
+    for entry in run.log_history:
         if isinstance(entry, dict) and isinstance(entry.get(key), (int, float)) and "step" in entry:
             points.setdefault(int(entry["step"]), float(entry[key]))
     return sorted(points.items())
 
 
-def auto_freeze_decisions(run: dict) -> list[tuple[int, int]]:
+def auto_freeze_decisions(run: RunResults) -> list[tuple[int, int]]:
     """``(step, depth)`` of every ``auto_freeze`` decision window in ``log_history``."""
     return [
         (int(entry["step"]), int(entry["auto_freeze_depth"]))
-        for entry in run.get("log_history") or []
+        for entry in run.log_history
         if isinstance(entry, dict) and "auto_freeze_depth" in entry
     ]
 
@@ -193,7 +173,7 @@ class Selection:
     seeds: list
     selection_seed: object
     sweep_fields: dict
-    sweep_runs: dict[float, dict]
+    sweep_runs: dict[float, RunResults]
 
     @property
     def rates(self) -> list[float]:
@@ -218,11 +198,11 @@ class Cell:
     label: str
     metrics: TaskMetrics
     selection: Selection
-    runs: list[dict]  # full-length, sorted by seed
+    runs: list[RunResults]  # full-length, sorted by seed
     step_ratio: float | None = None  # bench.json's interleaved step time over full's
     priced_ratio: float | None = None  # mean priced step over full's (see pricing.py)
     priced_source: str = ""
-    ratio_at: Callable[[dict, int], float] | None = None  # (run, step) -> priced step ratio
+    ratio_at: Callable[[RunResults, int], float] | None = None  # (run, step) -> priced step ratio
     cache_share: float | None = None  # the cache's share of the time saved vs full
     bench_memory: int | None = None
 
@@ -231,12 +211,12 @@ class Cell:
         return self.name.rsplit("/", 1)[-1]
 
     @property
-    def first(self) -> dict:
+    def first(self) -> RunResults:
         return self.runs[0]
 
     @property
     def is_full(self) -> bool:
-        return self.first["method"] == "full"
+        return self.first.method == "full"
 
     @property
     def is_schedule(self) -> bool:
@@ -248,10 +228,10 @@ class Cell:
 
     def scores(self, key: str) -> dict:
         """seed -> test metric."""
-        return {run["seed"]: run[key] for run in self.runs}
+        return {run.seed: run.metrics[key] for run in self.runs}
 
     def test(self, key: str) -> Stat:
-        return Stat.of([run[key] for run in self.runs])
+        return Stat.of([run.metrics[key] for run in self.runs])
 
     @property
     def trainable_share(self) -> float:
@@ -260,7 +240,7 @@ class Cell:
 
     @property
     def start_share(self) -> float:
-        return self.first["trainable_params"] / self.first["total_params"]
+        return self.first.trainable_params / self.first.total_params
 
     @property
     def training_seconds(self) -> Stat:
@@ -268,36 +248,35 @@ class Cell:
 
     @property
     def seconds_per_step(self) -> float:
-        return statistics.fmean(training_seconds(run) / run["max_steps"] for run in self.runs)
+        return statistics.fmean(training_seconds(run) / run.max_steps for run in self.runs)
 
     @property
-    def curve_run(self) -> dict | None:
+    def curve_run(self) -> RunResults | None:
         """The selection seed's run when it evaluated during training."""
         for run in self.runs:
-            if run["seed"] == self.selection.selection_seed and len(
+            if run.seed == self.selection.selection_seed and len(
                     validation_curve(run, self.metrics.select)) > 1:
                 return run
         return None
 
     @property
     def peak_memory(self) -> tuple[int, str] | None:
-        values = [run for run in self.runs if run.get("peak_memory_bytes")]
+        values = [run for run in self.runs if run.peak_memory_bytes]
         if not values:
             return None
-        worst = max(values, key=lambda run: run["peak_memory_bytes"])
-        return worst["peak_memory_bytes"], worst.get("peak_memory_kind", "")
+        worst = max(values, key=lambda run: run.peak_memory_bytes)
+        return worst.peak_memory_bytes, worst.peak_memory_kind or ""
 
     @property
     def optimizer_state_bytes(self) -> int | None:
-        values = [run["optimizer_state_bytes"] for run in self.runs
-                  if isinstance(run.get("optimizer_state_bytes"), int)]
+        values = [run.optimizer_state_bytes for run in self.runs
+                  if isinstance(run.optimizer_state_bytes, int)]
         return max(values) if values else None
 
     @property
     def cache_stats(self) -> dict | None:
         """Summed ``prefix_cache`` stats over the runs, or None for uncached cells."""
-        stats = [run["prefix_cache"] for run in self.runs if isinstance(run.get("prefix_cache"),
-                                                                          dict)]
+        stats = [run.prefix_cache for run in self.runs if isinstance(run.prefix_cache, dict)]
         if not stats:
             return None
         keys = ("hits", "records", "rebuilds", "record_seconds")
@@ -305,9 +284,8 @@ class Cell:
 
     @property
     def audit(self) -> str:
-        checked = [run["frozen_audit"] for run in self.runs  # full fine-tuning checks none
-                   if isinstance(run.get("frozen_audit"), dict)
-                   and run["frozen_audit"].get("checked", 1) > 0]
+        checked = [run.frozen_audit for run in self.runs  # full fine-tuning checks none
+                   if isinstance(run.frozen_audit, dict) and run.frozen_audit.get("checked", 1) > 0]
         if not checked:
             return "n/a"
         passed = sum(1 for result in checked if result.get("passed"))
@@ -344,10 +322,10 @@ class Results:
     incomplete: list[str]  # cell folders with runs but no selection.json
 
     @property
-    def runs(self) -> list[dict]:
+    def runs(self) -> list[RunResults]:
         return [run for table in self.tables for cell in table.cells for run in cell.runs]
 
     @property
-    def sweep_runs(self) -> list[dict]:
+    def sweep_runs(self) -> list[RunResults]:
         return [run for table in self.tables for cell in table.cells
                 for run in cell.selection.sweep_runs.values()]

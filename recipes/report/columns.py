@@ -143,7 +143,7 @@ def _priced(cell: Cell, ctx: Context) -> str:
 def _measured(cell: Cell, ctx: Context) -> str:
     stat = cell.training_seconds
     text = f"{stat.mean:.0f}" if stat.std is None else f"{stat.mean:.0f} ± {stat.std:.0f}"
-    return f"{text} ({cell.first['max_steps']} steps)"
+    return f"{text} ({cell.first.max_steps} steps)"
 
 
 def _memory(cell: Cell, ctx: Context) -> str:
@@ -218,7 +218,7 @@ def _sweep_fields(cell: Cell) -> str:
     key = "max_steps" if "max_steps" in fields else "num_train_epochs"  # max_steps wins
     shown = {key: fields[key]} if key in fields else {}
     runs = cell.selection.sweep_runs.values()
-    steps = sorted({run.get("max_steps") for run in runs})
+    steps = sorted({run.max_steps for run in runs})
     text = ", ".join(f"{k}={v}" for k, v in shown.items())
     return f"{text} ({'/'.join(map(str, steps))} steps), seed {cell.selection.selection_seed}"
 

@@ -18,10 +18,10 @@ side.
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
+from recipes.launcher.results import RunResults, read_results
 from recipes.report.stats import plateau
 
 THRESHOLD = 0.01  # the plateau rule of the profile's own curve (recipes/report/markdown.py)
@@ -40,22 +40,23 @@ def command_flags(command: str) -> dict[str, str]:
     return flags
 
 
-def budget_mismatch(run: dict, base: dict, allowed: frozenset = LONGER_ONLY) -> list[str]:
+def budget_mismatch(run: RunResults, base: RunResults,
+                    allowed: frozenset = LONGER_ONLY) -> list[str]:
     """What, beyond the ``allowed`` flags (the budget's), differs between two runs: any other flag
     of their recorded commands, and the splits they saw."""
-    ours, theirs = command_flags(run.get("command", "")), command_flags(base.get("command", ""))
+    ours, theirs = command_flags(run.command or ""), command_flags(base.command or "")
     named = [f"--{name} ({ours.get(name, 'absent')} against {theirs.get(name, 'absent')})"
              for name in sorted((set(ours) | set(theirs)) - allowed)
              if ours.get(name) != theirs.get(name)]
-    if run.get("data") != base.get("data"):  # the same command on other splits is not the same
+    if run.data != base.data:  # the same command on other splits is not the same
         named.append("the splits they saw (results.json's data)")
     return named
 
 
-def curve_of(run: dict, metric: str = "eval_accuracy") -> list[tuple[int, float]]:
+def curve_of(run: RunResults, metric: str = "eval_accuracy") -> list[tuple[int, float]]:
     """(step, value) of every in-training evaluation, the last one once."""
     points = {}
-    for entry in run.get("log_history", []):
+    for entry in run.log_history:
         if metric in entry:
             points[int(entry["step"])] = float(entry[metric])
     return sorted(points.items())
@@ -70,19 +71,19 @@ def longer_markdown(longer_root: str | Path, profile_roots: list[str | Path]) ->
     lines = ["## Longer runs: where the curve levels off", ""]
     for path in runs:
         relative = path.parent.relative_to(longer_root)
-        run = json.loads(path.read_text())
-        base = next((json.loads((Path(root) / relative / "results.json").read_text())
+        run = read_results(path)
+        base = next((read_results(Path(root) / relative / "results.json")
                      for root in profile_roots
                      if (Path(root) / relative / "results.json").is_file()), None)
         lines += _one_run(relative, run, base)
     return lines
 
 
-def _one_run(relative: Path, run: dict, base: dict | None) -> list[str]:
+def _one_run(relative: Path, run: RunResults, base: RunResults | None) -> list[str]:
     curve = curve_of(run)
-    steps = run.get("max_steps") or (curve[-1][0] if curve else 0)
-    lines = [f"`{relative}` at {run.get('epoch', 0):g} epochs ({steps} steps): `python "
-             f"{run.get('command', '?')}`.", ""]
+    steps = run.max_steps or (curve[-1][0] if curve else 0)
+    lines = [f"`{relative}` at {run.epoch or 0:g} epochs ({steps} steps): `python "
+             f"{run.command or '?'}`.", ""]
     if curve:
         lines += ["| step | " + " | ".join(str(step) for step, _ in curve) + " |",
                   "|---|" + "---:|" * len(curve),
@@ -103,14 +104,14 @@ def _one_run(relative: Path, run: dict, base: dict | None) -> list[str]:
             "It is not the profile's run at a longer budget: their commands also differ in "
             + ", ".join(mismatch) + "; rerun `make longer`."
         )
-    elif base is not None and "test_accuracy" in run and "test_accuracy" in base:
+    elif base is not None and "test_accuracy" in run.metrics and "test_accuracy" in base.metrics:
         base_curve = curve_of(base)
         best_base = max((v for _, v in base_curve), default=None)
-        ours, theirs = 100 * run["test_accuracy"], 100 * base["test_accuracy"]
+        ours, theirs = 100 * run.metrics["test_accuracy"], 100 * base.metrics["test_accuracy"]
         lines.append(
             f"Test accuracy {ours:.2f} against {theirs:.2f}"
-            f" for the profile's run of the same cell, rate and seed at {base.get('epoch', 0):g} "
-            f"epochs ({base.get('max_steps')} steps)"
+            f" for the profile's run of the same cell, rate and seed at {base.epoch or 0:g} "
+            f"epochs ({base.max_steps} steps)"
             + (f", whose best validation accuracy was {100 * best_base:.2f}" if best_base else "")
             + "; one seed, so a difference under the profile's seed spread is not a difference."
         )

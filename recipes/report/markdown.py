@@ -66,7 +66,7 @@ def plateau_sentence(table: Table, curve) -> str:
         f"{len(curve)} evaluations is {result.last * scale:.2f}, the middle third's "
         f"{result.middle * scale:.2f} (gain {result.gain * scale:+.2f}{unit}; a plateau is a "
         f"gain under {PLATEAU_THRESHOLD * scale:g}{limit_unit}); best {result.best * scale:.2f} at "
-        f"step {result.best_step} of {table.full.first['max_steps']}."
+        f"step {result.best_step} of {table.full.first.max_steps}."
     )
 
 
@@ -86,7 +86,7 @@ def auto_freeze_markdown(table: Table) -> list[str]:
                     freezes.append(f"{new} @ {step}")
                 depth = new
             final = decisions[-1][1] if decisions else 0
-            lines.append(f"| {cell.label} | {run['seed']} | {len(decisions)} | {final} | "
+            lines.append(f"| {cell.label} | {run.seed} | {len(decisions)} | {final} | "
                          f"{', '.join(freezes) or 'never froze'} |")
     return ["Adaptive freezing's decisions (each window's depth is logged in `log_history` as "
             "`auto_freeze_depth`; a new depth applies from the next step):", "", *lines, ""]
@@ -96,12 +96,12 @@ def environment_markdown(results: Results, bench: dict | None) -> list[str]:
     """Distinct hardware / versions in the results files, and the load under which they ran."""
     counts: dict[str, int] = defaultdict(int)
     for run in results.runs + results.sweep_runs:
-        counts[_environment_line(run)] += 1
+        counts[_environment_line(run.hardware, run.versions, run.python)] += 1
     lines = [f"- {count} runs: {text}" for text, count in counts.items()]
     if bench is not None:
-        lines.append(f"- bench: {_environment_line(bench)}")
-    threads = sorted({str((run.get("hardware") or {}).get("torch_threads", "?"))
-                      for run in results.runs})
+        line = _environment_line(bench.get("hardware"), bench.get("versions"), bench.get("python"))
+        lines.append(f"- bench: {line}")
+    threads = sorted({str((run.hardware or {}).get("torch_threads", "?")) for run in results.runs})
     lines += ["", f"The runs used {', '.join(threads)} torch thread(s) each on a machine shared "
               "with other work: their training times were measured under load and only set "
               "the unit of the cost axis (full fine-tuning's seconds per step); no method is "
@@ -109,22 +109,22 @@ def environment_markdown(results: Results, bench: dict | None) -> list[str]:
     return lines
 
 
-def _environment_line(data: dict) -> str:
-    hardware = data.get("hardware") or {}
-    versions = data.get("versions") or {}
+def _environment_line(hardware: dict | None, versions: dict | None, python: str | None) -> str:
+    hardware = hardware or {}
+    versions = versions or {}
     parts = [hardware.get("platform", "unknown platform")]
     if hardware.get("gpu"):
         parts.append(f"{hardware.get('gpu_count', 1)} x {hardware['gpu']}")
     parts.append(
         f"{hardware.get('cpu_count', '?')} CPUs, {hardware.get('torch_threads', '?')} torch threads"
     )
-    parts.append("python " + str(data.get("python", "?")))
+    parts.append("python " + str(python if python is not None else "?"))
     parts.append(", ".join(f"{name} {version}" for name, version in sorted(versions.items())))
     return "; ".join(parts)
 
 
 def _profile_line(results: Results) -> str:
-    steps = sorted({run["max_steps"] for run in results.runs})
+    steps = sorted({run.max_steps for run in results.runs})
     seeds = sorted({len(cell.runs) for t in results.tables for cell in t.cells})
     return (f"{len(results.runs)} full-length runs ({'/'.join(map(str, seeds))} seeds per method, "
             f"{'/'.join(map(str, steps))} steps) and {len(results.sweep_runs)} short runs in "

@@ -31,19 +31,22 @@ from __future__ import annotations
 
 import statistics
 
+from recipes.launcher.results import MethodSpec, RunResults
 from recipes.report.aggregate import Cell, Table, descriptor, method_label, stage_timeline
 
 PREFIX_POLICIES = ("bottom_n", "embeddings", "all_but_head")
 
 
 def bench_rows(bench: dict | None, table: Table) -> dict[tuple, dict]:
-    """bench.json's rows by descriptor, when the benchmark ran this table's model."""
+    """bench.json's rows by descriptor, when the benchmark ran this table's model (a row names
+    its method with the fields of a run's results.json: ``MethodSpec``)."""
     if bench is None or bench.get("model") not in (None, table.model):
         return {}
+    specs = [(MethodSpec.from_dict(row), row) for row in bench["methods"]]
     return {
-        descriptor(row): row
-        for row in bench["methods"]
-        if row.get("label") == method_label(row)  # not the FreezeTrainer-vs-loop row
+        descriptor(spec): row
+        for spec, row in specs
+        if row.get("label") == method_label(spec)  # not the FreezeTrainer-vs-loop row
     }
 
 
@@ -68,9 +71,9 @@ def interpolate(points: list[tuple[int, float]], x: float) -> float:
     return points[-1][1]
 
 
-def trainable_at(run: dict, step: int) -> int:
+def trainable_at(run: RunResults, step: int) -> int:
     """Trainable parameters during optimizer step ``step`` (1-based)."""
-    count = run["trainable_params"]
+    count = run.trainable_params
     for start, value in stage_timeline(run):
         if start < step:
             count = value
@@ -93,9 +96,9 @@ def _cached_pricing(cell: Cell, uncached: dict, cached: dict) -> None:
     replay = float(cached["ratio_to_full"])
     priced, saved_by_cache, saved = [], 0.0, 0.0
     for run in cell.runs:
-        stats = run.get("prefix_cache") or {}
+        stats = run.prefix_cache or {}
         hits, records = int(stats.get("hits", 0)), int(stats.get("records", 0))
-        steps = run["max_steps"]
+        steps = run.max_steps
         other = max(0, steps - hits - records)
         priced.append((records * record + hits * replay + other * plain) / steps)
         saved_by_cache += hits * (plain - replay) - records * (record - plain)
@@ -105,8 +108,8 @@ def _cached_pricing(cell: Cell, uncached: dict, cached: dict) -> None:
     total = saved + saved_by_cache
     cell.cache_share = saved_by_cache / total if total > 0 else None
 
-    def ratio_at(run: dict, step: int) -> float:
-        stats = run.get("prefix_cache") or {}
+    def ratio_at(run: RunResults, step: int) -> float:
+        stats = run.prefix_cache or {}
         return record if step <= int(stats.get("records", 0)) else replay
 
     cell.ratio_at = ratio_at
@@ -126,12 +129,12 @@ def price_table(table: Table, bench: dict | None, bench_cache: dict | None) -> N
         if cell.cache_stats is not None and cache is not None and not cell.is_schedule:
             _cached_pricing(cell, *cache)
         elif cell.is_schedule and len(points) >= 2:
-            def ratio_at(run: dict, step: int, points=points) -> float:
+            def ratio_at(run: RunResults, step: int, points=points) -> float:
                 return interpolate(points, trainable_at(run, step))
 
             cell.ratio_at = ratio_at
             cell.priced_ratio = statistics.fmean(
-                statistics.fmean(ratio_at(run, s) for s in range(1, run["max_steps"] + 1))
+                statistics.fmean(ratio_at(run, s) for s in range(1, run.max_steps + 1))
                 for run in cell.runs
             )
             cell.priced_source = "bench, by stage"
@@ -154,10 +157,11 @@ def priced_seconds(table: Table, cell: Cell) -> float | None:
     unit = seconds_per_full_step(table)
     if unit is None or cell.priced_ratio is None:
         return None
-    return unit * cell.priced_ratio * statistics.fmean(run["max_steps"] for run in cell.runs)
+    return unit * cell.priced_ratio * statistics.fmean(run.max_steps for run in cell.runs)
 
 
-def cumulative_seconds(table: Table, cell: Cell, run: dict, steps: list[int]) -> list[float]:
+def cumulative_seconds(table: Table, cell: Cell, run: RunResults,
+                       steps: list[int]) -> list[float]:
     """Priced seconds from the start of ``run`` to the end of each of ``steps``."""
     unit = seconds_per_full_step(table)
     out, total, done = [], 0.0, 0

@@ -9,11 +9,13 @@ the chosen rate, with test metrics, on the profile's seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
+from recipes.launcher.results import ResultsError, RunResults, read_results
 from recipes.report.aggregate import (
     TASKS,
     Cell,
@@ -27,8 +29,7 @@ from recipes.report.aggregate import (
     cell_key as aggregate_cell_key,
 )
 
-REQUIRED_KEYS = ("method", "model", "task", "seed", "learning_rate", "trainable_params",
-                 "total_params")
+REQUIRED_COUNTS = ("trainable_params", "total_params")  # beyond the schema's REQUIRED keys
 SELECTION_KEYS = ("grid", "validation_scores", "extensions", "stopped", "chosen_lr", "seeds",
                   "selection_seed")
 STOPPED = ("interior", "max_extensions", "bounds")
@@ -49,23 +50,32 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_run(path: Path, test: bool) -> dict:
-    """One ``results.json``, checked: the identity keys, a known task and numeric metrics
-    (validation always; the reported test metrics for a full-length run)."""
-    run = read_json(path)
-    missing = [key for key in REQUIRED_KEYS if key not in run]
+def read_run_file(path: Path) -> RunResults:
+    """One ``results.json`` through the schema; an unreadable one is a ``ReportError``."""
+    try:
+        return read_results(path)
+    except ResultsError as error:
+        raise ReportError(str(error)) from None
+
+
+def read_run(path: Path, test: bool) -> RunResults:
+    """One ``results.json`` through the schema (``recipes.launcher.results``), checked: the
+    identity keys, a known task and numeric metrics (validation always; the reported test
+    metrics for a full-length run)."""
+    run = read_run_file(path)
+    missing = [key for key in REQUIRED_COUNTS if getattr(run, key) is None]
     if missing:
         raise ReportError(f"{path}: missing {', '.join(missing)}")
-    metrics = TASKS.get(run["task"])
+    metrics = TASKS.get(run.task)
     if metrics is None:
-        raise ReportError(f"{path}: unknown task {run['task']!r} (known: {', '.join(TASKS)})")
+        raise ReportError(f"{path}: unknown task {run.task!r} (known: {', '.join(TASKS)})")
     needed = [metrics.select] + ([key for key, _ in metrics.reported] if test else [])
+    absent = [key for key in needed if not _number(run.metrics.get(key))]
     if test:
-        needed += ["train_runtime", "max_steps"]
-    absent = [key for key in needed if not _number(run.get(key))]
+        absent += [key for key in ("train_runtime", "max_steps")
+                   if not _number(getattr(run, key))]
     if absent:
         raise ReportError(f"{path}: no numeric {', '.join(absent)}")
-    run["_path"] = str(path)
     return run
 
 
@@ -112,20 +122,20 @@ def read_selection(path: Path, sweep_paths: list[Path]) -> Selection:
     if not isinstance(data["seeds"], list) or not data["seeds"]:
         raise ReportError(f"{path}: seeds is not a non-empty list")
     seed = data["selection_seed"]
-    runs: dict[float, dict] = {}
+    runs: dict[float, RunResults] = {}
     for run_path in sweep_paths:
         run = read_run(run_path, test=False)
-        lr = float(run["learning_rate"])
+        lr = float(run.learning_rate)
         match = next((r for r in by_rate if _same_rate(r, lr)), None)
         if match is None:
             raise ReportError(f"{run_path}: lr {lr:g} is not among {path}'s validation scores; "
                               "a stale run? remove it or rerun the cell")
-        if run["seed"] != seed:
-            raise ReportError(f"{run_path}: seed {run['seed']} but {path} selected on seed {seed}")
+        if run.seed != seed:
+            raise ReportError(f"{run_path}: seed {run.seed} but {path} selected on seed {seed}")
         if match in runs:
             raise ReportError(f"{run_path}: a second short run at lr {lr:g} (also "
-                              f"{runs[match]['_path']}); remove one")
-        score = TASKS[run["task"]].score(run)
+                              f"{runs[match].path}); remove one")
+        score = TASKS[run.task].score(run)
         if not math.isclose(score, by_rate[match], rel_tol=1e-9, abs_tol=1e-12):
             raise ReportError(f"{run_path}: validation score {score:.6g} but {path} records "
                               f"{by_rate[match]:.6g} for lr {lr:g}")
@@ -148,13 +158,13 @@ def read_cell(root: Path, selection_path: Path, run_paths: list[Path],
     runs = [read_run(path, test=True) for path in run_paths]
     seen: dict = {}
     for run in runs:
-        path = run["_path"]
-        if not _same_rate(float(run["learning_rate"]), selection.chosen_lr):
-            raise ReportError(f"{path}: lr {float(run['learning_rate']):g} but {selection_path} "
+        path = run.path
+        if not _same_rate(float(run.learning_rate), selection.chosen_lr):
+            raise ReportError(f"{path}: lr {float(run.learning_rate):g} but {selection_path} "
                               f"chose {selection.chosen_lr:g}; a stale run? remove it")
-        if run["seed"] in seen:
-            raise ReportError(f"{path}: seed {run['seed']} again (also {seen[run['seed']]})")
-        seen[run["seed"]] = path
+        if run.seed in seen:
+            raise ReportError(f"{path}: seed {run.seed} again (also {seen[run.seed]})")
+        seen[run.seed] = path
     if sorted(seen, key=str) != sorted(selection.seeds, key=str):
         raise ReportError(f"{selection_path}: seeds {selection.seeds} but full-length runs for "
                           f"{sorted(seen, key=str)}")
@@ -163,22 +173,26 @@ def read_cell(root: Path, selection_path: Path, run_paths: list[Path],
     # recorded in selection.json's sweep_fields): those options are not part of the identity.
     own = [name for name in ("policy_options", "peft_options") if name in selection.sweep_fields]
 
-    def cell_key(run: dict) -> tuple:
-        return aggregate_cell_key({k: v for k, v in run.items() if k not in own})
+    def cell_key(run: RunResults) -> tuple:
+        return aggregate_cell_key(dataclasses.replace(run.spec, **{name: {} for name in own}))
 
     keys = {cell_key(run) for run in everything}
-    tables = {(str(run["model"]), str(run.get("dataset", "")), run["task"]) for run in everything}
+    tables = {_table_key(run) for run in everything}
     if len(keys) > 1 or len(tables) > 1:
         odd = next(r for r in everything if cell_key(r) != cell_key(everything[0])
-                   or r["model"] != everything[0]["model"]
-                   or r.get("dataset") != everything[0].get("dataset"))
-        raise ReportError(f"{odd['_path']}: not the same method, model or dataset as "
-                          f"{everything[0]['_path']}; one cell folder holds one method")
-    runs.sort(key=lambda run: str(run["seed"]))
+                   or r.model != everything[0].model or r.dataset != everything[0].dataset)
+        raise ReportError(f"{odd.path}: not the same method, model or dataset as "
+                          f"{everything[0].path}; one cell folder holds one method")
+    runs.sort(key=lambda run: str(run.seed))
     name = selection_path.parent.relative_to(root).as_posix()
     if name == ".":
         name = selection.name
-    return Cell(name, method_label(runs[0]), TASKS[runs[0]["task"]], selection, runs)
+    return Cell(name, method_label(runs[0]), TASKS[runs[0].task], selection, runs)
+
+
+def _table_key(run: RunResults) -> tuple[str, str, str]:
+    """(model, dataset, task): the table a run belongs to (no dataset recorded: "")."""
+    return str(run.model), str(run.dataset if run.dataset is not None else ""), run.task
 
 
 def load_results(*roots: Path) -> Results:
@@ -220,8 +234,7 @@ def build_tables(cells: list[Cell]) -> list[Table]:
     """Group cells by (model, dataset, task); full fine-tuning first, then by trainable share."""
     grouped: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
-        run = cell.first
-        grouped[(str(run["model"]), str(run.get("dataset", "")), run["task"])].append(cell)
+        grouped[_table_key(cell.first)].append(cell)
     tables = []
     for (model, dataset, task), members in sorted(grouped.items()):
         labels = defaultdict(list)
@@ -248,10 +261,10 @@ def same_data(cells: list[Cell]) -> dict | None:
     unrecorded = []
     for cell in cells:
         for run in cell.runs:
-            if not isinstance(run.get("data"), dict):
+            if not isinstance(run.data, dict):
                 unrecorded.append(cell.name)
                 continue
-            seen.setdefault(json.dumps(run["data"], sort_keys=True), (cell.name, run["data"]))
+            seen.setdefault(json.dumps(run.data, sort_keys=True), (cell.name, run.data))
     if not seen:
         return None
     if unrecorded:

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from recipes.report.longer import budget_mismatch
-from recipes.report.reading import read_json
+from recipes.report.reading import read_json, read_run_file
 from recipes.report.stats import paired_difference
 
 IGNORED = frozenset({"output_dir", "eval_strategy", "eval_steps", "overwrite_output_dir"})
@@ -46,24 +46,25 @@ def _one_cell(folder: Path, spec: dict) -> list[str]:
              f"base runs: `{base_folder}`; no evaluation inside training).", ""]
     rows, ours, theirs, refused = [], {}, {}, []
     for path in sorted(folder.glob("*/results.json")):
-        run = read_json(path)
+        run = read_run_file(path)
         base_path = base_folder / path.parent.name / "results.json"
         if not base_path.is_file():
             refused.append(f"`{path.parent.name}`: no base run at {base_path}")
             continue
-        base = read_json(base_path)
+        base = read_run_file(base_path)
         different = budget_mismatch(run, base, IGNORED | set(flags))
         different += [f"no test_accuracy in {name}" for name, r in (("the variant", run),
-                      ("the base run", base)) if "test_accuracy" not in r]
+                      ("the base run", base)) if "test_accuracy" not in r.metrics]
         if different:
             refused.append(f"`{path.parent.name}`: also differs in {', '.join(different)}")
             continue
-        seed = run.get("seed")
-        ours[seed], theirs[seed] = 100 * run["test_accuracy"], 100 * base["test_accuracy"]
+        seed = run.seed
+        ours[seed] = 100 * run.metrics["test_accuracy"]
+        theirs[seed] = 100 * base.metrics["test_accuracy"]
         rows.append(f"| {seed} | {theirs[seed]:.2f} | {ours[seed]:.2f} | "
-                    f"{ours[seed] - theirs[seed]:+.2f} | {_mib(base.get('parameter_bytes'))} | "
-                    f"{_mib(run.get('parameter_bytes'))} | {_mib(base.get('peak_memory_bytes'))} | "
-                    f"{_mib(run.get('peak_memory_bytes'))} |")
+                    f"{ours[seed] - theirs[seed]:+.2f} | {_mib(base.parameter_bytes)} | "
+                    f"{_mib(run.parameter_bytes)} | {_mib(base.peak_memory_bytes)} | "
+                    f"{_mib(run.peak_memory_bytes)} |")
     if rows:
         lines += ["| seed | base test accuracy (%) | variant (%) | difference (points) | "
                   "base parameters MiB | variant parameters MiB | base peak memory MiB | "
