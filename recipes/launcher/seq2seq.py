@@ -31,8 +31,8 @@ from transformers import Seq2SeqTrainer
 from recipes.data.files import leave_out_rows, load_external, select_columns, set_left_out
 from recipes.data.sources import check_length, load_chatterbot_conversations
 from recipes.data.splits import SplitSizes
-from recipes.launcher.outputs import RunTrainer
 from recipes.launcher.model_tasks import check_model_task
+from recipes.launcher.outputs import RunTrainer
 
 
 class RunSeq2SeqTrainer(RunTrainer, Seq2SeqTrainer):
