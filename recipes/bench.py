@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("steps", "freeze_modes", "cache", "padding", "precision", "ddp")
+BENCHMARKS = ("steps", "freeze_modes", "cache", "padding", "precision", "ddp", "adaptive")
 MODULES = {"steps": "step_costs"}
 
 
