@@ -69,7 +69,7 @@ def test_both_arms_run_alternating_and_the_json_holds_the_pairs(tmp_path, tiny_b
     assert diff["per_seed"] == pytest.approx([100 * (a - f) for f, a in pairs])
     assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
     assert saved["arms"][1]["fields"]["policy_options"] == {"every": 1, "percentile": 100}
-    assert {"versions", "hardware", "python", "command"} <= set(saved)
+    assert {"versions", "hardware", "python", "command"} <= set(saved) and saved["complete"]
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -25,7 +25,8 @@ rotates from seed to seed so that drift in the machine's speed spreads over the 
 - per run: the frozen depth over the steps (``auto_freeze_depth`` decisions), the prefix
   cache's counters, and the load average before and after, since the machine may be shared.
 
-The JSON (written atomically, with the command, hardware and versions) goes to
+The JSON (written atomically after every run, ``"complete": true`` once every seed ran, with
+the command, hardware and versions) goes to
 ``results/local/bench_adaptive.json`` by default, outside the tracked tree; the runs' folders to
 ``--work`` (``results/local/bench_adaptive_runs``), each keeping its ``results.json``.
 ``--set FIELD=VALUE`` adds a run flag to every arm (``--set max_train_samples=64``), for quick
@@ -233,20 +234,26 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(int(threads))
     work = Path(args.work)
-    runs = []
+    runs: list[dict] = []
+
+    def write(complete: bool) -> dict:
+        payload = {
+            "benchmark": "adaptive",
+            "profile": args.profile,
+            "arms": arms,
+            "seeds": args.seeds,
+            "complete": complete,  # False while (or if interrupted while) seeds remain
+            "runs": runs,
+            "summary": summarize(runs, arms),
+        }
+        return write_result(args.out, payload, "recipes/bench.py adaptive", argv, started)
+
     for index, seed in enumerate(args.seeds):
         for position, arm in enumerate(rotated(arms, index)):
             print(f"== bench adaptive: {arm['label']} seed {seed}", flush=True)
             runs.append({**run_once(arm, seed, work), "position_in_round": position})
-    payload = {
-        "benchmark": "adaptive",
-        "profile": args.profile,
-        "arms": arms,
-        "seeds": args.seeds,
-        "runs": runs,
-        "summary": summarize(runs, arms),
-    }
-    written = write_result(args.out, payload, "recipes/bench.py adaptive", argv, started)
+            write(complete=False)  # what is measured survives an interruption
+    written = write(complete=True)
     print(json.dumps(written["summary"], indent=2), flush=True)
     return written
 
