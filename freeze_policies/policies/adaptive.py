@@ -62,8 +62,12 @@ Freezing is bottom-up only, so the frozen prefix stays contiguous and the frozen
 a model with several stacks in one line. Decisions are taken on the main process and broadcast,
 so every DDP rank freezes the same blocks at the same step; each decision is appended to
 ``state.log_history`` (``auto_freeze_depth``, ``auto_freeze_rates``) and kept in
-``AutoFreezeController.decisions``. The controller's window sums go into the checkpoint, so a
-resumed run takes the same decisions as an uninterrupted one.
+``AutoFreezeController.decisions``. The controller's window (the gradient sums, or
+``param_change``'s sampled weights and pretrained norms) goes into the checkpoint, so a resumed
+run takes the same decisions as an uninterrupted one.
+
+Under ``param_change`` the decisions do not need the gradients of every block at every step,
+only the weights at window ends: the cost is ``PARAM_SAMPLE`` entries per tensor per window.
 """
 
 from __future__ import annotations
