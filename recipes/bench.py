@@ -20,7 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `recipes` and `freeze_policies` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("steps", "freeze_modes", "cache", "padding", "precision", "ddp", "fsdp2_memory")
+BENCHMARKS = ("steps", "freeze_modes", "cache", "padding", "precision", "ddp", "fsdp2_memory",
+              "adaptive")
 MODULES = {"steps": "step_costs"}
 
 

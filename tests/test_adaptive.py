@@ -199,7 +199,9 @@ def test_the_prefix_cache_deepens_with_each_freeze_and_replays_later(tmp_path):
     trainer.train()
     cache = trainer.prefix_cache
     assert cache.depth == 2  # two blocks frozen (steps 4 and 6), one still training
-    assert cache.stats["rebuilds"] == 1  # built at depth 1, rebuilt at depth 2
+    assert cache.stats["rebuilds"] == 1  # one depth change: 1 -> 2
+    # epoch 4 built depth 2 from depth 1's states (block 1 only), not from the embeddings
+    assert cache.stats["rows_deepened"] == 16 and cache.stats["rows_filled"] == 32
     assert cache.stats["hits"] == 4  # epochs 5 and 6 replayed the deeper prefix
     assert trainer.frozen_audit.passed
 

@@ -5,7 +5,9 @@
 the frozen prefix grows. Its stage is the frozen depth ``d``: the embeddings and blocks
 ``0..d-1`` are frozen, blocks ``d..L-1``, the shared parameters and the head train.
 
-The criterion, evaluated every ``every`` optimizer steps (one *window*):
+Two criteria, chosen with ``criterion=`` and evaluated every ``every`` optimizer steps (one
+*window*). The default, ``"grad_norm_rate"``, is AutoFreeze's (Liu et al. 2021, "AutoFreeze:
+Automatically Freezing Model Blocks to Accelerate Fine-tuning"):
 
 1. **Measured.** After each backward (in ``on_pre_optimizer_step``, so after gradient
    accumulation and, under DDP, after the all-reduce), the L2 norm of each trainable block's
@@ -20,6 +22,30 @@ The criterion, evaluated every ``every`` optimizer steps (one *window*):
    blocks' rates (and at or below ``max_change``, when given). Then the next block up is judged
    the same way, at most ``max_per_decision`` blocks per window. Never above the floor: at least
    ``min_trainable_blocks`` blocks keep training; the head never freezes.
+
+``criterion="param_change"`` asks how far a block's weights still move, relative to where they
+started: the layer-wise *relative weight change* of Agrawal et al. 2021 ("Investigating
+Learning in Deep Neural Networks using Layer-Wise Weight Change"), measured per window against
+the block's pretrained size:
+
+1. **Measured.** At the end of each window (after its last optimizer step), block ``i``'s
+   displacement over the window, ``D_i(w) = ||theta_i(end of w) - theta_i(end of w-1)||``
+   (all of the block's parameters together; window 0 starts at the first step, so the first
+   decision comes at the end of the *first* window).
+2. **Relative.** ``u_i(w) = D_i(w) / ||theta_i(start of training)||``: the window's update
+   as a share of the block's pretrained weights.
+3. **Decision.** The lowest trainable block freezes when ``u_i(w) <= threshold``
+   (default 0.002); then the next block up is judged the same way, at most
+   ``max_per_decision`` per window, never above the floor. ``percentile`` and ``max_change``
+   belong to the gradient criterion and are refused with this one.
+
+The displacement is estimated, not computed in full: each parameter tensor contributes
+``PARAM_SAMPLE`` entries at fixed pseudo-random positions (seeded by the parameter's name), and
+``D_i^2`` is the sum over the block's tensors of ``numel / PARAM_SAMPLE`` times the sampled
+squared change. The samples are what the checkpoint keeps (a few thousand floats per block), so
+a resumed run measures exactly what the uninterrupted one did; the pretrained norms are exact.
+The size of an update depends on the learning rate and on ``every``: ``threshold`` is tied to
+them, as the rank-based gradient criterion is not.
 
 **Several stacks** (encoder and decoder, vision tower and language model): ``stack=`` names the
 stack the controller measures and freezes, as for the other block policies, and a model with
@@ -37,12 +63,17 @@ Freezing is bottom-up only, so the frozen prefix stays contiguous and the frozen
 a model with several stacks in one line. Decisions are taken on the main process and broadcast,
 so every DDP rank freezes the same blocks at the same step; each decision is appended to
 ``state.log_history`` (``auto_freeze_depth``, ``auto_freeze_rates``) and kept in
-``AutoFreezeController.decisions``. The controller's window sums go into the checkpoint, so a
-resumed run takes the same decisions as an uninterrupted one.
+``AutoFreezeController.decisions``. The controller's window (the gradient sums, or
+``param_change``'s sampled weights and pretrained norms) goes into the checkpoint, so a resumed
+run takes the same decisions as an uninterrupted one.
+
+Under ``param_change`` the decisions do not need the gradients of every block at every step,
+only the weights at window ends: the cost is ``PARAM_SAMPLE`` entries per tensor per window.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +83,11 @@ from freeze_policies.errors import FreezePolicyError
 from freeze_policies.policies.base import ScheduledPolicy, blocks_and_shared
 from freeze_policies.policies.registry import register_policy
 from freeze_policies.structure.discover import Anatomy
+
+CRITERIA = ("grad_norm_rate", "param_change")
+DEFAULT_THRESHOLD = 0.002
+PARAM_SAMPLE = 256  # entries per parameter tensor that param_change's estimate follows
+
 
 
 @register_policy("auto_freeze")
@@ -63,7 +99,9 @@ class AutoFreeze(ScheduledPolicy):
     stage 0 trains everything. Options: ``every`` (window length in optimizer steps, default
     20), ``percentile`` (0-100, default 50), ``max_change`` (absolute cap on the change rate,
     default None), ``max_per_decision`` (default 1), ``min_trainable_blocks`` (the floor,
-    default 1), ``initial_depth`` (frozen depth at the start, default 0).
+    default 1), ``initial_depth`` (frozen depth at the start, default 0), ``criterion``
+    (``"grad_norm_rate"``, default, or ``"param_change"``) and ``threshold`` (the largest
+    relative update per window at which ``param_change`` calls a block done, default 0.002).
     With several stacks of blocks (encoder and decoder, vision tower and language model),
     ``stack=`` names the one it measures and freezes: its embeddings and blocks ``0..d-1`` are
     frozen at stage ``d``, everything outside the stack trains (as under ``bottom_n``); the
@@ -78,6 +116,8 @@ class AutoFreeze(ScheduledPolicy):
     min_trainable_blocks: int = 1
     initial_depth: int = 0
     stack: str | None = None
+    criterion: str = "grad_norm_rate"
+    threshold: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,6 +138,27 @@ class AutoFreeze(ScheduledPolicy):
             raise FreezePolicyError(
                 f"auto_freeze: max_change={self.max_change!r} must be a number >= 0 or None"
             )
+        if self.criterion not in CRITERIA:
+            raise FreezePolicyError(
+                f"auto_freeze: criterion={self.criterion!r} is not one of {', '.join(CRITERIA)}"
+            )
+        if self.threshold is not None and (
+            isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
+            or self.threshold < 0
+        ):
+            raise FreezePolicyError(
+                f"auto_freeze: threshold={self.threshold!r} must be a number >= 0 or None"
+            )
+        if self.criterion == "grad_norm_rate" and self.threshold is not None:
+            raise FreezePolicyError(
+                f"auto_freeze: threshold={self.threshold!r} belongs to criterion='param_change'; "
+                "criterion='grad_norm_rate' ranks by percentile (and caps with max_change)"
+            )
+        if self.criterion == "param_change" and self.max_change is not None:
+            raise FreezePolicyError(
+                f"auto_freeze: max_change={self.max_change!r} belongs to "
+                "criterion='grad_norm_rate'; criterion='param_change' uses threshold"
+            )
         for option, low in (("max_per_decision", 1), ("min_trainable_blocks", 1),
                             ("initial_depth", 0)):
             value = getattr(self, option)
@@ -105,6 +166,11 @@ class AutoFreeze(ScheduledPolicy):
                 raise FreezePolicyError(
                     f"auto_freeze: {option}={value!r} must be an integer >= {low}"
                 )
+
+    @property
+    def done_below(self) -> float:
+        """``param_change``'s threshold (its default when not given)."""
+        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
 
     @property
     def adaptive(self) -> bool:
@@ -169,24 +235,28 @@ def decide(policy: AutoFreeze, depth: int, max_depth: int, rates: dict[int, floa
     block (``rates``: block index -> rate). A pure function: the criterion in one place."""
     if not rates or depth >= max_depth:
         return depth
-    cut = percentile(list(rates.values()), policy.percentile)
+    if policy.criterion == "param_change":
+        cut = policy.done_below
+    else:
+        cut = percentile(list(rates.values()), policy.percentile)
+        if policy.max_change is not None:
+            cut = min(cut, policy.max_change)
     new = depth
     while new < max_depth and new - depth < policy.max_per_decision:
         rate = rates.get(new)
         if rate is None or rate > cut:
-            break
-        if policy.max_change is not None and rate > policy.max_change:
             break
         new += 1
     return new
 
 
 class AutoFreezeController:
-    """Accumulates per-block gradient norms and takes ``auto_freeze``'s decisions.
+    """Measures the blocks and takes ``auto_freeze``'s decisions, for either criterion.
 
-    ``observe(model)`` after each backward (before the optimizer step); ``end_of_step(step)``
-    after the step: at the end of a window it returns the new depth (or None when nothing
-    changed). ``state()`` / ``load_state()`` carry the window sums through a checkpoint.
+    ``observe(model)`` after each backward (before the optimizer step); ``end_of_step(step,
+    model)`` after the step: at the end of a window it returns the new depth (or None when
+    nothing changed). ``state()`` / ``load_state()`` carry the window through a checkpoint
+    (plain JSON values: the gradient sums, or ``param_change``'s sampled weights).
     ``anat`` is the whole model's anatomy; the blocks measured are those of the policy's stack
     (``self.anat``, the single-stack view), indexed from that stack's bottom.
     """
@@ -203,11 +273,26 @@ class AutoFreezeController:
         self.window_steps = 0
         self.previous: list[float] | None = None
         self.decisions: list[dict] = []
+        # param_change: each block's pretrained norm, and its sampled weights at the window start
+        self.norms: list[float] | None = None
+        self.reference: dict[int, list[list[float]]] | None = None
+        self._positions: dict[str, torch.Tensor] = {}
 
     # -- measuring ---------------------------------------------------------------------------
     def observe(self, model: nn.Module) -> None:
-        """Add each trainable block's gradient norm at this step to the window sums."""
+        """Gradient criterion: add each trainable block's gradient norm at this step to the
+        window sums. ``param_change``: at the first step, note the pretrained norms and where
+        the first window starts."""
         params = dict(model.named_parameters())
+        if self.policy.criterion == "param_change":
+            if self.reference is None:
+                self.norms = [
+                    float(sum(params[n].detach().float().pow(2).sum() for n in names)) ** 0.5
+                    for names in self.anat.blocks
+                ]
+                self.reference = self._sample(params)
+            self.window_steps += 1
+            return
         for index in range(self.depth, self.anat.depth):
             squares = 0.0
             for name in self.anat.blocks[index]:
@@ -217,23 +302,66 @@ class AutoFreezeController:
             self.window_sums[index] += squares**0.5
         self.window_steps += 1
 
-    def end_of_step(self, global_step: int) -> int | None:
-        """Close the window after every ``every`` steps; the new depth if it changed."""
+    def _sample(self, params: dict) -> dict[int, list[list[float]]]:
+        """The sampled entries of every trainable block's parameters, as plain floats."""
+        return {
+            index: [self._entries(name, params[name]).tolist() for name in self.anat.blocks[index]]
+            for index in range(self.depth, self.anat.depth)
+        }
+
+    def _entries(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        if name not in self._positions:
+            generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            count = param.numel()
+            self._positions[name] = (
+                torch.arange(count) if count <= PARAM_SAMPLE
+                else torch.randint(0, count, (PARAM_SAMPLE,), generator=generator)
+            )
+        flat = param.detach().reshape(-1)
+        return flat[self._positions[name].to(flat.device)].float().cpu()
+
+    def relative_updates(self, model: nn.Module) -> dict[int, float]:
+        """``param_change``: each trainable block's estimated displacement since the window
+        started, over its pretrained norm (see the module docstring)."""
+        params = dict(model.named_parameters())
+        rates = {}
+        for index in range(self.depth, self.anat.depth):
+            squares = 0.0
+            for name, before in zip(self.anat.blocks[index], self.reference[index]):
+                now = self._entries(name, params[name])
+                change = float((now - torch.tensor(before)).pow(2).sum())
+                squares += change * params[name].numel() / now.numel()
+            if self.norms[index] > 0:
+                rates[index] = squares**0.5 / self.norms[index]
+        return rates
+
+    def end_of_step(self, global_step: int, model: nn.Module | None = None) -> int | None:
+        """Close the window after every ``every`` steps; the new depth if it changed.
+        ``model`` (the one observed) is needed by ``param_change``, which measures weights."""
         if self.window_steps < self.policy.every:
             return None
-        means = [total / self.window_steps for total in self.window_sums]
         rates = None
         new_depth = self.depth
-        if self.previous is not None:
-            rates = {
-                i: abs(means[i] - self.previous[i]) / self.previous[i]
-                for i in range(self.depth, self.anat.depth)
-                if self.previous[i] > 0
-            }
+        if self.policy.criterion == "param_change":
+            if model is None:
+                raise FreezePolicyError(
+                    "auto_freeze: criterion='param_change' measures the weights; pass the model "
+                    "to AutoFreezeController.end_of_step"
+                )
+            rates = self.relative_updates(model)
+        else:
+            means = [total / self.window_steps for total in self.window_sums]
+            if self.previous is not None:
+                rates = {
+                    i: abs(means[i] - self.previous[i]) / self.previous[i]
+                    for i in range(self.depth, self.anat.depth)
+                    if self.previous[i] > 0
+                }
+            self.previous = means
+            self.window_sums = [0.0] * self.anat.depth
+        if rates is not None:
             new_depth = _broadcast(decide(self.policy, self.depth, self.policy.max_depth(self.anat),
                                           rates))
-        self.previous = means
-        self.window_sums = [0.0] * self.anat.depth
         self.window_steps = 0
         if rates is None:
             return None
@@ -245,17 +373,25 @@ class AutoFreezeController:
         self.decisions.append(record)
         changed = new_depth != self.depth
         self.depth = new_depth
+        if self.policy.criterion == "param_change":  # the next window starts here
+            self.reference = self._sample(dict(model.named_parameters()))
         return new_depth if changed else None
 
     # -- checkpointing -----------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        saved = {
             "depth": self.depth,
             "window_sums": list(self.window_sums),
             "window_steps": self.window_steps,
             "previous": None if self.previous is None else list(self.previous),
             "decisions": list(self.decisions),
         }
+        if self.policy.criterion == "param_change":
+            saved["norms"] = None if self.norms is None else list(self.norms)
+            saved["reference"] = None if self.reference is None else {
+                str(index): rows for index, rows in self.reference.items()
+            }
+        return saved
 
     def load_state(self, saved: dict) -> None:
         self.depth = int(saved["depth"])
@@ -263,6 +399,12 @@ class AutoFreezeController:
         self.window_steps = int(saved["window_steps"])
         self.previous = None if saved["previous"] is None else [float(x) for x in saved["previous"]]
         self.decisions = list(saved.get("decisions", []))
+        if self.policy.criterion == "param_change":
+            norms, reference = saved.get("norms"), saved.get("reference")
+            self.norms = None if norms is None else [float(x) for x in norms]
+            self.reference = None if reference is None else {
+                int(index): rows for index, rows in reference.items()
+            }
 
 
 def _squared_norm(grad: torch.Tensor) -> float:

@@ -256,7 +256,7 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         if self.controller is None:
             return
         decisions = len(self.controller.decisions)
-        self.controller.end_of_step(state.global_step)
+        self.controller.end_of_step(state.global_step, model)
         if len(self.controller.decisions) > decisions:  # the new depth applies from the next step
             state.log_history.append(dict(self.controller.decisions[-1]))
 

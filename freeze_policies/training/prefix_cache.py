@@ -7,24 +7,42 @@ and, on later steps, skips the prefix:
 - **Keyed by content.** An example's key is the bytes of its unpadded ``input_ids`` (and
   ``token_type_ids``); the same tokens always give the same prefix output, so duplicates share an
   entry and no index column has to travel through the data pipeline.
-- **Record, then replay.** A batch with any example not yet cached runs the whole model normally
-  while a forward hook on block ``N-1`` records each example's output (padding stripped). A batch
-  whose examples are all cached runs the model's own forward with blocks ``0..N-1`` replaced by
-  the identity and block ``N-1``'s output replaced by the cached states, re-padded to the batch;
-  embeddings still run (a lookup, cheap) so masks and positions come from the model as usual.
-  Values at padded positions are zeros: attention masks them out as keys, and heads read only
-  real positions, so the loss is unchanged.
+- **Fill, then replay.** Every training step replays: the model's own forward runs with blocks
+  ``0..N-1`` replaced by the identity and block ``N-1``'s output replaced by the cached states,
+  re-padded to the batch; embeddings still run (a lookup, cheap) so masks and positions come
+  from the model as usual. Values at padded positions are zeros: attention masks them out as
+  keys, and heads read only real positions, so the loss is unchanged. The examples of the batch
+  not cached yet are *filled* first: the prefix runs on those rows only (a sub-batch, no
+  gradient), a forward hook on block ``N-1`` stores each row's output (padding stripped) and
+  stops the forward there. So a batch that mixes cached and new examples computes the prefix
+  for the new ones only, and a policy that freezes in the middle of an epoch replays what it
+  froze from the next step on, in every later epoch, whatever the batches' composition.
+- **Deepening without starting over.** The cache keeps one level per frozen depth. When the
+  depth grows from ``d`` to ``d' > d`` (an adaptive policy freezes more blocks), the level-``d``
+  states are the inputs of block ``d``: an example cached at level ``d`` is filled at level
+  ``d'`` by injecting its level-``d`` states and running blocks ``d..d'-1`` only (then its
+  level-``d`` entry is dropped). An example cached nowhere runs the whole prefix. When the depth
+  shrinks (a schedule opens a block of the prefix), the levels deeper than the new depth are
+  dropped: they went through blocks that train now.
 - **Eval-mode prefix.** The prefix must be deterministic, so while the cache is on every module
   that runs before block ``N`` (embedding dropout included, found on the first step) is put in
   eval mode at each step. This is the documented behaviour of ``cache_frozen_prefix``: dropout is
-  off in the frozen prefix, on in the trained top.
+  off in the frozen prefix, on in the trained top. The uncached reference (``replay=False``,
+  ``frozen_prefix_eval``) does the same, so the two runs compute the same function.
+- **What stays exact.** States are stored in the dtype the block returned (float32, or bfloat16
+  under a bf16 model or autocast) and replayed in that dtype: nothing is rounded on the way. The
+  prefix draws no random numbers (eval mode), so the trained top's dropout masks are the same
+  as in the uncached run. What may differ in the last bits is the arithmetic itself: a row's
+  prefix is computed in a sub-batch (the new rows of its batch, at the batch's padded width),
+  and a kernel may sum in another order for another batch shape. On CPU, float32, one thread,
+  the tests find replayed runs bit-identical to uncached ones and deepened levels bit-identical
+  to levels recorded from scratch; elsewhere expect agreement to rounding.
 - **Where.** In memory by default; ``directory=`` spills to one append-only float file plus an
-  index, for corpora whose states do not fit in RAM. The file is removed when the run ends
+  index, for corpora whose states do not fit in RAM. The files are removed when the run ends
   (``release``: ``FreezeTrainer.train`` calls it on success, error or interrupt); files that a
   killed earlier run of the same output_dir left on this machine are removed when the next one
   starts; other files in the folder are never touched.
-- **Depth changes.** ``refresh()`` recomputes ``N`` from ``requires_grad``; when a schedule opens
-  a block of the prefix (gradual unfreezing), the cache is emptied and rebuilt at the new depth.
+- **Depth changes.** ``refresh()`` recomputes ``N`` from ``requires_grad`` (see deepening above).
   With no frozen block at the bottom (or trainable embeddings or shared parameters), caching has
   nothing to save and ``PrefixCache`` refuses.
 
@@ -88,6 +106,11 @@ class _MemoryStore:
     def get(self, key: bytes) -> torch.Tensor:
         return self.entries[key]
 
+    def discard(self, key: bytes) -> None:
+        states = self.entries.pop(key, None)
+        if states is not None:
+            self.nbytes -= states.numel() * states.element_size()
+
 
 class _DiskStore:
     """Append-only float file + in-memory index of (offset, shape); dtype kept per store."""
@@ -122,6 +145,10 @@ class _DiskStore:
         self.file.seek(offset)
         raw = bytearray(self.file.read(count))
         return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+
+    def discard(self, key: bytes) -> None:
+        """Forget an entry (its bytes stay in the file until the store closes)."""
+        self.index.pop(key, None)
 
     def close(self):
         self._finalizer()
@@ -218,9 +245,10 @@ class PrefixCache:
             remove_stale_files(directory, owner)
         self.modules = dict(model.named_modules())
         self.depth = 0
-        self.store = None
+        self.levels: dict[int, _MemoryStore | _DiskStore] = {}  # frozen depth -> its states
         self.prefix_modules: list[nn.Module] | None = None
-        self.stats = {"hits": 0, "records": 0, "rebuilds": 0, "record_seconds": 0.0}
+        self.stats = {"hits": 0, "records": 0, "rebuilds": 0, "record_seconds": 0.0,
+                      "rows_filled": 0, "rows_deepened": 0}
         if frozen_prefix_depth(model, anat) == 0 and not wait_for_prefix:
             raise FreezePolicyError(
                 f"cache_frozen_prefix needs frozen embeddings and at least one frozen block at the "
@@ -229,35 +257,49 @@ class PrefixCache:
             )
         self.refresh()
 
-    # -- depth -------------------------------------------------------------------------------
+    # -- depth ----------------------------------------------------------------------------
     def refresh(self) -> bool:
-        """Recompute the frozen depth; empty the cache if it changed. Returns True if changed.
+        """Recompute the frozen depth. Returns True if it changed.
 
-        When a schedule opens the whole prefix (gradual unfreezing's last stage), the cache
-        switches itself off: ``step`` then runs the model untouched.
+        Deeper: the levels kept so far stay (they are the inputs of the newly frozen blocks).
+        Shallower: the levels deeper than the new depth are dropped. When a schedule opens the
+        whole prefix (gradual unfreezing's last stage), the cache switches itself off: ``step``
+        then runs the model untouched. ``stats["rebuilds"]`` counts the depth changes.
         """
         depth = frozen_prefix_depth(self.model, self.anat)
         if depth == self.depth and (self.store is not None or depth == 0):
             return False
-        if self.store is not None:
+        if self.levels:
             self.stats["rebuilds"] += 1
-        self.close()
+        for level in [level for level in self.levels if level > depth]:
+            self._close_level(level)
         self._last_nbytes = 0
         self.depth = depth
-        if depth:
-            self.store = (_DiskStore(self.directory, self.owner) if self.directory
-                          else _MemoryStore())
+        if depth and depth not in self.levels:
+            self.levels[depth] = (_DiskStore(self.directory, self.owner) if self.directory
+                                  else _MemoryStore())
         self.prefix_modules = None
         return True
 
     @property
+    def store(self):
+        """The level of the current depth (None when the cache is off)."""
+        return self.levels.get(self.depth) if self.depth else None
+
+    @property
     def nbytes(self) -> int:
-        return self.store.nbytes if self.store is not None else self._last_nbytes
+        if not self.levels:  # released at the end of a run: what it held then
+            return self._last_nbytes
+        return sum(store.nbytes for store in self.levels.values())
 
     def close(self) -> None:
-        if isinstance(self.store, _DiskStore):
-            self.store.close()
-        self.store = None
+        for level in list(self.levels):
+            self._close_level(level)
+
+    def _close_level(self, level: int) -> None:
+        store = self.levels.pop(level)
+        if isinstance(store, _DiskStore):
+            store.close()
 
     def release(self) -> None:
         """Drop the cached states and remove the cache file (the end of a run: success, error or
@@ -269,37 +311,31 @@ class PrefixCache:
     # -- one training or evaluation step -----------------------------------------------------
     @contextmanager
     def step(self, inputs: dict) -> Iterator[str]:
-        """Run the model's forward inside this context; yields "replay", "record" or "off"."""
+        """Run the model's forward inside this context; yields "replay" (every example was
+        cached), "record" (some were filled first, then the batch replayed; with
+        ``replay=False``: the prefix ran inside the forward) or "off"."""
         if self.depth == 0:
             yield "off"
             return
         keys, positions = self._keys(inputs)
-        cached = self.replay and all(key in self.store for key in keys)
-        mode = "replay" if cached else "record"
         handles, patched = [], []
-        last = self.modules[self.anat.block_modules[self.depth - 1]]
         if self.prefix_modules is None:
-            handles.extend(self._learn_prefix_modules(last))
+            handles.extend(self._learn_prefix_modules(
+                self.modules[self.anat.block_modules[self.depth - 1]]))
         for module in self.prefix_modules or ():
             module.eval()
-        if mode == "replay":
-            states = self._batch_states(keys, positions, inputs["input_ids"])
-            for name in self.anat.block_modules[: self.depth]:
-                block = self.modules[name]
-                block.forward = _identity
-                patched.append(block)
-            handles.append(last.register_forward_hook(lambda *_: states))
-            self.stats["hits"] += 1
-        else:
-            started = time.perf_counter()
-
-            def record(_module, _args, output):
-                hidden = output[0] if isinstance(output, tuple) else output
-                self._record(keys, positions, hidden)
-
-            handles.append(last.register_forward_hook(record))
-            self.stats["records"] += 1
+        mode, started = "record", time.perf_counter()
         try:
+            if self.replay:
+                store = self.levels[self.depth]
+                missing = [row for row, key in enumerate(keys) if key not in store]
+                if missing:
+                    self._fill(inputs, keys, positions, missing)
+                else:
+                    mode = "replay"
+                states = self._batch_states(keys, positions, inputs["input_ids"], self.depth)
+                handles.append(self._inject(states, self.depth, patched))
+            self.stats["hits" if mode == "replay" else "records"] += 1
             yield mode
         finally:
             for handle in handles:
@@ -308,6 +344,68 @@ class PrefixCache:
                 del block.forward
             if mode == "record":
                 self.stats["record_seconds"] += time.perf_counter() - started
+
+    def _inject(self, states: torch.Tensor, level: int, patched: list) -> object:
+        """Skip blocks ``0..level-1`` and hand ``states`` on as block ``level-1``'s output."""
+        for name in self.anat.block_modules[:level]:
+            block = self.modules[name]
+            block.forward = _identity
+            patched.append(block)
+        return self.modules[self.anat.block_modules[level - 1]].register_forward_hook(
+            lambda *_: states)
+
+    def _fill(self, inputs: dict, keys: list, positions: list, rows: list[int]) -> None:
+        """Store the current level's states of ``rows``: each from the deepest shallower level
+        that has it (deepening), else from the embeddings; the prefix runs on those rows only."""
+        store = self.levels[self.depth]
+        groups: dict[int, list[int]] = {}
+        seen: set[bytes] = set()
+        for row in rows:
+            if keys[row] in seen:  # a duplicate example: filled once
+                continue
+            seen.add(keys[row])
+            level = max((lvl for lvl in self.levels if lvl < self.depth and keys[row] in
+                         self.levels[lvl]), default=0)
+            groups.setdefault(level, []).append(row)
+        batch = inputs["input_ids"].shape[0]
+        last = self.modules[self.anat.block_modules[self.depth - 1]]
+        for level, members in sorted(groups.items()):
+            index = torch.tensor(members, device=inputs["input_ids"].device)
+            sub = {name: value.index_select(0, index) for name, value in inputs.items()
+                   if name != "labels" and torch.is_tensor(value) and value.dim() > 0
+                   and value.shape[0] == batch}
+            sub_keys = [keys[row] for row in members]
+            sub_positions = [positions[row] for row in members]
+            handles, patched = [], []
+            if level:
+                states = self._batch_states(sub_keys, sub_positions, sub["input_ids"], level)
+                handles.append(self._inject(states, level, patched))
+
+            def record(_module, _args, output, sub_keys=sub_keys, sub_positions=sub_positions):
+                hidden = output[0] if isinstance(output, tuple) else output
+                for row, key in enumerate(sub_keys):
+                    if key not in store:
+                        store.put(key, hidden[row][sub_positions[row]].detach().cpu().clone())
+                raise _PrefixDone
+
+            handles.append(last.register_forward_hook(record))
+            try:
+                with torch.no_grad():
+                    self.model(**sub)
+            except _PrefixDone:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+                for block in patched:
+                    del block.forward
+            self.stats["rows_filled"] += len(members)
+            if level:  # the deeper entry replaces the shallower one
+                self.stats["rows_deepened"] += len(members)
+                for key in sub_keys:
+                    self.levels[level].discard(key)
+                if not len(self.levels[level]):
+                    self._close_level(level)
 
     def _keys(self, inputs: dict) -> tuple[list[bytes], list[torch.Tensor]]:
         mask = inputs.get("attention_mask")
@@ -321,13 +419,8 @@ class PrefixCache:
             positions.append(keep)
         return keys, positions
 
-    def _record(self, keys, positions, hidden: torch.Tensor) -> None:
-        for row, key in enumerate(keys):
-            if self.replay and key not in self.store:
-                self.store.put(key, hidden[row][positions[row]].detach().cpu().clone())
-
-    def _batch_states(self, keys, positions, ids: torch.Tensor) -> torch.Tensor:
-        rows = [self.store.get(key) for key in keys]
+    def _batch_states(self, keys, positions, ids: torch.Tensor, level: int) -> torch.Tensor:
+        rows = [self.levels[level].get(key) for key in keys]
         batch = torch.zeros((ids.shape[0], ids.shape[1], rows[0].shape[-1]), dtype=rows[0].dtype)
         for row, states in enumerate(rows):
             batch[row][positions[row].cpu()] = states
@@ -359,3 +452,8 @@ class PrefixCache:
 
 def _identity(hidden_states, *args, **kwargs):
     return hidden_states
+
+
+class _PrefixDone(Exception):
+    """Raised by the fill's hook on the last frozen block: the rest of the forward is not
+    needed."""
