@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # `make run`: the default config on a subsample that finishes in a few minutes on 2 CPU cores;
-# `make run RUN_FLAGS=` trains on the whole corpus.
+# `make run RUN_FLAGS=` trains on the whole corpus. Its output folder, RUN_DIR, is its own: each
+# `make run` replaces the previous one's run there (--overwrite_output_dir true), and the config's
+# own output_dir is left to the launcher commands of the README. -q: a bad value is the one
+# `error:` line, without accelerate's traceback of the failed process.
 RUN_FLAGS ?= --max_train_samples 6000 --max_eval_samples 1000
+RUN_DIR ?= outputs/make-run/tweets/minilm/bottom_n
 run: setup
-	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/cpu.yaml \
-		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml $(RUN_FLAGS)
+	$(PY) -m accelerate.commands.launch -q --config_file configs/accelerate/cpu.yaml \
+		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml \
+		--output_dir $(RUN_DIR) --overwrite_output_dir true $(RUN_FLAGS)
 
 # `make preview MODEL=dir TASK=causal_lm POLICY=bottom_n OPTIONS='{"n": 4}'`: anatomy, what the
 # policy trains and its cost preview (every policy when POLICY is empty); nothing is trained.
