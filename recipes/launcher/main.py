@@ -34,7 +34,7 @@ import torch
 
 from recipes.launcher.build import prepare
 from recipes.launcher.common import ConfigError, environment, exit_on_user_error, write_json_atomic
-from recipes.launcher.outputs import RunOutputs, total_params
+from recipes.launcher.outputs import RunOutputs, run_record, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
 from recipes.launcher.run_dir import OutputError, check_output_options, open_run_dir
@@ -145,6 +145,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         "saved": outputs.saved if outputs is not None else None,
         **environment(),
     }
+    results.update(run_record(trainer))  # schedule_events, world_size, accelerate (outputs.py)
     if outputs is not None:
         outputs.results = results
         if trainer.is_world_process_zero():
