@@ -149,3 +149,56 @@ def test_the_card_names_the_bundled_model_by_its_alias(tmp_path):
     assert card.startswith('---\nbase_model: "minilm"\n')
     metadata = card.split("---")[1]
     assert "/" not in metadata.split("base_model:")[1].splitlines()[0]
+
+
+# -- flags over a config of another method -------------------------------------------------------
+
+BOTTOM_N = "configs/tweets/minilm/bottom_n.yaml"
+LORA = "configs/tweets/minilm/lora.yaml"
+
+
+@pytest.mark.parametrize("flags,expected,notice", [
+    (["--config", BOTTOM_N, "--policy", "lisa"], ("freeze", "lisa", {}, None, {}),
+     f"notice: --policy lisa on the command line replaces {BOTTOM_N}'s choice; its "
+     "policy_options: {n: 4} no longer apply and are dropped"),
+    (["--config", BOTTOM_N, "--policy", "lisa", "--policy_options", "{k: 1}"],
+     ("freeze", "lisa", {"k": 1}, None, {}), None),
+    (["--config", BOTTOM_N, "--policy", "bottom_n"], ("freeze", "bottom_n", {"n": 4}, None, {}),
+     None),
+    (["--config", LORA, "--budget_step_ratio", "0.5"], ("freeze", None, {}, None, {}),
+     f"notice: --budget_step_ratio 0.5 on the command line replaces {LORA}'s choice; its "
+     "peft_method: lora, peft_options: {lora_alpha: 16, r: 8, target_modules: [query, value]} "
+     "no longer apply and are dropped"),
+    (["--config", BOTTOM_N, "--peft_method", "ia3"], ("peft", None, {}, "ia3", {}),
+     f"notice: --peft_method ia3 on the command line replaces {BOTTOM_N}'s choice; its policy: "
+     "bottom_n, policy_options: {n: 4} no longer apply and are dropped"),
+])
+def test_a_method_flag_drops_the_configs_other_choice_with_a_notice(tmp_path, capsys, flags,
+                                                                    expected, notice):
+    from recipes.launcher.parsing import parse_args
+
+    method = parse_args([*flags, "--output_dir", str(tmp_path / "out")])[2]
+    assert (method.method, method.policy, method.policy_options, method.peft_method,
+            method.peft_options) == expected
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("notice:")] == ([notice] if notice else [])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--budget_memory_gb", "1", "--peft_method", "lora"],
+     "--budget_memory_gb 1 picks bottom_n by budget and --peft_method lora trains a PEFT "
+     "method: give one of them"),
+    (["--config", LORA, "--budget_step_ratio=0.5", "--peft_method", "lora"],
+     "--budget_step_ratio 0.5 picks bottom_n by budget and --peft_method lora trains a PEFT "
+     "method: give one of them"),
+    (["--config", LORA, "--policy", "lisa", "--peft_method", "lora"],
+     "--policy lisa names a freeze policy and --peft_method lora trains a PEFT method: give one "
+     "of them"),
+])
+def test_two_method_flags_are_one_line_naming_what_was_typed(tmp_path, flags, message):
+    from recipes.launcher.common import ConfigError
+    from recipes.launcher.parsing import parse_args
+
+    with pytest.raises(ConfigError) as raised:
+        parse_args([*flags, "--output_dir", str(tmp_path / "out")])
+    assert str(raised.value) == message and "method='freeze'" not in str(raised.value)
