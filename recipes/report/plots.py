@@ -28,9 +28,24 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "freeze-policies"  # SVG ids from the content only
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# No version, date or tool in the files: the same inputs give the same bytes (a rerun of
+# `make report` leaves the committed plots untouched).
+STABLE_METADATA = {
+    ".png": {"Software": None},
+    ".svg": {"Creator": None, "Date": None},
+    ".pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+}
+
+
+def save_figure(fig, path, suffix: str, **kwargs) -> None:
+    """``fig.savefig`` with the metadata of ``suffix``'s format left out (``STABLE_METADATA``)."""
+    fig.savefig(path, metadata=STABLE_METADATA.get(suffix, {}), **kwargs)
 
 
 def _scale(table: Table) -> tuple[float, str]:
