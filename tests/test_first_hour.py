@@ -47,6 +47,11 @@ def test_make_run_twice_replaces_its_own_run(tmp_path, tiny_bert):
         results = json.loads((run_dir / "results.json").read_text())
         stamps.append((run_dir / "results.json").stat().st_mtime_ns)
         assert results["policy_options"] == {"n": 2} and results["max_steps"] == 1
+        assert results["world_size"] == 1
+        launch = results["accelerate"]
+        assert launch["launcher"] == "accelerate launch"
+        assert launch["config_file"] == str(ROOT / "configs/accelerate/cpu.yaml")
+        assert launch["config"]["num_processes"] == 1 and launch["config"]["use_cpu"] is True
     assert stamps[1] > stamps[0]
     assert "overwrite_output_dir: removed the earlier run's results.json" in done.stderr
     shown = subprocess.run(["make", "-n", "-o", STAMP, "run"], cwd=ROOT, env=ENV,

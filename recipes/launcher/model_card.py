@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from freeze_policies.examples import EXAMPLE_MODELS
 from recipes.launcher.run_dir import CARD_MARKER
 
 # The class that loads a saved run of each launcher task.
@@ -20,10 +21,8 @@ def named_base(outputs) -> bool:
     ``base_model`` is then that name, as the user typed it); a local folder is never put there:
     the Hub reads ``base_model`` as a model id, and a path names a folder on one machine only
     (the table below the metadata shows it)."""
-    from recipes.launcher.models import EMBEDDED_MODELS
-
     name = outputs.base_model
-    return name in EMBEDDED_MODELS or not (
+    return name in EXAMPLE_MODELS or not (
         name.startswith((".", "/", "~")) or outputs.base_path == name and Path(name).exists()
     )
 
