@@ -77,7 +77,9 @@ def describe(entry: dict) -> str:
         return f"{head} froze {froze} (depth {entry['auto_freeze_depth']}; {share})"
     what = f"{head} stage {entry['freeze_stage']}"
     if "trains" in entry:
-        return f"{what} trains {', '.join(entry['trains']) or 'nothing'} ({share})"
+        trains = ("every group" if entry["trainable_share"] == 1.0
+                  else ", ".join(entry["trains"]) or "nothing")
+        return f"{what} trains {trains} ({share})"
     parts = [f"{verb} {', '.join(entry[key])}" for verb, key in
              (("opens", "opened"), ("closes", "closed")) if entry[key]]
     return f"{what} {' and '.join(parts) or 'changes nothing'} ({share})"
