@@ -121,19 +121,21 @@ def test_auto_freeze_prints_every_decision_and_records_it(tmp_path, tiny_bert, c
     lines = schedule_lines(capsys.readouterr().out)
     events = results["schedule_events"]
     decisions = [e for e in results["log_history"] if "auto_freeze_depth" in e]
-    assert [e for e in events if e["schedule_event"] == "auto_freeze"] == decisions
+    announced = [e for e in events if e["schedule_event"] == "auto_freeze"]
+    assert [(e["step"], e["depth"], e["rates"]) for e in announced] == [
+        (d["step"], d["auto_freeze_depth"], d["auto_freeze_rates"]) for d in decisions]
     assert events[0]["schedule_event"] == "stage" and events[0]["trainable_share"] == 1.0
     assert len(decisions) >= 2 and len(lines) == len(events) == len(decisions) + 1
     depth = 0
     for event, line in zip(events[1:], lines[1:]):
-        froze = [f"block.{i}" for i in range(depth, event["auto_freeze_depth"])]
+        froze = [f"block.{i}" for i in range(depth, event["depth"])]
         assert event["froze"] == froze
         assert line.startswith(f"[freeze schedule] step {event['step']}: auto_freeze froze "
                                f"{', '.join(froze) or 'nothing'} "
-                               f"(depth {event['auto_freeze_depth']}; ")
+                               f"(depth {event['depth']}; ")
         share = float(re.search(r"; ([0-9.]+)% of parameters train\)$", line).group(1))
         assert share == pytest.approx(100 * event["trainable_share"], abs=0.006)
-        depth = event["auto_freeze_depth"]
+        depth = event["depth"]
     assert depth >= 1  # something froze, and the share fell with it
     assert events[-1]["trainable_share"] < 1.0
 

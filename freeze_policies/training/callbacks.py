@@ -237,10 +237,11 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         decisions = len(self.controller.decisions)
         self.controller.end_of_step(state.global_step)
         if len(self.controller.decisions) > decisions:  # the new depth applies from the next step
-            record = self.controller.decisions[-1]  # one console line each (schedule_events)
+            record = self.controller.decisions[-1]
+            state.log_history.append(dict(record))
             entry = decision_entry(self.policy, self.anat, model, record, self.stage or 0,
                                    self.trainable_at(record["auto_freeze_depth"]))
-            state.log_history.append(entry)
+            state.log_history.append(entry)  # and one console line (schedule_events)
             announce(state, entry)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):

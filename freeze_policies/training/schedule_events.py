@@ -2,13 +2,15 @@
 
 ``FreezeScheduleCallback`` calls these for a scheduled policy (``gradual_unfreeze``, ``lisa``,
 ``auto_freeze``, ...): at the start of training and at every stage change (``stage_entry``), and
-at every ``auto_freeze`` decision, also one that keeps the depth (``decision_entry``). Each entry
-is the ``log_history`` entry the callback has always written (``freeze_stage`` /
-``auto_freeze_depth``, ``step``) with the keys a reader needs added:
+at every ``auto_freeze`` decision, also one that keeps the depth (``decision_entry``). A stage's
+entry is the ``log_history`` entry the callback has always written (``freeze_stage``, ``step``)
+with the keys a reader needs added; a decision's is a new entry after the controller's own
+record (``auto_freeze_depth``, ``auto_freeze_rates``), which stays as it was:
 
 - ``schedule_event``: ``"stage"`` or ``"auto_freeze"``, on the entries that were announced;
 - ``trains`` (the first stage), ``opened`` / ``closed`` (a later stage) or ``froze`` (a
-  decision): anatomy groups (``embeddings``, ``block.3``, ``head``, ...) in forward order;
+  decision, with its ``depth`` and ``rates``): anatomy groups (``embeddings``, ``block.3``,
+  ``head``, ...) in forward order;
 - ``trainable_share``: the fraction of the model's parameters that train from then on.
 
 ``announce`` prints the entry's line on the main process (``tqdm.write``, so a progress bar stays
@@ -57,14 +59,15 @@ def stage_entry(policy, anat, model, stage: int, step: int, previous: frozenset[
 
 def decision_entry(policy, anat, model, record: dict, old_depth: int,
                    names: frozenset[str]) -> dict:
-    """The ``log_history`` entry of an ``auto_freeze`` decision (``record``: the controller's,
-    with ``step``, ``auto_freeze_depth`` and ``auto_freeze_rates``); ``names``: what trains at
-    the decided depth."""
+    """The announced entry of an ``auto_freeze`` decision, written to ``log_history`` after the
+    controller's own record (``record``: ``step``, ``auto_freeze_depth``,
+    ``auto_freeze_rates``): ``depth``, the blocks it ``froze`` (block indices within the
+    measured stack), the ``rates`` and ``trainable_share``; ``names``: what trains at the
+    decided depth."""
     depth = int(record["auto_freeze_depth"])
-    froze = [f"block.{i}" for i in range(old_depth, depth)]
-    if depth > old_depth and not froze:
-        froze = [f"depth {depth}"]
-    return {**record, EVENT_KEY: "auto_freeze", "policy": policy.name, "froze": froze,
+    return {"step": record["step"], EVENT_KEY: "auto_freeze", "policy": policy.name,
+            "depth": depth, "froze": [f"block.{i}" for i in range(old_depth, depth)],
+            "rates": dict(record.get("auto_freeze_rates") or {}),
             "trainable_share": _share(model, names)}
 
 
@@ -74,7 +77,7 @@ def describe(entry: dict) -> str:
     head = f"[freeze schedule] step {entry['step']}: {entry['policy']}"
     if entry[EVENT_KEY] == "auto_freeze":
         froze = ", ".join(entry["froze"]) or "nothing"
-        return f"{head} froze {froze} (depth {entry['auto_freeze_depth']}; {share})"
+        return f"{head} froze {froze} (depth {entry['depth']}; {share})"
     what = f"{head} stage {entry['freeze_stage']}"
     if "trains" in entry:
         trains = ("every group" if entry["trainable_share"] == 1.0
