@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # `make run`: the default config on a subsample that finishes in a few minutes on 2 CPU cores;
-# `make run RUN_FLAGS=` trains on the whole corpus.
+# `make run RUN_FLAGS=` trains on the whole corpus. Its output folder, RUN_DIR, is its own: each
+# `make run` replaces the previous one's run there (--overwrite_output_dir true), and the config's
+# own output_dir is left to the launcher commands of the README. -q: a bad value is the one
+# `error:` line, without accelerate's traceback of the failed process.
 RUN_FLAGS ?= --max_train_samples 6000 --max_eval_samples 1000
+RUN_DIR ?= outputs/make-run/tweets/minilm/bottom_n
 run: setup
-	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/cpu.yaml \
-		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml $(RUN_FLAGS)
+	$(PY) -m accelerate.commands.launch -q --config_file configs/accelerate/cpu.yaml \
+		recipes/run.py --config configs/tweets/minilm/bottom_n.yaml \
+		--output_dir $(RUN_DIR) --overwrite_output_dir true $(RUN_FLAGS)
 
 # `make preview MODEL=dir TASK=causal_lm POLICY=bottom_n OPTIONS='{"n": 4}'`: anatomy, what the
 # policy trains and its cost preview (every policy when POLICY is empty); nothing is trained.
@@ -60,9 +65,20 @@ clean:
 # recipes/sweep.py reuses every run whose results.json records the same arguments and reruns the
 # ones whose arguments changed, so `make compare` after an interruption or an edit redoes only
 # what is missing or stale. PROFILE=gpu: 5 seeds, for a CUDA machine.
+#
+# Where the experiment targets write: results/local/ (ignored by git: your runs, benchmarks and
+# report), so `make compare`, `make report` and `make bench` never change the committed results.
+# UPDATE=1 writes the committed ones instead (results/: runs, bench*.json, REPORT.md and plots),
+# to publish a new evidence base. `make report` reads your runs and benchmarks where you have
+# made them (results/local/...) and the committed ones otherwise.
 PROFILE ?= default
-RUNS := results/runs/$(PROFILE)
+UPDATE ?=
+COMMITTED := results
+OUT := $(if $(filter 1 yes true,$(UPDATE)),$(COMMITTED),results/local)
+RUNS := $(OUT)/runs/$(PROFILE)
 PROFILE_FILE := configs/experiments/$(PROFILE).yaml
+# a folder of runs: yours (under OUT) if you made it, else the committed one
+runs_in = $(or $(wildcard $(OUT)/runs/$(1)),$(wildcard $(COMMITTED)/runs/$(1)))
 
 COMPARE_JOBS ?= 2
 cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's torch_threads)
@@ -70,28 +86,34 @@ cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's 
 		xargs -P $(COMPARE_JOBS) -I{} $(PY) recipes/sweep.py $(PROFILE_FILE) --cell {} --out $(RUNS)
 
 compare: setup      ## every cell of the profile, then the report (see docs/comparison.md)
-	$(MAKE) cells report PROFILE=$(PROFILE)
+	$(MAKE) cells report PROFILE=$(PROFILE) UPDATE=$(UPDATE)
 
 # One CPU report for the default profile and SmolLM2's (whichever of the two exist); another
-# profile (gpu) gets its own folder: results/<profile>/REPORT.md, with its own bench.json.
+# profile (gpu) gets its own folder: <OUT>/<profile>/REPORT.md, with its own bench.json.
 ifneq ($(filter $(PROFILE),default smollm2),)
-REPORT_RUNS ?= $(or $(wildcard results/runs/default results/runs/smollm2),$(RUNS))
-REPORT_DIR ?= results
+REPORT_RUNS ?= $(or $(call runs_in,default) $(call runs_in,smollm2),$(RUNS))
+REPORT_DIR ?= $(OUT)
+BENCH_DIRS := $(OUT) $(COMMITTED)
 else
-REPORT_RUNS ?= $(RUNS)
-REPORT_DIR ?= results/$(PROFILE)
+REPORT_RUNS ?= $(or $(call runs_in,$(PROFILE)),$(RUNS))
+REPORT_DIR ?= $(OUT)/$(PROFILE)
+BENCH_DIRS := $(OUT)/$(PROFILE) $(COMMITTED)/$(PROFILE)
 endif
-LONGER := results/runs/longer
-report: setup
+REPORT_BENCH = $(firstword $(wildcard $(addsuffix /bench.json,$(BENCH_DIRS))))
+LONGER = $(OUT)/runs/longer
+LONGER_IN = $(call runs_in,longer)
+BF16_FROZEN = $(OUT)/runs/bf16_frozen
+BF16_FROZEN_IN = $(call runs_in,bf16_frozen)
+report: setup       ## the report and its plots: results/local/REPORT.md (UPDATE=1: results/)
 	$(PY) recipes/compare.py --results $(REPORT_RUNS) --out $(REPORT_DIR)/REPORT.md \
-		$(if $(wildcard $(REPORT_DIR)/bench.json),--bench $(REPORT_DIR)/bench.json) \
-		$(if $(and $(filter default,$(PROFILE)),$(wildcard $(LONGER))),--longer $(LONGER)) \
-		$(if $(and $(filter default,$(PROFILE)),$(wildcard $(BF16_FROZEN))),--variants $(BF16_FROZEN))
+		$(if $(REPORT_BENCH),--bench $(REPORT_BENCH)) \
+		$(if $(and $(filter default,$(PROFILE)),$(LONGER_IN)),--longer $(LONGER_IN)) \
+		$(if $(and $(filter default,$(PROFILE)),$(BF16_FROZEN_IN)),--variants $(BF16_FROZEN_IN))
 
 # Full fine-tuning at twice the default profile's epochs (seed 0, its chosen rate, validation
 # every 24 steps): where its curve levels off. About 20 minutes of one core.
-LONGER_LR = $(shell $(PY) -c "import json; print(json.load(open('results/runs/default/tweets/minilm/full/selection.json'))['chosen_lr'])")
-longer: setup       ## full fine-tuning of the default profile at 6 epochs: results/runs/longer
+LONGER_LR = $(shell $(PY) -c "import json; print(json.load(open('$(call runs_in,default)/tweets/minilm/full/selection.json'))['chosen_lr'])")
+longer: setup       ## full fine-tuning of the default profile at 6 epochs: <OUT>/runs/longer
 	OMP_NUM_THREADS=1 $(PY) recipes/run.py --config configs/tweets/minilm/full.yaml --num_train_epochs 6 \
 		--per_device_train_batch_size 32 --per_device_eval_batch_size 128 --max_length 64 \
 		--max_train_samples 1500 --max_eval_samples 2000 --max_validation_samples 500 \
@@ -104,24 +126,23 @@ longer: setup       ## full fine-tuning of the default profile at 6 epochs: resu
 # with bf16 autocast and bfloat16 frozen weights, every seed at its chosen rate: the accuracy cost
 # of frozen_dtype, paired by seed in the report. On a CPU without AVX512-BF16 a bf16 matmul is
 # about 10x slower than a float32 one: about 1 hour of 2 cores here.
-BF16_FROZEN := results/runs/bf16_frozen
 BF16_FLAGS := --bf16 true --frozen_dtype bfloat16 $(if $(shell command -v nvidia-smi),,--use_cpu true)
-bf16-frozen: setup  ## bottom_n 4 of 6 with bfloat16 frozen weights: results/runs/bf16_frozen
-	$(PY) recipes/rerun.py results/runs/default tweets/minilm/bottom_n --out $(BF16_FROZEN) \
+bf16-frozen: setup  ## bottom_n 4 of 6 with bfloat16 frozen weights: <OUT>/runs/bf16_frozen
+	$(PY) recipes/rerun.py $(call runs_in,default) tweets/minilm/bottom_n --out $(BF16_FROZEN) \
 		--jobs $(COMPARE_JOBS) -- $(BF16_FLAGS)
 
 # The benchmarks are one command, recipes/bench.py NAME (recipes/benchmarks/: a module each, one
 # harness); the DDP one runs in two CPU processes (gloo).
-bench: setup        ## cost benchmarks on the default model: results/bench*.json
-	$(PY) recipes/bench.py steps --out results/bench.json
-	$(PY) recipes/bench.py freeze_modes --out results/bench_freeze_modes.json
-	$(PY) recipes/bench.py cache --out results/bench_cache.json
-	$(PY) recipes/bench.py padding --out results/bench_padding.json
+bench: setup        ## cost benchmarks on the default model: results/local/bench*.json (UPDATE=1: results/)
+	$(PY) recipes/bench.py steps --out $(OUT)/bench.json
+	$(PY) recipes/bench.py freeze_modes --out $(OUT)/bench_freeze_modes.json
+	$(PY) recipes/bench.py cache --out $(OUT)/bench_cache.json
+	$(PY) recipes/bench.py padding --out $(OUT)/bench_padding.json
 	$(PY) -m accelerate.commands.launch --config_file configs/accelerate/ddp_cpu.yaml \
-		recipes/bench.py ddp --steps-per-stage 6 --out results/bench_ddp.json
+		recipes/bench.py ddp --steps-per-stage 6 --out $(OUT)/bench_ddp.json
 
 bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 frozen weights' memory
-	$(PY) recipes/bench.py precision --out results/bench_precision.json
+	$(PY) recipes/bench.py precision --out $(OUT)/bench_precision.json
 
 # Full fine-tuning and auto_freeze (cached) end to end on the default profile's data, alternating
 # in one process, BENCH_SEEDS seeds, at the rates the profile chose: the wall-clock speedup with

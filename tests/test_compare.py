@@ -660,3 +660,66 @@ def test_short_runs_may_set_their_own_options_only_when_the_selection_records_th
     for short in shorts:  # the recorded options excuse policy_options, not the method
         spoil(short, policy="bottom_n")
     refuse(runs, "not the same method, model or dataset as")
+
+
+# -- what to use when, labels with options, cost bases ----------------------------------------
+
+
+def test_what_to_use_when_is_read_off_the_paired_intervals(comparison):
+    """lora: +6 points [+3.52, +8.48], Bonferroni still excludes zero; bottom_n (n=4): -1.33
+    [-6.50, +3.84], no measured loss, the cheapest priced step; auto_freeze: a loss."""
+    _, results = tables_by_model(comparison)
+    text = "\n".join(markdown.recommendations(results))
+    minilm = text.split("**minilm on tweets (classification)**")[1].split("**smollm2")[0]
+    assert ("- Scored above full fine-tuning on these seeds: lora (+6.00 points [+3.52, +8.48]). "
+            "Corrected for the 3 comparisons at once (Bonferroni), lora still differs.") in minilm
+    assert ("- To train fastest without a measured loss: bottom_n (n=4), priced at 0.33 x full "
+            "fine-tuning's step time (bench_cache), -1.33 points [-6.50, +3.84] on test "
+            "accuracy.") in minilm
+    assert "- Measured a loss against full fine-tuning at this budget: auto_freeze (every=10) " \
+        "(-11.00 points [-13.48, -8.52])." in minilm
+    assert "One task (minilm on tweets (classification), 1,500 training rows), 3 seeds" in minilm
+    report = markdown.report_markdown(results, "cmd", BENCH, [], [])
+    assert report.index("## What to use when") < report.index("How to read it:")
+
+
+def test_a_short_run_that_froze_nothing_is_explained():
+    """auto_freeze's short runs whose every decision kept depth 0 trained as full fine-tuning
+    did: the note says so, and that the scores are full fine-tuning's when they are."""
+    from types import SimpleNamespace
+
+    decisions = [{"step": s, "auto_freeze_depth": 0} for s in (20, 30, 40)]
+    short = {lr: {"max_steps": 40, "log_history": decisions} for lr in (1e-4, 3e-4)}
+    scores = {1e-4: 0.59, 3e-4: 0.69}
+    full = SimpleNamespace(is_full=True, label="full", selection=SimpleNamespace(
+        scores=scores, sweep_runs={lr: {"max_steps": 40} for lr in scores}))
+    auto = SimpleNamespace(is_full=False, label="auto_freeze (every=10)",
+                           selection=SimpleNamespace(scores=dict(scores), sweep_runs=short))
+    table = SimpleNamespace(full=full, cells=[full, auto])
+    notes = markdown.short_run_notes(table)
+    assert notes[2] == (
+        "- auto_freeze (every=10): its short runs (40 steps) froze nothing: every decision "
+        "(steps 20, 30, 40) kept depth 0 (the first decision needs two windows of `every` steps "
+        "to compare). Until it freezes, auto_freeze trains exactly what full fine-tuning trains, "
+        "so its validation scores equal full fine-tuning's at every rate and its chosen rate is "
+        "full fine-tuning's; only the full-length runs tell them apart.")
+    short[3e-4]["log_history"] = [*decisions, {"step": 50, "auto_freeze_depth": 1}]
+    assert markdown.short_run_notes(table) == []  # it froze: nothing to explain
+
+
+def test_plot_labels_carry_options_and_every_plot_says_its_cost_basis(comparison):
+    from recipes.report import plots
+
+    _, results = tables_by_model(comparison)
+    fig = plots.plot_pareto(results.tables)
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert "bottom_n n=4" in texts and "auto_freeze every=10" in texts
+    assert "bottom_n" not in texts
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all("\ncost basis: " in title for title in titles), titles
+    assert titles[0].endswith("cost basis: trainable parameters (not time)")
+    assert titles[1].endswith("cost basis: step time priced from the interleaved benchmark")
+    memory = plots.plot_memory(results.tables)
+    assert [t.get_text() for t in memory.axes[0].get_yticklabels()][:1] != ["bottom_n"]
+    assert all("cost basis: " in ax.get_title() for ax in memory.axes)
+    plots.pyplot().close("all")

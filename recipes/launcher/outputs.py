@@ -120,3 +120,76 @@ def _usual_mode(path: Path) -> None:
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
 
+
+
+# -- what results.json records besides the metrics ----------------------------------------------
+
+
+def run_record(trainer) -> dict:
+    """``results.json``'s keys about how the run went and where it ran:
+
+    - ``schedule_events``: every stage change and ``auto_freeze`` decision of a scheduled policy,
+      as printed on the console (``freeze_policies.training.schedule_events``): ``step``,
+      ``schedule_event`` ("stage" / "auto_freeze"), the groups it ``opened`` / ``closed`` /
+      ``froze`` (``trains`` at the start), ``trainable_share``; [] for a fixed policy.
+    - ``world_size``: the number of training processes.
+    - ``accelerate``: how the run was launched: ``launcher`` ("accelerate launch" or "python"),
+      the ``config_file`` given to ``accelerate launch`` (or its default config) and its
+      ``config`` (the YAML's mapping), ``distributed_type`` and ``mixed_precision`` as
+      Accelerate saw them.
+    """
+    from freeze_policies.training.schedule_events import schedule_events
+
+    return {
+        "schedule_events": schedule_events(trainer.state.log_history),
+        "world_size": trainer.args.world_size,
+        "accelerate": accelerate_record(trainer),
+    }
+
+
+def accelerate_record(trainer) -> dict:
+    """See ``run_record``."""
+    from recipes.launcher.common import under_accelerate_launch
+
+    state = trainer.accelerator.state
+    record = {
+        "launcher": "accelerate launch" if under_accelerate_launch() else "python",
+        "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+        "mixed_precision": str(state.mixed_precision),
+        "num_processes": state.num_processes,
+        "config_file": None,
+        "config": None,
+    }
+    if record["launcher"] == "accelerate launch":
+        path = launch_config_file()
+        if path is not None:
+            import yaml
+
+            record["config_file"] = str(path)
+            try:
+                record["config"] = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                record["config"] = None
+    return record
+
+
+def launch_config_file() -> Path | None:
+    """The config file ``accelerate launch`` ran with: ``--config_file`` in the launching
+    process's command line (the parent of every worker), else accelerate's default config when
+    it exists. None when neither is known."""
+    try:
+        import psutil
+
+        argv = psutil.Process(os.getppid()).cmdline()
+    except Exception:  # psutil missing or the parent gone: unknown, not an error
+        argv = []
+    for index, arg in enumerate(argv):
+        if arg == "--config_file" and index + 1 < len(argv):
+            return Path(argv[index + 1]).absolute()
+        if arg.startswith("--config_file="):
+            return Path(arg.split("=", 1)[1]).absolute()
+    try:
+        from accelerate.commands.config import default_config_file
+    except ImportError:
+        return None
+    return Path(default_config_file) if Path(default_config_file).is_file() else None

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -49,10 +50,15 @@ def parse_args(argv: list[str] | None = None):
     """
     parser = make_parser()
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
-    config_path = parser.parse_known_args(argv)[0].config
+    flags_given = parser.parse_known_args(argv)[0]
+    config_path = flags_given.config
     defaults = dict(RECIPE_DEFAULTS)
     if config_path:
-        defaults.update(_typed(parser, read_config(config_path, known), config_path))
+        loaded = read_config(config_path, known)
+        loaded = drop_overridden(loaded, flags_given, _flag_values(argv), config_path)
+        defaults.update(_typed(parser, loaded, config_path))
+    if not config_path:
+        check_method_choice({}, _flag_values(argv), "the config")
     parser.set_defaults(**defaults)
     rest = parser.parse_known_args(argv)[1]
     if rest:
@@ -81,6 +87,111 @@ def parse_args(argv: list[str] | None = None):
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return parsed
+
+
+# The keys that choose the method, by the method they choose.
+METHOD_KEYS = {
+    "freeze": ("policy", "policy_options", "budget_step_ratio", "budget_memory_gb"),
+    "peft": ("peft_method", "peft_options"),
+}
+
+
+def _flag_values(argv: list[str] | None) -> dict[str, str]:
+    """The fields given as flags on the command line (``--name value`` or ``--name=value``),
+    with the value as typed."""
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    values = {}
+    for index, token in enumerate(tokens):
+        if token.startswith("--"):
+            name, sep, value = token[2:].partition("=")
+            if not sep and index + 1 < len(tokens) and not tokens[index + 1].startswith("--"):
+                value = tokens[index + 1]
+            values[name] = value
+    return values
+
+
+def drop_overridden(loaded: dict, flags, given: dict[str, str], config_path: str) -> dict:
+    """The config's keys a method flag invalidates, dropped with a one-line notice.
+
+    A flag that chooses the method or the policy (``--policy``, ``--peft_method``,
+    ``--budget_step_ratio`` / ``--budget_memory_gb``, ``--method``) replaces the config's choice,
+    so the config's keys that belong to another choice would otherwise combine with it into
+    something nobody asked for (``--policy lisa`` over a bottom_n config keeping ``n``, a budget
+    over a LoRA config keeping ``peft_method``): those keys are dropped, and one ``notice:`` line
+    on stderr names them, unless they were given as flags too.
+    """
+    def value(name):
+        return getattr(flags, name, None)
+
+    wanted = None  # the method the flags choose
+    if "method" in given:
+        wanted = value("method")
+    elif given.keys() & {"policy", "budget_step_ratio", "budget_memory_gb"}:
+        wanted = "freeze"
+    elif "peft_method" in given:
+        wanted = "peft"
+    if wanted is None:
+        check_method_choice(loaded, given, config_path)
+        return loaded
+    drop = []
+    for method, keys in METHOD_KEYS.items():
+        if method != wanted:
+            drop += [key for key in keys if key in loaded and key not in given]
+    if wanted == "freeze" and given.keys() & {"budget_step_ratio", "budget_memory_gb"}:
+        drop += [key for key in ("policy", "policy_options") if key in loaded and key not in given]
+    if "policy" in given and "policy_options" in loaded and "policy_options" not in given \
+            and loaded.get("policy") != value("policy"):
+        drop.append("policy_options")  # options of the config's policy, not of the flag's
+    if "peft_method" in given and "peft_options" in loaded and "peft_options" not in given \
+            and loaded.get("peft_method") != value("peft_method"):
+        drop.append("peft_options")
+    if "method" in loaded and "method" not in given and loaded["method"] != wanted:
+        drop.append("method")
+    drop = list(dict.fromkeys(drop))
+    kept = {key: item for key, item in loaded.items() if key not in drop}
+    check_method_choice(kept, given, config_path)
+    if not drop:
+        return loaded
+    typed = ", ".join(f"--{name} {given[name]}" for name in
+                      ("method", "policy", "budget_step_ratio", "budget_memory_gb", "peft_method")
+                      if name in given)
+    dropped = ", ".join(f"{key}: {_yaml_value(loaded[key])}" for key in drop)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"notice: {typed} on the command line replaces {config_path}'s choice; its "
+              f"{dropped} no longer apply and are dropped", file=sys.stderr, flush=True)
+    return {key: item for key, item in loaded.items() if key not in drop}
+
+
+def check_method_choice(loaded: dict, given: dict[str, str], config_path: str) -> None:
+    """A freeze choice (a policy or a budget) and a PEFT method left together after
+    ``drop_overridden`` (both flags, or both in the config), with no ``method`` to say which:
+    a ``ConfigError`` naming each as the user wrote it (the arguments' own check would blame a
+    ``method='freeze'`` nobody wrote)."""
+    if "method" in given or "method" in loaded:
+        return  # the arguments' own checks name the method the user gave
+
+    def origin(key):
+        if key in given:
+            return f"--{key} {given[key]}"
+        return f"{key}: {_yaml_value(loaded[key])} in {config_path}"
+
+    def present(key):
+        return key in given or loaded.get(key) is not None
+
+    freeze = next((key for key in ("policy", "budget_step_ratio", "budget_memory_gb")
+                   if present(key)), None)
+    if freeze is not None and present("peft_method"):
+        what = "names a freeze policy" if freeze == "policy" else "picks bottom_n by budget"
+        raise ConfigError(
+            f"{origin(freeze)} {what} and {origin('peft_method')} trains a PEFT method: give "
+            "one of them"
+        )
+
+
+def _yaml_value(value) -> str:
+    """A config value as it would be written in the YAML (flow style, one line)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(
+        "\n...").removesuffix(" ...")
 
 
 def read_config(config_path: str, known: set[str]) -> dict:

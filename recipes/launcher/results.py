@@ -135,6 +135,10 @@ class RunResults:
     prefix_cache: dict | None = None
     frozen_audit: dict | None = None
     log_history: list = field(default_factory=list)
+    schedule_events: list = field(default_factory=list)  # stage changes, auto_freeze decisions
+    # how it was launched: processes, and the accelerate launcher and config file used
+    world_size: int | None = None
+    accelerate: dict | None = None
     # outputs and environment
     resumed_from: str | None = None
     saved: dict | None = None

@@ -8,6 +8,7 @@ input or a failed write leaves the previous report and plots as they were.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
@@ -18,7 +19,7 @@ from recipes.report.aggregate import ReportError
 from recipes.report.benches import SECTIONS
 from recipes.report.longer import longer_markdown
 from recipes.report.markdown import report_markdown
-from recipes.report.plots import make_plots, pyplot
+from recipes.report.plots import make_plots, pyplot, save_figure
 from recipes.report.pricing import price_table
 from recipes.report.reading import load_bench, load_results
 from recipes.report.variant import variant_markdown
@@ -64,7 +65,8 @@ def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | N
         staged: list[tuple[str, Path]] = []
         try:
             for name, fig in plots.items():
-                staged.append((_stage(out.parent, name, fig.savefig, dpi=120), out.parent / name))
+                save = functools.partial(save_figure, fig, suffix=Path(name).suffix, dpi=120)
+                staged.append((_stage(out.parent, name, save), out.parent / name))
             staged.append((_stage(out.parent, out.name, _write_text(text)), out))
         except BaseException:
             for temporary, _ in staged:

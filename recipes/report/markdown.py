@@ -220,6 +220,122 @@ def findings(results: Results, bench: dict | None) -> list[str]:
     return out
 
 
+# -- what to use when -----------------------------------------------------------------------
+
+
+def _no_loss(diff, higher_is_better: bool) -> bool:
+    """The paired interval includes zero or lies on the better side: no loss was measured."""
+    return diff is not None and diff.low is not None and (
+        not diff.excludes_zero or (diff.mean > 0) == higher_is_better)
+
+
+def recommendations(results: Results) -> list[str]:
+    """"What to use when", read off the paired intervals of each table: what beat full
+    fine-tuning, the cheapest and the smallest method with no measured loss, what lost; with the
+    evidence's limits (one task per table, its seeds, its interval widths)."""
+    lines = ["## What to use when", ""]
+    for table in results.tables:
+        metrics = table.metrics
+        full = table.full
+        name = metrics.primary.removeprefix("test_")
+        scale, unit = (100, " points") if metrics.as_percent else (1, "")
+        if full is None:
+            lines += [f"**{table.title}**: no full fine-tuning cell, so no method is compared "
+                      "with it here.", ""]
+            continue
+        diffs = differences(table, metrics.primary)
+        compared = sum(1 for d in diffs.values() if d is not None and d.low is not None)
+        cells = [c for c in table.cells if not c.is_full]
+        fine = [c for c in cells if _no_loss(diffs.get(c.label), metrics.higher_is_better)]
+        better = [c for c in fine if diffs[c.label].excludes_zero]
+        worse = [c for c in cells if diffs.get(c.label) is not None and c not in fine
+                 and diffs[c.label].low is not None]
+        widths = sorted((d.high - d.low) * scale for d in diffs.values()
+                        if d is not None and d.low is not None)
+        seeds = sorted({len(c.runs) for c in table.cells})
+        steps = sorted({run["max_steps"] for c in table.cells for run in c.runs})
+        rows = (table.data or {}).get("train", {}).get("rows")
+
+        def ci(cell, diffs=diffs, scale=scale, unit=unit):
+            d = diffs[cell.label]
+            return (f"{d.mean * scale:+.2f}{unit} [{d.low * scale:+.2f}, "
+                    f"{d.high * scale:+.2f}]")
+
+        items = []
+        if better:
+            wide = {c.label: bonferroni(diffs[c.label], compared) for c in better}
+            held = [c for c in better if wide[c.label].low > 0 or wide[c.label].high < 0]
+            items.append(
+                "Scored above full fine-tuning on these seeds: "
+                + "; ".join(f"{c.label} ({ci(c)})" for c in better) + ". "
+                + f"Corrected for the {compared} comparisons at once (Bonferroni), "
+                + (f"{_names(held)} still {'differs' if len(held) == 1 else 'differ'}"
+                   if held else "none still differs")
+                + ("." if len(held) == len(better) else
+                   f": read {'them' if not held else 'the others'} as no worse than full "
+                   "fine-tuning, not as better."))
+        priced = [c for c in fine if c.priced_ratio is not None]
+        if priced:
+            cheap = min(priced, key=lambda c: c.priced_ratio)
+            items.append(
+                f"To train fastest without a measured loss: {cheap.label}, priced at "
+                f"{cheap.priced_ratio:.2f} x full fine-tuning's step time "
+                f"({cheap.priced_source}), {ci(cheap)} on test {name}.")
+        if fine:
+            small = min(fine, key=lambda c: c.trainable_share)
+            items.append(
+                f"To store the least (an adapter or a freeze delta) without a measured loss: "
+                f"{small.label}, {100 * small.trainable_share:.3g}% of the parameters trained, "
+                f"{ci(small)}.")
+        if worse:
+            items.append("Measured a loss against full fine-tuning at this budget: "
+                         + "; ".join(f"{c.label} ({ci(c)})" for c in worse) + ".")
+        if not fine:
+            items.append("Every method compared lost against full fine-tuning here: use full "
+                         "fine-tuning.")
+        limits = (f"One task ({table.title}{f', {rows:,} training rows' if rows else ''}), "
+                  f"{'/'.join(map(str, seeds))} seeds, {'/'.join(map(str, steps))} steps: "
+                  "evidence for this setting, not a general ranking.")
+        if widths:
+            limits += (f" The paired 95% intervals are {widths[0]:.1f} to {widths[-1]:.1f}"
+                       f"{unit} wide (median {widths[len(widths) // 2]:.1f}), so \"no measured "
+                       "loss\" does not rule out a loss smaller than that.")
+        lines += [f"**{table.title}** (the reference, full fine-tuning: "
+                  f"{format_stat(full.test(metrics.primary), metrics.as_percent)} test {name}):",
+                  "", *[f"- {item}" for item in items], f"- {limits}", ""]
+    return lines
+
+
+def _names(cells: list[Cell]) -> str:
+    return ", ".join(cell.label for cell in cells)
+
+
+def short_run_notes(table: Table) -> list[str]:
+    """Short runs that trained exactly as full fine-tuning did: an adaptive policy that froze
+    nothing before the short run ended scores what full fine-tuning scores, rate by rate."""
+    full = table.full
+    notes = []
+    for cell in table.cells:
+        runs = list(cell.selection.sweep_runs.values())
+        if cell.is_full or not runs or not all(auto_freeze_decisions(run) for run in runs):
+            continue
+        if any(depth > 0 for run in runs for _, depth in auto_freeze_decisions(run)):
+            continue
+        steps = sorted({run["max_steps"] for run in runs})
+        decided = sorted({step for run in runs for step, _ in auto_freeze_decisions(run)})
+        same = full is not None and cell.selection.scores == full.selection.scores
+        notes.append(
+            f"{cell.label}: its short runs ({'/'.join(map(str, steps))} steps) froze nothing: "
+            f"every decision (steps {', '.join(map(str, decided))}) kept depth 0 (the first "
+            "decision needs two windows of `every` steps to compare). "
+            "Until it freezes, auto_freeze trains exactly what full fine-tuning trains, "
+            + ("so its validation scores equal full fine-tuning's at every rate and its chosen "
+               "rate is full fine-tuning's; only the full-length runs tell them apart."
+               if same else "so its short runs measure full fine-tuning's rate sensitivity."))
+    return ["Notes on the short runs:", "", *[f"- {note}" for note in notes], ""] if notes \
+        else []
+
+
 # -- the document ---------------------------------------------------------------------------
 
 CAPTIONS = {
@@ -249,6 +365,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
         f"Report: `{command}`, from {_profile_line(results)} under "
         f"{', '.join(f'`{root}`' for root in results.roots)} (written by `recipes/sweep.py`).",
         "",
+        *recommendations(results),
         "How to read it:",
         "",
         "- **Rates chosen on validation.** Every rate of a method's grid trained a short run "
@@ -293,6 +410,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
             render(COST_COLUMNS, table.cells, context), "",
             "### Learning rates", "",
             render(SELECTION_COLUMNS, table.cells, context), "",
+            *short_run_notes(table),
             "### Full fine-tuning's validation curve", "",
             *curve_markdown(table),
             *auto_freeze_markdown(table),

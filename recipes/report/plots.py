@@ -28,9 +28,34 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "freeze-policies"  # SVG ids from the content only
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# No version, date or tool in the files: the same inputs give the same bytes (a rerun of
+# `make report` leaves the committed plots untouched).
+STABLE_METADATA = {
+    ".png": {"Software": None},
+    ".svg": {"Creator": None, "Date": None},
+    ".pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+}
+
+
+def save_figure(fig, path, suffix: str, **kwargs) -> None:
+    """``fig.savefig`` with the metadata of ``suffix``'s format left out (``STABLE_METADATA``)."""
+    fig.savefig(path, metadata=STABLE_METADATA.get(suffix, {}), **kwargs)
+
+
+def plot_label(cell: Cell) -> str:
+    """A cell's name with its options, as in the tables (``bottom_n n=4``, not the folder
+    name ``bottom_n`` beside ``bottom_n_2``)."""
+    label = cell.label
+    if " (" in label and label.endswith(")"):
+        head, options = label[:-1].split(" (", 1)
+        label = f"{head} {options}"
+    return label
 
 
 def _scale(table: Table) -> tuple[float, str]:
@@ -111,15 +136,17 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsi
 # -- figures ----------------------------------------------------------------------------------
 
 
-def _cost_axes(table: Table) -> list[tuple[str, object, str, bool]]:
+def _cost_axes(table: Table) -> list[tuple[str, object, str, bool, str]]:
     sources = {cell.priced_source for cell in table.cells if cell.priced_ratio is not None}
     runs_only = sources == {"runs"}
     step_label = ("step time vs full fine-tuning (ratio, measured in the runs under load)"
                   if runs_only else "priced step time vs full fine-tuning (ratio, from the bench)")
+    step_basis = ("step time measured in the runs (under load)" if runs_only else
+                  "step time priced from the interleaved benchmark")
     return [
         ("share", lambda c: c.trainable_share, "trainable share of parameters (%, log scale)",
-         True),
-        ("step", lambda c: c.priced_ratio, step_label, False),
+         True, "trainable parameters (not time)"),
+        ("step", lambda c: c.priced_ratio, step_label, False, step_basis),
     ]
 
 
@@ -130,7 +157,7 @@ def plot_pareto(tables: list[Table]):
     for row, table in zip(axes, tables):
         scale, unit = _scale(table)
         primary = table.metrics.primary
-        for ax, (kind, cost, xlabel, log_x) in zip(row, _cost_axes(table)):
+        for ax, (kind, cost, xlabel, log_x, basis) in zip(row, _cost_axes(table)):
             cells = [cell for cell in table.cells if cost(cell) is not None]
             x_scale = 100.0 if kind == "share" else 1.0
             front = pareto_cells(table, cost)
@@ -153,12 +180,12 @@ def plot_pareto(tables: list[Table]):
             ax.plot([], [], "o", color=FULL_COLOR, label="full fine-tuning")
             ax.margins(x=0.12, y=0.12)
             ax.set(xlabel=xlabel, ylabel=f"{_metric_name(table, 'test')}{unit}, mean ± sd",
-                   title=f"{table.title}")
+                   title=f"{table.title}\ncost basis: {basis}")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4,
                       frameon=False)
             labels.append((ax, [(cost(c) * x_scale, c.test(primary).mean * scale) for c in cells],
-                           [c.short for c in cells]))
+                           [plot_label(c) for c in cells]))
     fig.tight_layout()  # first the layout, then the labels in the final axes
     fig.canvas.draw()
     for ax, points, texts in labels:
@@ -180,7 +207,7 @@ def _curve_cells(table: Table) -> list[Cell]:
     return [cell for cell in table.cells if cell.curve_run is not None]
 
 
-def _curve_figure(panels: list[Table], series, xlabel):
+def _curve_figure(panels: list[Table], series, xlabel, basis: str):
     """One panel per table, each cell's validation curve in it (full fine-tuning in its colour).
 
     ``series(table, cell, curve)`` gives the curve's x values, its legend label and any further
@@ -198,7 +225,7 @@ def _curve_figure(panels: list[Table], series, xlabel):
             ax.plot(xs, [value * scale for _, value in curve], marker="o", ms=3,
                     color=FULL_COLOR if cell.is_full else f"C{index}", label=label, **style)
         ax.set(xlabel=xlabel(table), ylabel=f"{_metric_name(table, 'validation')}{unit}",
-               title=f"{table.title}: seed {_curve_seed(table)}")
+               title=f"{table.title}: seed {_curve_seed(table)}\ncost basis: {basis}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -209,14 +236,15 @@ def plot_time_to_accuracy(tables: list[Table]):
     def series(table, cell, curve):
         seconds = pricing.cumulative_seconds(table, cell, cell.curve_run,
                                              [step for step, _ in curve])
-        return seconds, f"{cell.short} (lr {cell.chosen_lr:g}; {cell.priced_source})", {}
+        return seconds, f"{plot_label(cell)} (lr {cell.chosen_lr:g}; {cell.priced_source})", {}
 
     def xlabel(table):
         return (f"cumulative training cost (s; priced: full fine-tuning's measured "
                 f"{pricing.seconds_per_full_step(table):.2f} s/step x step ratio)")
 
     panels = [t for t in _curve_tables(tables) if pricing.seconds_per_full_step(t)]
-    return _curve_figure(panels, series, xlabel)
+    return _curve_figure(panels, series, xlabel,
+                         "training seconds priced from the benchmark's step ratios")
 
 
 def _curve_seed(table: Table):
@@ -225,10 +253,11 @@ def _curve_seed(table: Table):
 
 def plot_validation_curves(tables: list[Table]):
     def series(table, cell, curve):
-        return ([step for step, _ in curve], f"{cell.short} (lr {cell.chosen_lr:g})",
+        return ([step for step, _ in curve], f"{plot_label(cell)} (lr {cell.chosen_lr:g})",
                 {"lw": 2.2 if cell.is_full else 1.2})
 
-    return _curve_figure(_curve_tables(tables), series, lambda table: "optimizer step")
+    return _curve_figure(_curve_tables(tables), series, lambda table: "optimizer step",
+                         "optimizer steps (not time)")
 
 
 def plot_memory(tables: list[Table]):
@@ -236,7 +265,7 @@ def plot_memory(tables: list[Table]):
     height = max(3.5, 0.45 * max(len(t.cells) for t in tables) + 2.0)
     fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), height), squeeze=False)
     for ax, table in zip(axes[0], tables):
-        labels = [cell.short for cell in table.cells]
+        labels = [plot_label(cell) for cell in table.cells]
         positions = list(range(len(labels)))
         peak = [(c.peak_memory or (0, ""))[0] / 2**30 for c in table.cells]
         state = [(c.optimizer_state_bytes or 0) / 2**30 for c in table.cells]
@@ -247,7 +276,8 @@ def plot_memory(tables: list[Table]):
         ax.barh([p + 0.2 for p in positions], state, height=0.4, label="optimizer state")
         ax.set_yticks(positions, labels)
         ax.invert_yaxis()
-        ax.set(xlabel="memory (GiB)", title=table.title)
+        ax.set(xlabel="memory (GiB)",
+               title=f"{table.title}\ncost basis: memory measured in the runs (peak; state)")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
                   frameon=False)
         ax.grid(True, axis="x", alpha=0.3)
