@@ -65,7 +65,7 @@ def loading_code(card: str) -> str:
 
 def evaluate_test_split(model, tokenizer, tiny_bert, tmp_path) -> dict:
     """The launcher's test split, tokenized and batched as the run did, on ``model``."""
-    from recipes.data.sources import sources as data
+    from recipes.data import sources as data
     from recipes.launcher.build import load_data
     from recipes.launcher.main import parse_args
     from recipes.launcher.metrics import make_compute_metrics

@@ -15,7 +15,7 @@ from recipes.launcher.peft_methods import build_peft_model
 
 def load_data(model_args, data_args):
     """(splits, label names) for classification; (splits, None) for causal_lm and seq2seq."""
-    from recipes.data.sources import sources as data
+    from recipes.data import sources as data
 
     common = dict(
         text_column=data_args.text_column,
@@ -42,7 +42,7 @@ def prepare(model_args, data_args, method_args, training_args):
     from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
     from freeze_policies import get_policy
-    from recipes.data.sources import sources as data
+    from recipes.data import sources as data
     from recipes.launcher import models
     from recipes.launcher.metrics import make_compute_metrics
     from recipes.launcher.outputs import RunTrainer
