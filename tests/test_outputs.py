@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -320,12 +318,9 @@ def test_push_to_hub_goes_through_trainer_push(tmp_path, tiny_bert, monkeypatch)
     assert "results.json" in uploads[0]["files"] and results["saved"]["kind"] == "delta"
 
 
-def test_script_resume_from_a_missing_path_is_one_line(tmp_path, tiny_bert):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"),
-                           *flags(tiny_bert, tmp_path / "out", "--resume_from_checkpoint",
-                                  str(tmp_path / "gone"))],
-                          capture_output=True, text=True, env=env, timeout=300)
+def test_script_resume_from_a_missing_path_is_one_line(tmp_path, tiny_bert, run_cli):
+    done = run_cli(*flags(tiny_bert, tmp_path / "out", "--resume_from_checkpoint",
+                          str(tmp_path / "gone")))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: resume_from_checkpoint='{tmp_path / 'gone'}' does not exist")

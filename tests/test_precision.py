@@ -496,13 +496,8 @@ def test_launcher_frozen_dtype_stores_frozen_weights_in_bf16(tmp_path, tiny_bert
     assert "--frozen_dtype bfloat16" in low["command"]
 
 
-def test_launcher_refuses_a_bad_frozen_dtype_in_one_line(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "run.py"), "--policy", "bottom_n",
-         "--frozen_dtype", "int8", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
-    )
+def test_launcher_refuses_a_bad_frozen_dtype_in_one_line(tmp_path, run_cli):
+    done = run_cli("--policy", "bottom_n", "--frozen_dtype", "int8", "--output_dir", tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: frozen_dtype='int8'")
 

@@ -140,11 +140,9 @@ def tiny_gpt2(tmp_path_factory):
     return str(folder)
 
 
-def test_a_decoder_only_model_is_refused_in_one_line_with_exit_status_2(tmp_path, tiny_gpt2):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"),
-                           *flags(tiny_gpt2, tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=300)
+def test_a_decoder_only_model_is_refused_in_one_line_with_exit_status_2(tmp_path, tiny_gpt2,
+                                                                        run_cli):
+    done = run_cli(*flags(tiny_gpt2, tmp_path / "out"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "error: task='seq2seq' needs an encoder-decoder text model (AutoModelForSeq2SeqLM: t5, "
