@@ -14,8 +14,8 @@ that meets every given target wins, so as little as possible is frozen:
   (``predict_cost``; uncached steps: ``cache_frozen_prefix`` only makes a step cheaper).
 - ``max_memory_bytes``: the accounted training memory, parameters + gradients + optimizer
   state (``predict_cost``'s exact counts, AdamW's 2 state tensors by default). Saved activations
-  are left out of the target (they depend on the batch, not on the depth alone); pass a
-  ``batch`` to ``measure_candidate`` to see them.
+  are left out of the target (they depend on the batch, not on the depth alone);
+  ``freeze_policies.costs.measure.saved_for_backward_bytes`` counts them on a real batch.
 
 ``calibrate`` (a batch of inputs, and ``calibration_steps``) measures the chosen candidate and
 full fine-tuning side by side on that batch (forward + backward, interleaved, median of the

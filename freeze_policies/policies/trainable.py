@@ -1,4 +1,5 @@
-"""The one place that sets ``requires_grad``; how a policy composes with a PEFT model, and the
+"""The one place that sets ``requires_grad`` for training (``costs.budget.measure_step_seconds``
+flips it only around a timed step and restores it); how a policy composes with a PEFT model, and the
 trainer's guard against one.
 
 A policy applied to a PEFT model (``Policy.apply``: a ``peft.PeftModel``, or a transformers model

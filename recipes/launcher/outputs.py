@@ -45,7 +45,8 @@ def trained_names(trainer) -> frozenset[str]:
 
 class RunTrainer(FreezeTrainer):
     """``FreezeTrainer`` whose final save and model card are the launcher's: ``push_to_hub``
-    (Trainer's own) then saves and uploads exactly what ``save_outputs`` writes."""
+    (Trainer's own) then saves and uploads exactly what ``RunOutputs.save_weights`` and
+    ``RunOutputs.write_card`` write."""
 
     run_outputs: RunOutputs | None = None
 

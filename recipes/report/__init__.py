@@ -2,7 +2,12 @@
 
 One job per module:
 
-- ``aggregate``: read and cross-check ``results.json`` / ``selection.json``; cells and tables.
+- ``reading``: load every run's ``results.json`` (through ``recipes.launcher.results``) and each
+  cell's ``selection.json``.
+- ``aggregate``: cross-check the runs; cells and tables.
+- ``columns``: the report's table columns, declared once.
+- ``longer``: the longer-run check (``make longer``) beside the profile's run.
+- ``variant``: a cell rerun with flags changed (``recipes/rerun.py``), paired by seed.
 - ``stats``: summaries, paired differences with t-intervals, Pareto fronts, plateaus.
 - ``pricing``: each step priced from measured step-time ratios (the cost axis).
 - ``markdown``: tables declared as columns once, findings generated from the numbers.
