@@ -288,7 +288,7 @@ def trace(
     model.eval()
     try:
         with torch.no_grad(), recorder:
-            outputs = model(**inputs)
+            outputs = _call(model, inputs)
     except Exception as error:  # any model the dummy input does not fit: registration order
         first_line = (str(error).strip().splitlines() or [""])[0][:120]
         return Trace(
@@ -322,6 +322,22 @@ def trace(
         True, "forward trace", recorder.first_use, start, end, recorder.fed,
         output_reads=reads if first is not None else None,
     )
+
+
+def _sentence_transformer(model: nn.Module) -> bool:
+    """sentence-transformers' ``SentenceTransformer``, duck-typed (the package is not imported):
+    its forward takes one features dict and returns it with ``sentence_embedding`` added."""
+    return callable(getattr(model, "tokenize", None)) and callable(getattr(model, "encode", None))
+
+
+def _call(model: nn.Module, inputs: dict[str, torch.Tensor]):
+    """The dummy forward. A ``SentenceTransformer`` gets its features dict (with an attention
+    mask, as its tokenizer makes one) and its output is the sentence embedding alone, so the
+    parameters its pooling never reads (a BERT pooler under mean pooling) are found unread."""
+    if _sentence_transformer(model) and "input_ids" in inputs:
+        features = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
+        return model(features)["sentence_embedding"]
+    return model(**inputs)
 
 
 def _first_output(outputs):
