@@ -34,8 +34,7 @@ def prepare(model_args, data_args, method_args, training_args):
 
     from freeze_policies import anatomy, get_policy
     from recipes.launcher import models
-    from recipes.launcher.model_tasks import check_model_task
-    from recipes.launcher.tasks import TASKS
+    from recipes.launcher.tasks import TASKS, check_model_task
 
     choice("task", model_args.task, TASKS)
     task = TASKS[model_args.task]

@@ -8,9 +8,11 @@
   the tokens it is asked to predict, and reports a perplexity that means nothing.
 - ``seq2seq``: an encoder-decoder with an ``AutoModelForSeq2SeqLM`` class (T5, BART, ...).
 
-``check_model_task`` refuses a model that cannot do the task in one line naming the model, its
-class and the tasks it can do; a model folder without a ``config.json`` (an empty folder, or a
-PEFT adapter folder) is refused in one line too.
+Each task's entry in ``recipes.launcher.tasks`` names its ``*_refusal`` function here (what the
+task needs and what the model is, or None when it can do the task);
+``recipes.launcher.tasks.check_model_task`` adds the tasks the model can do and raises. A model
+folder without a ``config.json`` (an empty folder, or a PEFT adapter folder) is refused in one
+line by ``read_model_config``.
 """
 
 from __future__ import annotations
@@ -34,26 +36,6 @@ def is_decoder(config) -> bool:
         return True  # a decoder config, or the decoder of an encoder-decoder (BartForCausalLM)
     # a type that is also a masked LM is an encoder whose causal-LM head needs is_decoder=True
     return config.model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def tasks_of(config) -> list[str]:
-    """The launcher's tasks a model of ``config`` can do."""
-    from transformers.models.auto import modeling_auto
-
-    tasks = []
-    if config.model_type in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        tasks.append("classification")
-    if is_decoder(config):
-        tasks.append("causal_lm")
-    if config.model_type in modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
-        tasks.append("seq2seq")
-    return tasks
-
-
-def describe_tasks(tasks: list[str]) -> str:
-    if not tasks:
-        return "none of the launcher's tasks"
-    return "task " + " or ".join(repr(task) for task in tasks)
 
 
 def read_model_config(name: str, path: str):
@@ -81,39 +63,43 @@ def read_model_config(name: str, path: str):
 SEQ2SEQ_EXAMPLES = ("t5", "bart", "mt5", "pegasus", "marian")
 
 
-def check_model_task(name: str, path: str, task: str):
-    """Refuse, before any weight loads, a model that cannot do ``task`` (module docstring);
-    return its config."""
+def causal_lm_refusal(name: str, config) -> str | None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    config = read_model_config(name, path)
-    if task == "causal_lm" and not is_decoder(config):
-        kind = (
-            "an encoder: it attends both ways and would see the tokens it is asked to predict"
-            if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-            else "not a decoder"
-        )
-        raise ValueError(
-            f"task='causal_lm' needs a decoder (a model that predicts each token from the ones "
-            f"before it: Llama, GPT-2, SmolLM2, ...), but model {name!r} is a "
-            f"{model_class_name(config)} (type {config.model_type!r}, {kind}); for it use "
-            f"{describe_tasks(tasks_of(config))}"
-        )
-    if task == "seq2seq" and "seq2seq" not in tasks_of(config):
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES as SEQ2SEQ,
-        )
+    if is_decoder(config):
+        return None
+    kind = (
+        "an encoder: it attends both ways and would see the tokens it is asked to predict"
+        if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        else "not a decoder"
+    )
+    return (
+        "needs a decoder (a model that predicts each token from the ones before it: Llama, "
+        f"GPT-2, SmolLM2, ...), but model {name!r} is a {model_class_name(config)} (type "
+        f"{config.model_type!r}, {kind})"
+    )
 
-        examples = ", ".join(t for t in SEQ2SEQ_EXAMPLES if t in SEQ2SEQ)
-        raise ValueError(
-            f"task='seq2seq' needs an encoder-decoder text model (AutoModelForSeq2SeqLM: "
-            f"{examples}, ...), but model {name!r} is of type {config.model_type!r}; for it use "
-            f"{describe_tasks(tasks_of(config))}"
-        )
-    if task == "classification" and "classification" not in tasks_of(config):
-        raise ValueError(
-            f"task='classification' needs a model type with a sequence-classification head, but "
-            f"model {name!r} is a {model_class_name(config)} (type {config.model_type!r}); for "
-            f"it use {describe_tasks(tasks_of(config))}"
-        )
-    return config
+
+def seq2seq_refusal(name: str, config) -> str | None:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES as SEQ2SEQ,
+    )
+
+    if config.model_type in SEQ2SEQ:
+        return None
+    examples = ", ".join(t for t in SEQ2SEQ_EXAMPLES if t in SEQ2SEQ)
+    return (
+        f"needs an encoder-decoder text model (AutoModelForSeq2SeqLM: {examples}, ...), but "
+        f"model {name!r} is of type {config.model_type!r}"
+    )
+
+
+def classification_refusal(name: str, config) -> str | None:
+    from transformers.models.auto import modeling_auto
+
+    if config.model_type in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return None
+    return (
+        f"needs a model type with a sequence-classification head, but model {name!r} is a "
+        f"{model_class_name(config)} (type {config.model_type!r})"
+    )

@@ -85,7 +85,7 @@ def load_model_and_tokenizer(
 
     entry = get_task(task)
 
-    from recipes.launcher.model_tasks import check_model_task
+    from recipes.launcher.tasks import check_model_task
 
     path = resolve_model_path(name, cache_dir)
     check_model_task(name, path, task)  # a model that cannot do the task: one line, no weights

@@ -31,7 +31,6 @@ from transformers import Seq2SeqTrainer
 from recipes.data.files import leave_out_rows, load_external, select_columns, set_left_out
 from recipes.data.sources import check_length, load_chatterbot_conversations
 from recipes.data.splits import SplitSizes
-from recipes.launcher.model_tasks import check_model_task
 from recipes.launcher.outputs import RunTrainer
 
 
@@ -129,11 +128,8 @@ def tokenize_seq2seq(
 
 
 def load_seq2seq_model(name: str, path: str, **kwargs):
-    """``AutoModelForSeq2SeqLM`` from ``path``; a model type without one (a decoder-only or
-    encoder-only model, a speech encoder-decoder) is a one-line ``ValueError`` naming the model,
-    its type and the tasks it can do, read from the config before any weight is loaded
-    (``recipes.launcher.tasks.check_model_task``)."""
+    """``AutoModelForSeq2SeqLM`` from ``path``. The launcher has already refused, from the config,
+    a model type without one (``recipes.launcher.tasks.check_model_task``)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    check_model_task(name, path, "seq2seq")
     return AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)

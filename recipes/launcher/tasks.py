@@ -28,6 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from recipes.launcher.model_tasks import (
+    causal_lm_refusal,
+    classification_refusal,
+    read_model_config,
+    seq2seq_refusal,
+)
+
 if TYPE_CHECKING:
     from recipes.launcher.results import RunResults
 
@@ -71,6 +78,9 @@ class Task:
     has_labels: bool = False  # a classification head: label names, id2label in the card
     per_batch_loss: bool = False  # the loss is averaged per batch (see build.prepare)
     generates: bool = False  # accepts --predict_with_generate and the generation flags
+    # (model name, config) -> what the task needs and what the model is, or None if it can do it
+    # (``recipes.launcher.model_tasks``; read from the config before any weight loads)
+    refuse_model: Callable[[str, Any], str | None] = lambda name, config: None
 
     def make_compute_metrics(self) -> Callable | None:
         return self.compute_metrics()
@@ -239,6 +249,7 @@ TASKS: dict[str, Task] = {
     task.name: task for task in (
         Task(
             name="classification",
+            refuse_model=classification_refusal,
             help="a sequence classifier on labelled texts",
             auto_class="AutoModelForSequenceClassification",
             load_model=_load_classifier,
@@ -259,6 +270,7 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             name="causal_lm",
+            refuse_model=causal_lm_refusal,
             help="next-token prediction on texts packed into blocks",
             auto_class="AutoModelForCausalLM",
             load_model=_load_causal_lm,
@@ -272,6 +284,7 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             name="seq2seq",
+            refuse_model=seq2seq_refusal,
             help="an encoder-decoder (T5, BART) on source/target pairs",
             auto_class="AutoModelForSeq2SeqLM",
             load_model=_load_seq2seq,
@@ -289,6 +302,24 @@ TASKS: dict[str, Task] = {
 """Every ``--task``, by name."""
 
 
+def tasks_of(name: str, config) -> list[str]:
+    """The tasks a model of ``config`` can do (every entry that does not refuse it)."""
+    return [task.name for task in TASKS.values() if task.refuse_model(name, config) is None]
+
+
+def check_model_task(name: str, path: str, task: str):
+    """Refuse, before any weight loads, a model that cannot do ``task``, in one line naming the
+    model, what the task needs and the tasks the model can do; return its config."""
+    config = read_model_config(name, path)
+    refusal = get_task(task).refuse_model(name, config)
+    if refusal is not None:
+        can = tasks_of(name, config)
+        named = ("task " + " or ".join(repr(t) for t in can) if can
+                 else "none of the launcher's tasks")
+        raise ValueError(f"task={task!r} {refusal}; for it use {named}")
+    return config
+
+
 def get_task(name: str) -> Task:
     """The entry for ``name``; an unknown name is a ``ValueError`` naming the valid ones."""
     task = TASKS.get(name)
@@ -297,4 +328,5 @@ def get_task(name: str) -> Task:
     return task
 
 
-__all__ = ["TASKS", "Task", "TaskMetrics", "get_task", "label_kwargs"]
+__all__ = ["TASKS", "Task", "TaskMetrics", "check_model_task", "get_task", "label_kwargs",
+           "tasks_of"]
