@@ -129,5 +129,6 @@ def test_in_epoch_freezes_replay_in_later_epochs_bit_for_bit(tmp_path):
     # 16 of them deepened; epoch 3 replays every step
     assert stats["rows_filled"] == 48 and stats["rows_deepened"] == 16
     assert stats["hits"] + stats["records"] == 20 and stats["hits"] >= 8
-    assert set(cached.prefix_cache.levels) == {3} and len(cached.prefix_cache.store) == 32
+    # the run ends at depth 3; FreezeTrainer.train released the levels (and their files) then
+    assert cached.prefix_cache.depth == 3 and cached.prefix_cache.levels == {}
     assert uncached.prefix_cache.stats["hits"] == 0 and cached.frozen_audit.passed

@@ -689,10 +689,11 @@ def test_a_short_run_that_froze_nothing_is_explained():
     from types import SimpleNamespace
 
     decisions = [{"step": s, "auto_freeze_depth": 0} for s in (20, 30, 40)]
-    short = {lr: {"max_steps": 40, "log_history": decisions} for lr in (1e-4, 3e-4)}
+    short = {lr: SimpleNamespace(max_steps=40, log_history=decisions) for lr in (1e-4, 3e-4)}
     scores = {1e-4: 0.59, 3e-4: 0.69}
     full = SimpleNamespace(is_full=True, label="full", selection=SimpleNamespace(
-        scores=scores, sweep_runs={lr: {"max_steps": 40} for lr in scores}))
+        scores=scores, sweep_runs={lr: SimpleNamespace(max_steps=40, log_history=[])
+                                   for lr in scores}))
     auto = SimpleNamespace(is_full=False, label="auto_freeze (every=10)",
                            selection=SimpleNamespace(scores=dict(scores), sweep_runs=short))
     table = SimpleNamespace(full=full, cells=[full, auto])
@@ -703,7 +704,7 @@ def test_a_short_run_that_froze_nothing_is_explained():
         "to compare). Until it freezes, auto_freeze trains exactly what full fine-tuning trains, "
         "so its validation scores equal full fine-tuning's at every rate and its chosen rate is "
         "full fine-tuning's; only the full-length runs tell them apart.")
-    short[3e-4]["log_history"] = [*decisions, {"step": 50, "auto_freeze_depth": 1}]
+    short[3e-4].log_history = [*decisions, {"step": 50, "auto_freeze_depth": 1}]
     assert markdown.short_run_notes(table) == []  # it froze: nothing to explain
 
 

@@ -412,7 +412,9 @@ def test_resume_with_another_policy_is_refused(tmp_path):
     args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
     make_trainer("bert", tmp_path, dict(name="lisa", k=1, every=2), args=args).train()
     resumed = make_trainer("bert", tmp_path, dict(name="lisa", k=1, every=3), args=args)
-    with pytest.raises(FreezePolicyError, match=r"trained with policy=.*'every': 2.*resume with"):
+    with pytest.raises(FreezePolicyError,
+                       match=r"was trained with policy lisa \{.*\"every\": 2.*\}, this run has "
+                             r"lisa \{.*\"every\": 3.*\}: resume with the checkpoint's policy"):
         resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 

@@ -253,7 +253,7 @@ def recommendations(results: Results) -> list[str]:
         widths = sorted((d.high - d.low) * scale for d in diffs.values()
                         if d is not None and d.low is not None)
         seeds = sorted({len(c.runs) for c in table.cells})
-        steps = sorted({run["max_steps"] for c in table.cells for run in c.runs})
+        steps = sorted({run.max_steps for c in table.cells for run in c.runs})
         rows = (table.data or {}).get("train", {}).get("rows")
 
         def ci(cell, diffs=diffs, scale=scale, unit=unit):
@@ -321,7 +321,7 @@ def short_run_notes(table: Table) -> list[str]:
             continue
         if any(depth > 0 for run in runs for _, depth in auto_freeze_decisions(run)):
             continue
-        steps = sorted({run["max_steps"] for run in runs})
+        steps = sorted({run.max_steps for run in runs})
         decided = sorted({step for run in runs for step, _ in auto_freeze_decisions(run)})
         same = full is not None and cell.selection.scores == full.selection.scores
         notes.append(
