@@ -44,7 +44,7 @@ preview: setup
 TEST_JOBS ?= 2
 test: setup docs
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=15
 
 # `make docs`: the site (docs/, mkdocs.yml) into site/. Strict: a broken link, anchor or API
 # reference fails the build, and `make test` (so CI) runs it. The code blocks are run by
