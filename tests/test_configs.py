@@ -93,3 +93,41 @@ def test_missing_experiment_profile_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"experiment profile 'configs/experiments/nope.yaml' "
                        r"does not exist; profiles: .*default.yaml"):
         load_profile("configs/experiments/nope.yaml")
+
+
+def test_the_depth_profile_pairs_with_the_default_profiles_cells():
+    """configs/experiments/depth.yaml runs bottom_n n=1, 3, 5 and takes the other depths from
+    the default profile's cells: they must train exactly what bottom_n n=0, 2, 4, 6 trains (on a
+    6-block model like MiniLM), and both profiles must share the protocol (common fields, seeds,
+    rate search), so their runs pair by seed with full fine-tuning's."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from freeze_policies import anatomy
+    from recipes.experiments.sweep import load_profile
+
+    depth = load_profile(CONFIGS / "experiments" / "depth.yaml")
+    default = load_profile(CONFIGS / "experiments" / "default.yaml")
+    for key in ("common", "seeds", "torch_threads", "sweep"):
+        assert depth[key] == default[key], key
+    assert depth["lrs"]["default"] == default["lrs"]["default"]
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "bert", hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
+        intermediate_size=37, vocab_size=99, num_labels=3))
+    anat = anatomy(model)
+
+    def trains(cell: str) -> set[str]:
+        fields = yaml.safe_load((CONFIGS / f"{cell}.yaml").read_text())
+        policy = get_policy(fields["policy"], **fields.get("policy_options", {}))
+        return set(policy.trainable_names(anat))
+
+    def bottom_n(n: int) -> set[str]:
+        return set(get_policy("bottom_n", n=n).trainable_names(anat))
+
+    taken = {0: "embeddings", 2: "bottom_n_2", 4: "bottom_n", 6: "all_but_head"}
+    for n, cell in taken.items():
+        assert f"tweets/minilm/{cell}" in default["cells"]
+        assert trains(f"tweets/minilm/{cell}") == bottom_n(n), cell
+    assert set(depth["cells"]) == {f"tweets/minilm/bottom_n_{n}" for n in (1, 3, 5)}
+    for n in (1, 3, 5):
+        assert trains(f"tweets/minilm/bottom_n_{n}") == bottom_n(n)
