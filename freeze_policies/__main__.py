@@ -29,6 +29,7 @@ from freeze_policies import anatomy, get_policy, list_policies, predict_cost, su
 from freeze_policies.costs.flops import format_bytes
 from freeze_policies.errors import FreezePolicyError
 from freeze_policies.examples import EXAMPLE_MODELS, model_path
+from freeze_policies.policies.registry import parse_mapping
 
 AUTO_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
@@ -109,22 +110,9 @@ def example_options(name: str, depth: int) -> dict:
 
 
 def parse_options(text: str | None) -> dict:
-    """``--policy_options``: a JSON (or YAML flow) mapping.
-
-    The launcher parses its mapping flags by the same rule
-    (``recipes.launcher.common.parse_mapping``): a deliberate parallel, since the library must not
-    import the recipes."""
-    if text is None:
-        return {}
-    import yaml
-
-    try:
-        options = yaml.safe_load(text)
-    except yaml.YAMLError:
-        options = None
-    if not isinstance(options, dict):
-        raise UserError(f"--policy_options {text!r} is not a mapping (e.g. '{{\"n\": 4}}')")
-    return options
+    """``--policy_options``: a JSON (or YAML flow) mapping, parsed as the launcher parses it
+    (``freeze_policies.policies.registry.parse_mapping``)."""
+    return parse_mapping("--policy_options", text)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -163,7 +151,10 @@ def load_model(path: str, task: str, num_labels: int):
                 f"--task {task}: {AUTO_CLASSES[task]} does not take a {model_type!r} model; "
                 f"valid --task values: {', '.join(TASKS)}"
             ) from None
-        raise UserError(_first_line(error)) from None
+        raise UserError(
+            f"could not load MODEL {path!r} (a model folder, a hub id, or a bundled model: "
+            f"{', '.join(EXAMPLE_MODELS)}): {_first_line(error)}"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,7 +96,8 @@ def test_one_policy_with_options_prints_the_cost_preview(tied_llama, capsys):
     (["--policy", "custom", "--policy_options", '{"trainable": [5]}'],
      "error: custom: trainable=[5] must be a regex or a list of regexes"),
     (["--policy", "bottom_n", "--policy_options", "n=2"],
-     "error: --policy_options 'n=2' is not a mapping"),
+     "error: --policy_options='n=2' parses as a plain string ('n=2'), not a mapping of option: "
+     "value; e.g. --policy_options '{\"n\": 4}'"),
     (["--policy_options", '{"n": 2}'], "error: --policy_options needs --policy NAME"),
     (["--task", "speech"], "error: argument --task: invalid choice: 'speech'"),
     (["--task", "seq2seq"], "error: --task seq2seq: AutoModelForSeq2SeqLM does not take a 'llama' "
@@ -151,3 +152,14 @@ def test_smollm2_alias_reads_the_converted_folder(tied_llama, tmp_path, monkeypa
     folder = tmp_path / "smollm2-135m-instruct"
     assert out.startswith(f"model: smollm2 ({folder}) (task causal_lm)\n"
                           "class: LlamaForCausalLM, 3 blocks")
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line_naming_it(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as raised:
+        main(["no-such-model-here"])
+    assert raised.value.code == USER_ERROR_EXIT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: could not load MODEL 'no-such-model-here' (a model folder, a hub id, or a "
+        "bundled model: minilm, smollm2): "), err

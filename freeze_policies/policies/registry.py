@@ -94,3 +94,34 @@ def policy_spec(policy: Policy | None) -> dict | None:
     if policy is None:
         return None
     return json.loads(json.dumps({"name": policy.name, **policy.options()}, default=str))
+
+
+def parse_mapping(name: str, value) -> dict:
+    """A mapping option given as a dict (a YAML config) or as YAML / JSON text (a flag such as
+    ``--policy_options``): ``None`` is ``{}``; anything that does not parse to a mapping is a
+    one-line ``FreezePolicyError`` that says what it parsed as and shows an example. The launcher
+    and ``python -m freeze_policies`` both parse their mapping flags here."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    import yaml
+
+    example = 'e.g. --policy_options \'{"n": 4}\' or, in a YAML config, policy_options: {n: 4}'
+    example = example.replace("policy_options", name.removeprefix("--"))
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+        raise FreezePolicyError(
+            f"{name}={value!r} does not parse as YAML or JSON ({problem}{where}); give a "
+            f"mapping of option: value, {example}"
+        ) from None
+    if not isinstance(parsed, dict):
+        kind = {list: "a list", str: "a plain string", type(None): "empty"}.get(
+            type(parsed), f"a {type(parsed).__name__}")
+        raise FreezePolicyError(
+            f"{name}={value!r} parses as {kind} ({parsed!r}), not a mapping of option: value; "
+            f"{example}"
+        )
+    return parsed

@@ -22,8 +22,6 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-import yaml
-
 USER_ERROR_EXIT = 2  # as argparse exits on a usage error; a crash exits 1
 VERSIONED = ("torch", "transformers", "peft", "accelerate", "datasets", "evaluate")
 
@@ -77,34 +75,16 @@ def under_accelerate_launch() -> bool:
 
 
 def parse_mapping(name: str, value) -> dict:
-    """A mapping option given as a dict (YAML config) or as YAML / JSON text (a flag).
+    """A mapping option given as a dict (YAML config) or as YAML / JSON text (a flag): the
+    library's ``freeze_policies.policies.registry.parse_mapping``, its error as a
+    ``ConfigError``."""
+    from freeze_policies.errors import FreezePolicyError
+    from freeze_policies.policies.registry import parse_mapping as parse
 
-    ``None`` is ``{}``; anything that does not parse to a mapping is a ``ConfigError``.
-    ``python -m freeze_policies`` parses its ``--policy_options`` by the same rule in its own
-    code (a deliberate parallel: the library does not import the recipes).
-    """
-    if value is None or isinstance(value, dict):
-        return dict(value or {})
-    example = 'e.g. --policy_options \'{"n": 4}\' or, in a YAML config, policy_options: {n: 4}'
-    example = example.replace("policy_options", name)
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or first_line(error)
-        raise ConfigError(
-            f"{name}={value!r} does not parse as YAML or JSON ({problem}{where}); give a "
-            f"mapping of option: value, {example}"
-        ) from None
-    if not isinstance(parsed, dict):
-        kind = {list: "a list", str: "a plain string", type(None): "empty"}.get(
-            type(parsed), f"a {type(parsed).__name__}")
-        raise ConfigError(
-            f"{name}={value!r} parses as {kind} ({parsed!r}), not a mapping of option: value; "
-            f"{example}"
-        )
-    return parsed
+        return parse(name, value)
+    except FreezePolicyError as error:
+        raise ConfigError(str(error)) from None
 
 
 def environment() -> dict:
