@@ -46,9 +46,9 @@ must not import them, and it previews more kinds of model than the launcher trai
 TASKS = tuple(AUTO_CLASSES)
 LABELLED_TASKS = frozenset({"classification"})
 """Tasks whose Auto class builds a new head of ``--num_labels`` outputs."""
-# Bad input is handled as the recipes handle it (recipes/common.py: one ``error:`` line, exit
-# status 2, mapping options as JSON or YAML). A deliberate parallel, not a shared helper: the
-# library is installed without the recipes and must not import them.
+# Bad input is one ``error:`` line and exit status 2, as in the launcher
+# (recipes/launcher/common.py); mapping options are parsed by the library's parse_mapping, which
+# the launcher calls too.
 USER_ERROR_EXIT = 2
 
 
