@@ -157,6 +157,23 @@ def test_config_values_are_typed_as_flags_are(tmp_path, tiny_bert):
     assert training_args.use_cpu is True
 
 
+@pytest.mark.parametrize("where", ["config", "flag"])
+def test_exponent_numbers_inside_options_are_floats(tmp_path, tiny_bert, where):
+    """PyYAML (YAML 1.1) reads 1e-3 as text; inside a mapping no dataclass field converts it
+    back, so auto_freeze refused its own threshold written that way (json.dumps writes 1e-05)."""
+    options = '{"criterion": "param_change", "threshold": 1e-05, "every": 2E1}'
+    if where == "config":
+        config = tmp_path / "run.yaml"
+        config.write_text("policy: auto_freeze\npolicy_options: {criterion: param_change, "
+                          "threshold: 1e-5, every: 2E1}\n")
+        flags = ["--config", str(config)]
+    else:
+        flags = ["--policy", "auto_freeze", "--policy_options", options]
+    _, _, method_args, _ = parse_args(argv_for(tmp_path, tiny_bert, *flags))
+    assert method_args.policy_options == {"criterion": "param_change", "threshold": 1e-5,
+                                         "every": 20.0}
+
+
 def test_binary_or_missing_config_file(tmp_path, tiny_bert, no_model_load):
     binary = tmp_path / "run.yaml"
     binary.write_bytes(b"policy: \xff\xfe\n")

@@ -96,6 +96,29 @@ def policy_spec(policy: Policy | None) -> dict | None:
     return json.loads(json.dumps({"name": policy.name, **policy.options()}, default=str))
 
 
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_yaml_loader = None
+
+
+def load_yaml(text: str):
+    """YAML text as every config, profile and mapping flag of this project is read: PyYAML's
+    safe loader, except that a number in exponent notation is a float wherever it is written
+    (``1e-3``, ``2E5``, ``1.0e5``), as in JSON and YAML 1.2. PyYAML follows YAML 1.1, which
+    reads those as strings, so ``policy_options: {threshold: 1e-3}`` or
+    ``--policy_options '{"threshold": 1e-05}'`` would hand the policy the text ``'1e-3'``."""
+    global _yaml_loader
+    import yaml
+
+    if _yaml_loader is None:
+        class Loader(yaml.SafeLoader):
+            pass
+
+        Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT,
+                                     list("-+0123456789"))
+        _yaml_loader = Loader
+    return yaml.load(text, Loader=_yaml_loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_mapping(name: str, value) -> dict:
     """A mapping option given as a dict (a YAML config) or as YAML / JSON text (a flag such as
     ``--policy_options``): ``None`` is ``{}``; anything that does not parse to a mapping is a
@@ -108,7 +131,7 @@ def parse_mapping(name: str, value) -> dict:
     example = 'e.g. --policy_options \'{"n": 4}\' or, in a YAML config, policy_options: {n: 4}'
     example = example.replace("policy_options", name.removeprefix("--"))
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at column {mark.column + 1}" if mark is not None else ""

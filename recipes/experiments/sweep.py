@@ -43,8 +43,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
+from freeze_policies.policies.registry import load_yaml
 from recipes.launcher.common import ConfigError, write_json_atomic
 from recipes.launcher.main import main
 from recipes.launcher.results import ResultsError, RunResults, read_results
@@ -58,7 +57,7 @@ def load_profile(path: str | Path) -> dict:
     if not Path(path).is_file():
         choices = ", ".join(str(p) for p in sorted(Path("configs/experiments").glob("*.yaml")))
         raise ConfigError(f"experiment profile {str(path)!r} does not exist; profiles: {choices}")
-    profile = yaml.safe_load(Path(path).read_text())
+    profile = load_yaml(Path(path).read_text())
     if not isinstance(profile, dict):
         raise ConfigError(f"experiment profile {path} is not a YAML mapping")
     for key in ("seeds", "cells", "lrs"):

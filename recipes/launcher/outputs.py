@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from freeze_policies import FreezeTrainer
+from freeze_policies.policies.registry import load_yaml
 from freeze_policies.training.delta import DELTA_WEIGHTS, save_freeze_delta
 from recipes.launcher.model_card import model_card
 from recipes.launcher.results import RunResults
@@ -168,7 +169,7 @@ def accelerate_record(trainer) -> dict:
 
             record["config_file"] = str(path)
             try:
-                record["config"] = yaml.safe_load(Path(path).read_text())
+                record["config"] = load_yaml(Path(path).read_text())
             except (OSError, yaml.YAMLError):
                 record["config"] = None
     return record

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from freeze_policies.policies.registry import load_yaml
 from recipes.launcher.arguments import ARGUMENT_CLASSES, RECIPE_DEFAULTS, positive_int
 from recipes.launcher.common import ConfigError, first_line
 
@@ -201,7 +202,7 @@ def read_config(config_path: str, known: set[str]) -> dict:
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"config file {config_path!r} {what}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"config file {config_path!r} is not UTF-8 text") from None
     except yaml.YAMLError as error:
