@@ -144,14 +144,15 @@ bench: setup        ## cost benchmarks on the default model: results/local/bench
 bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 frozen weights' memory
 	$(PY) recipes/bench.py precision --out $(OUT)/bench_precision.json
 
-# Full fine-tuning and auto_freeze (cached) end to end on the default profile's data, alternating
-# in one process, BENCH_SEEDS seeds, at the rates the profile chose: the wall-clock speedup with
-# its spread and the paired test-accuracy gap. Written outside the tracked tree. About 2 x 2
-# minutes per seed on an idle 2-core machine.
+# Full fine-tuning and the adaptive arms (auto_freeze with the cache, by each criterion) end to end
+# on the default profile's data, alternating in one process, BENCH_SEEDS seeds, at the rates the
+# profile chose: the wall-clock speedup with its spread and the paired test-accuracy gap.
+# results/local/bench_adaptive.json (UPDATE=1: results/bench_adaptive.json, which the report
+# shows). About 2-3 minutes per arm and seed on one core of a 2-core machine.
 BENCH_SEEDS ?= 0 1 2 3 4
-bench-adaptive: setup  ## full vs auto_freeze by the clock: results/local/bench_adaptive.json
+bench-adaptive: setup  ## full vs auto_freeze by the clock: results/local/bench_adaptive.json (UPDATE=1: results/)
 	OMP_NUM_THREADS=1 $(PY) recipes/bench.py adaptive --seeds $(BENCH_SEEDS) \
-		--out results/local/bench_adaptive.json
+		--out $(OUT)/bench_adaptive.json
 
 gpu-check: setup    ## GPU-marked tests + a bf16 launcher smoke, one table; says so without CUDA
 	$(PY) recipes/gpu_check.py --out results/gpu_check.json

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from recipes import bench
+from recipes.report.benches import adaptive_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTO = 'auto_freeze=tweets/minilm/auto_freeze:{"policy_options": {"every": 1, "percentile": 100}}'
@@ -70,6 +71,46 @@ def test_both_arms_run_alternating_and_the_json_holds_the_pairs(tmp_path, tiny_b
     assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
     assert saved["arms"][1]["fields"]["policy_options"] == {"every": 1, "percentile": 100}
     assert {"versions", "hardware", "python", "command"} <= set(saved) and saved["complete"]
+    table = adaptive_markdown(saved)  # what the report shows (and the script prints)
+    assert "| auto_freeze | every=1, percentile=100 | 0.001 |" in table
+    assert "| full (baseline) | — | 0.001 | 1 | 1 |" in table
+    assert "| auto_freeze | 12 | 2 (2-2; n=2) | 3 (3-3; n=2) | — |" in table
+
+
+def payload(speedups, gaps):
+    """A bench_adaptive.json as the benchmark writes it, for two seeds of one arm."""
+    runs = [{"arm": arm, "seed": seed, "test_accuracy": 0.7, "max_steps": 100,
+             "prefix_cache": None if arm == "full" else {"hits": 3, "records": 5,
+                                                        "rows_filled": 40 + seed},
+             "depth_over_steps": [] if arm == "full" else [[10, 0], [20, 2 + seed], [30, 3]]}
+            for seed in (0, 1) for arm in ("full", "auto")]
+    spread = {"per_seed": speedups, "mean": sum(speedups) / 2, "median": sum(speedups) / 2,
+              "min": min(speedups), "max": max(speedups), "sd": 0.1}
+    return {"command": "python recipes/bench.py adaptive", "seeds": [0, 1], "complete": True,
+            "arms": [{"label": "full", "learning_rate": 3e-4, "fields": {}},
+                     {"label": "auto", "learning_rate": 3e-4,
+                      "fields": {"policy_options": {"every": 10}}}],
+            "runs": runs,
+            "summary": {"baseline": "full", "loadavg": {"min": 1.0, "max": 2.0}, "arms": {
+                "auto": {"seeds": [0, 1], "speedup_wall": spread, "speedup_train": spread,
+                         "test_accuracy_diff_points": {"mean": gaps[0], "ci95": list(gaps[1:])}},
+            }}}
+
+
+@pytest.mark.parametrize("speedups,gaps,fast,noninferior", [
+    ([1.4, 1.8], (0.2, -0.9, 1.3), "met", "met"),
+    ([1.2, 1.5], (0.2, -1.1, 1.5), "missed", "missed"),
+])
+def test_table_judges_the_goal_by_mean_wall_speedup_and_interval_bound(speedups, gaps, fast,
+                                                                        noninferior):
+    table = adaptive_markdown(payload(speedups, gaps))
+    mean = sum(speedups) / 2
+    assert (f"| auto | every=10 | 0.0003 | {mean:.2f} ({min(speedups):.2f}-{max(speedups):.2f})x"
+            in table)
+    assert f"| {gaps[0]:+.2f} [{gaps[1]:+.2f}, {gaps[2]:+.2f}] | {fast} | {noninferior} |" in table
+    # depth 2 first reached at step 20 in both seeds, depth 3 at 30 in seed 0 and 20 in seed 1
+    assert "| auto | 100 | 20 (20-20; n=2) | 20 (20-20; n=2) | 25 (20-30; n=2) | — |" in table
+    assert table.rstrip().endswith("| 3 | 5 | 40.5 |")
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -46,6 +46,7 @@ from recipes.benchmarks.harness import rotated, write_result
 from recipes.experiments.sweep import RUNNER_FLAGS, cell_plan, flags, load_profile, rate_name
 from recipes.launcher.common import ConfigError
 from recipes.launcher.main import main as run_main
+from recipes.report.benches import adaptive_markdown
 from recipes.report.stats import paired_difference
 
 DEFAULT_PROFILE = "configs/experiments/default.yaml"
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append({**run_once(arm, seed, work), "position_in_round": position})
             write(complete=False)  # what is measured survives an interruption
     written = write(complete=True)
-    print(json.dumps(written["summary"], indent=2), flush=True)
+    print(adaptive_markdown(written), flush=True)
     return written
 
 

@@ -163,6 +163,114 @@ def precision_markdown(data: dict) -> str:
             f"{data.get('device')}.\n\n" + precision_table(data))
 
 
+SPEED_GOAL = 1.5  # issue 28: at least 1.5x faster end to end by the wall clock...
+MARGIN = 1.0  # ...and non-inferior by 1 point: the paired 95% interval's lower bound above -1
+
+
+def _range(spread: dict, fmt: str = "{:.2f}") -> str:
+    return (f"{fmt.format(spread['mean'])} ({fmt.format(spread['min'])}-"
+            f"{fmt.format(spread['max'])})")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def depth_reached(runs: list[dict]) -> dict[int, list[int]]:
+    """Frozen depth -> the step at which each run first reached it (runs that never did are
+    left out of that depth's list)."""
+    reached: dict[int, list[int]] = {}
+    for run in runs:
+        first: dict[int, int] = {}
+        for step, depth in run.get("depth_over_steps") or []:
+            for d in range(1, depth + 1):
+                first.setdefault(d, step)
+        for d, step in first.items():
+            reached.setdefault(d, []).append(step)
+    return dict(sorted(reached.items()))
+
+
+def adaptive_markdown(data: dict) -> str:
+    """``bench_adaptive.json``: each arm against the baseline by the wall clock, side by side,
+    with the paired accuracy gap and how deep each arm froze when."""
+    summary = data["summary"]
+    baseline = summary["baseline"]
+    hardware = data.get("hardware") or {}
+    versions = data.get("versions") or {}
+    load = summary.get("loadavg") or {}
+    by_arm: dict[str, list[dict]] = {}
+    for run in data["runs"]:
+        by_arm.setdefault(run["arm"], []).append(run)
+    lines = [
+        f"`{data['command'].strip()}`: every arm end to end through the launcher (data, model, "
+        f"training, validation, test) in one process, arms alternating within each seed, the "
+        f"order rotating from seed to seed; seeds {', '.join(map(str, data['seeds']))}"
+        f"{'' if data.get('complete') else ' (INCOMPLETE: interrupted)'}. "
+        f"{hardware.get('platform', '?')}, {hardware.get('cpu_count', '?')} CPUs, "
+        f"{hardware.get('torch_threads', '?')} torch thread(s), torch "
+        f"{versions.get('torch', '?')}, transformers {versions.get('transformers', '?')}; "
+        f"1-minute load average {load.get('min', 0):.1f}-{load.get('max', 0):.1f} around the runs "
+        f"(the machine was shared: both arms of a seed saw the same load, which is why the ratio, "
+        f"not the seconds, is the measure).",
+        "",
+        f"| arm | options | rate | wall speedup, mean (min-max) | training-only speedup | "
+        f"test accuracy (%) | vs {baseline}: points, paired 95% | {SPEED_GOAL}x by the clock | "
+        f"non-inferior by {MARGIN:g} point |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    arms = {arm["label"]: arm for arm in data["arms"]}
+    for label, arm in arms.items():
+        runs = by_arm.get(label, [])
+        accuracy = [100 * r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]
+        mean_acc = f"{sum(accuracy) / len(accuracy):.2f}" if accuracy else "—"
+        options = (arm.get("fields") or {}).get("policy_options")
+        shown = ", ".join(f"{k}={v}" for k, v in options.items()) if options else "—"
+        entry = summary["arms"].get(label)
+        if entry is None:
+            lines.append(f"| {label} (baseline) | {shown} | {arm['learning_rate']:g} | 1 | 1 | "
+                         f"{mean_acc} | — | — | — |")
+            continue
+        diff = entry.get("test_accuracy_diff_points") or {}
+        ci = diff.get("ci95")
+        gap = "—" if not diff else (
+            f"{diff['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))
+        fast = entry["speedup_wall"]["mean"] >= SPEED_GOAL
+        inferior = None if not ci else ci[0] > -MARGIN
+        lines.append(
+            f"| {label} | {shown} | {arm['learning_rate']:g} | {_range(entry['speedup_wall'])}x "
+            f"| {_range(entry['speedup_train'])}x | {mean_acc} | {gap} | {verdict(fast)} "
+            f"| {verdict(inferior)} |")
+    lines += ["", "Frozen depth over the steps: the step at which each depth was first reached, "
+              "median over the seeds (earliest-latest; n = seeds that reached it), and the "
+              "prefix cache's steps that replayed with no fill (hits), steps that filled rows "
+              "(records) and rows filled, medians.", "",
+              "| arm | steps | " + " | ".join(f"depth {d}" for d in range(1, 7)) +
+              " | hits | records | rows filled |",
+              "|---|---:|" + "---:|" * 9]
+    for label in arms:
+        runs = by_arm.get(label, [])
+        reached = depth_reached(runs)
+        if not reached and label == baseline:
+            continue
+        cells = []
+        for d in range(1, 7):
+            steps = reached.get(d)
+            cells.append("—" if not steps else
+                         f"{_median(steps):g} ({min(steps)}-{max(steps)}; n={len(steps)})")
+        cache = [r.get("prefix_cache") or {} for r in runs]
+
+        def stat(key, cache=cache):
+            values = [c[key] for c in cache if key in c]
+            return f"{_median(values):g}" if values else "—"
+
+        steps = runs[0].get("max_steps") if runs else "—"
+        lines.append(f"| {label} | {steps} | " + " | ".join(cells) +
+                     f" | {stat('hits')} | {stat('records')} | {stat('rows_filled')} |")
+    return "\n".join(lines)
+
+
 SECTIONS = (  # file beside the report -> (section title, renderer, required keys)
     ("bench.json", "Cost benchmark", bench_markdown, ("methods", "targets")),
     ("bench_freeze_modes.json", "Freeze modes (same policy, three ways of freezing)",
@@ -171,4 +279,6 @@ SECTIONS = (  # file beside the report -> (section title, renderer, required key
      ("methods", "targets", "command")),
     ("bench_precision.json", "Frozen weights in bfloat16 (memory)", precision_markdown,
      ("variants", "targets", "command")),
+    ("bench_adaptive.json", "Adaptive freezing by the clock (auto_freeze against full)",
+     adaptive_markdown, ("runs", "summary", "arms", "seeds", "command")),
 )
