@@ -62,9 +62,14 @@ def test_experiment_targets_write_outside_the_committed_results_unless_asked():
     assert "--out results/local/REPORT.md" in report
     assert "--results results/runs/default results/runs/smollm2" in report  # committed runs
     assert "--bench results/bench.json" in report
+    assert "--depth results/runs/depth" in report  # the frozen-depth section's runs
     cells = make_dry_run("cells")
     assert "--out results/local/runs/default" in cells
     assert "--out results/REPORT.md" in make_dry_run("report", "UPDATE=1")
+    # the depth profile has no full fine-tuning of its own: its report is the default one's
+    depth = make_dry_run("report", "PROFILE=depth", "UPDATE=1")
+    assert "--out results/REPORT.md" in depth and "--depth results/runs/depth" in depth
+    assert "--out results/runs/depth" in make_dry_run("cells", "PROFILE=depth", "UPDATE=1")
     assert "--out results/bench.json" in make_dry_run("bench", "UPDATE=1")
     paths = ["results/local/REPORT.md", "results/local/bench.json",
              "results/local/runs/default/a/results.json"]
