@@ -432,8 +432,8 @@ def hours_lines(curve: Curve) -> list[str]:
 
 def depth_markdown(curve: Curve) -> list[str]:
     full = curve.full
-    data = ("the same split digests (`data`) in every run of both folders" if curve.table.data
-            else "splits not checked: the runs record no digest")
+    data = ("the same split digests (`data`) in every full-length run of both folders"
+            if curve.table.data else "splits not checked: the runs record no digest")
     seeds = _seeds(curve)
     return [
         "## Frozen depth: bottom_n at every depth against full fine-tuning", "",
