@@ -4,6 +4,7 @@ A results.json added, rerun or deleted without regenerating results/REPORT.md (o
 by hand) fails here, so every number the README quotes from the report traces to a run in git.
 """
 
+import re
 import shlex
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def test_committed_report_is_regenerated_from_the_committed_runs(tmp_path, monke
     differing = [(a, b) for a, b in zip(ours.splitlines(), committed.splitlines()) if a != b]
     assert not differing, f"results/REPORT.md is stale; run `make report`. First: {differing[0]}"
     assert len(ours.splitlines()) == len(committed.splitlines())
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", committed)
+    assert "depth.png" in images  # the frozen-depth section (make report passes --depth)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(images)
+    absent = [name for name in images if not (REPORT.parent / name).is_file()]
+    assert not absent, f"results/REPORT.md shows plots that are not committed: {absent}"
 
 
 def make_dry_run(*args: str) -> str:
