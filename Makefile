@@ -88,9 +88,11 @@ cells: setup       ## COMPARE_JOBS cells at a time (each run uses the profile's 
 compare: setup      ## every cell of the profile, then the report (see docs/comparison.md)
 	$(MAKE) cells report PROFILE=$(PROFILE) UPDATE=$(UPDATE)
 
-# One CPU report for the default profile and SmolLM2's (whichever of the two exist); another
-# profile (gpu) gets its own folder: <OUT>/<profile>/REPORT.md, with its own bench.json.
-ifneq ($(filter $(PROFILE),default smollm2),)
+# One CPU report for the default profile and SmolLM2's (whichever of the two exist), with the
+# depth profile's curve as a section of it (it has no full fine-tuning of its own to pair with);
+# another profile (gpu) gets its own folder: <OUT>/<profile>/REPORT.md, with its own bench.json.
+SHARED_REPORT := $(filter $(PROFILE),default smollm2 depth)
+ifneq ($(SHARED_REPORT),)
 REPORT_RUNS ?= $(or $(call runs_in,default) $(call runs_in,smollm2),$(RUNS))
 REPORT_DIR ?= $(OUT)
 BENCH_DIRS := $(OUT) $(COMMITTED)
@@ -104,11 +106,13 @@ LONGER = $(OUT)/runs/longer
 LONGER_IN = $(call runs_in,longer)
 BF16_FROZEN = $(OUT)/runs/bf16_frozen
 BF16_FROZEN_IN = $(call runs_in,bf16_frozen)
+DEPTH_IN = $(call runs_in,depth)
 report: setup       ## the report and its plots: results/local/REPORT.md (UPDATE=1: results/)
 	$(PY) recipes/compare.py --results $(REPORT_RUNS) --out $(REPORT_DIR)/REPORT.md \
 		$(if $(REPORT_BENCH),--bench $(REPORT_BENCH)) \
-		$(if $(and $(filter default,$(PROFILE)),$(LONGER_IN)),--longer $(LONGER_IN)) \
-		$(if $(and $(filter default,$(PROFILE)),$(BF16_FROZEN_IN)),--variants $(BF16_FROZEN_IN))
+		$(if $(and $(SHARED_REPORT),$(LONGER_IN)),--longer $(LONGER_IN)) \
+		$(if $(and $(SHARED_REPORT),$(BF16_FROZEN_IN)),--variants $(BF16_FROZEN_IN)) \
+		$(if $(and $(SHARED_REPORT),$(DEPTH_IN)),--depth $(DEPTH_IN))
 
 # Full fine-tuning at twice the default profile's epochs (seed 0, its chosen rate, validation
 # every 24 steps): where its curve levels off. About 20 minutes of one core.

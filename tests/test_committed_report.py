@@ -4,6 +4,7 @@ A results.json added, rerun or deleted without regenerating results/REPORT.md (o
 by hand) fails here, so every number the README quotes from the report traces to a run in git.
 """
 
+import re
 import shlex
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def test_committed_report_is_regenerated_from_the_committed_runs(tmp_path, monke
     differing = [(a, b) for a, b in zip(ours.splitlines(), committed.splitlines()) if a != b]
     assert not differing, f"results/REPORT.md is stale; run `make report`. First: {differing[0]}"
     assert len(ours.splitlines()) == len(committed.splitlines())
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", committed)
+    assert "depth.png" in images  # the frozen-depth section (make report passes --depth)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(images)
+    absent = [name for name in images if not (REPORT.parent / name).is_file()]
+    assert not absent, f"results/REPORT.md shows plots that are not committed: {absent}"
 
 
 def make_dry_run(*args: str) -> str:
@@ -62,9 +68,14 @@ def test_experiment_targets_write_outside_the_committed_results_unless_asked():
     assert "--out results/local/REPORT.md" in report
     assert "--results results/runs/default results/runs/smollm2" in report  # committed runs
     assert "--bench results/bench.json" in report
+    assert "--depth results/runs/depth" in report  # the frozen-depth section's runs
     cells = make_dry_run("cells")
     assert "--out results/local/runs/default" in cells
     assert "--out results/REPORT.md" in make_dry_run("report", "UPDATE=1")
+    # the depth profile has no full fine-tuning of its own: its report is the default one's
+    depth = make_dry_run("report", "PROFILE=depth", "UPDATE=1")
+    assert "--out results/REPORT.md" in depth and "--depth results/runs/depth" in depth
+    assert "--out results/runs/depth" in make_dry_run("cells", "PROFILE=depth", "UPDATE=1")
     assert "--out results/bench.json" in make_dry_run("bench", "UPDATE=1")
     paths = ["results/local/REPORT.md", "results/local/bench.json",
              "results/local/runs/default/a/results.json"]

@@ -724,3 +724,167 @@ def test_plot_labels_carry_options_and_every_plot_says_its_cost_basis(comparison
     assert [t.get_text() for t in memory.axes[0].get_yticklabels()][:1] != ["bottom_n"]
     assert all("cost basis: " in ax.get_title() for ax in memory.axes)
     plots.pyplot().close("all")
+
+
+# -- the frozen-depth curve (recipes/report/depth.py) -------------------------------------------
+
+DEPTH = ROOT / "tests" / "data" / "report" / "depth"  # a 4-block model: the default profile's
+# full, embeddings (n=0) and all_but_head (n=4) in default/; the depth profile's bottom_n_1
+# (complete) and bottom_n_3 (one short run, no selection.json) in depth/; nothing at n=2.
+# Test accuracy, seeds 0, 1, 2: full 0.70, 0.72, 0.74; embeddings 0.71, 0.72, 0.76;
+# bottom_n_1 0.72, 0.73, 0.75; all_but_head 0.60, 0.63, 0.63.
+
+
+def depth_curve(default: Path = DEPTH / "default", depth: Path = DEPTH / "depth"):
+    from recipes.report.depth import build_curve
+
+    return build_curve(depth, load_results(default))
+
+
+def test_depth_cells_are_placed_by_what_their_runs_trained():
+    from recipes.report.depth import frozen_depth
+
+    curve = depth_curve()
+    assert curve.blocks == 4 and sorted(curve.points) == [0, 1, 2, 3, 4]
+    placed = {n: (p.cell.short if p.cell else p.incomplete, p.root) for n, p in
+              curve.points.items()}
+    assert placed == {0: ("embeddings", DEPTH / "default"), 1: ("bottom_n_1", DEPTH / "depth"),
+                      2: (None, None), 3: ("tweets/minilm/bottom_n_3", None),
+                      4: ("all_but_head", DEPTH / "default")}
+    full = curve.full.first
+    assert frozen_depth(full) is None  # the embeddings train: the reference, not a depth
+    one = curve.points[1].cell.first
+    assert frozen_depth(one) == (1, 4)
+    partial = dataclass_replace(one, groups={**one.groups, "block.2": [50, 100]})
+    assert frozen_depth(partial) is None
+    gap = dataclass_replace(one, groups={**one.groups, "block.2": [0, 100]})
+    assert frozen_depth(gap) is None  # block 2 frozen above a trained block 1: not a prefix
+    schedule = dataclass_replace(one, log_history=[
+        {"freeze_stage": 0, "trainable_params": 10, "step": 0},
+        {"freeze_stage": 1, "trainable_params": 20, "step": 5}, *one.log_history])
+    assert frozen_depth(schedule) is None
+
+
+def dataclass_replace(run, **changes):
+    import dataclasses
+
+    return dataclasses.replace(run, **changes)
+
+
+def test_depth_paired_intervals_and_shares_by_hand():
+    """bottom_n_1 - full: +0.02, +0.01, +0.01: mean 0.013333, s = 0.0057735, s / sqrt(3) =
+    0.0033333, x 4.302653 = 0.014342: [-0.001009, +0.027676]. all_but_head - full: -0.10,
+    -0.09, -0.11: s = 0.01, half-width 0.024841. Share of full's mean 0.72: 0.62 -> 86.11%."""
+    curve = depth_curve()
+    one = curve.points[1].diff
+    assert one.differences == pytest.approx((0.02, 0.01, 0.01))
+    assert (one.low, one.high) == (pytest.approx(-0.001009, abs=1e-6),
+                                   pytest.approx(0.027676, abs=1e-6))
+    head = curve.points[4].diff
+    assert (head.low, head.high) == (pytest.approx(-0.124841, abs=1e-6),
+                                     pytest.approx(-0.075159, abs=1e-6))
+    assert curve.share(0.62) == pytest.approx(86.1111, abs=1e-4)
+    assert curve.points[2].diff is None and curve.points[3].diff is None
+
+
+def test_depth_section_table_paragraph_hours_and_plot(tmp_path):
+    outs = []
+    for name in ("a", "b"):  # twice: the plot is byte-stable
+        out = tmp_path / name / "REPORT.md"
+        write_report(DEPTH / "default", out, None, "cmd", depth=DEPTH / "depth")
+        outs.append(out)
+    text = outs[0].read_text()
+    section = text.split("## Frozen depth")[1].split("\n## ")[0]
+    default, depth = DEPTH / "default", DEPTH / "depth"
+    assert (f"| full | everything | `tweets/minilm/full` (`{default}`) | 0.0001 (grid edge) | "
+            "100 | 72.00 ± 2.00 | reference | 100 | 3 | 0.29 |") in section
+    # full: a short run of 60 + 10 s and three of 300 + 10 + 20 s: 1,060 s = 0.29 h
+    assert (f"| 1 | the top 3 blocks and the head | `tweets/minilm/bottom_n_1` (`{depth}`) | "
+            "0.0001 (grid edge) | 22 | 73.33 ± 1.53 | +1.33 [-0.10, +2.77] | "
+            "101.9 [99.9, 103.8] | 3 | 0.21 |") in section
+    assert "| 2 | the top 2 blocks and the head | not run yet | — |" in section
+    assert (f"| 3 | the top block and the head | not run yet: `tweets/minilm/bottom_n_3` "
+            f"(`{depth}`) is incomplete, 1 short and 0 full-length run(s), no `selection.json` "
+            "| — | — | — | — | — | — | 0.02 so far |") in section
+    assert ("| 4 | the head only | `tweets/minilm/all_but_head` "
+            f"(`{default}`) | 0.0001 (grid edge) | 0.709 | 62.00 ± 1.73 | "
+            "-10.00 [-12.48, -7.52] | 86.1 [82.7, 89.6] | 3 | 0.21 |") in section
+    assert "95% t-interval over the 3 paired seeds" in section
+    assert "not corrected for the 5 depths" in section
+    # Lee et al.'s shape, read off the numbers
+    assert "This model has 4 blocks, so a quarter is 1: training only the top block and the " \
+           "head (n=3) is not run yet." in section
+    assert ("Where at least a quarter of the blocks train, no depth measured a loss against "
+            "full fine-tuning (n=0, 1: every paired interval includes zero or lies above it), "
+            "and the least kept is 101.4% at n=0") in section
+    assert ("n=4 (the head only) measured a loss (-10.00 [-12.48, -7.52] points), as the shape "
+            "has it") in section
+    assert "Below 90% of full fine-tuning's mean: n=4 (86.1%)." in section
+    assert "Not measured yet: n=2, 3, so the curve is open there." in section
+    assert "with 3 depths each at 95% and no correction" in section and "about 14%" in section
+    # the depth profile: bottom_n_1's 70 + 3 x 230 s and bottom_n_3's 70 s = 830 s = 0.23 h
+    assert (f"The depth profile's runs (`{depth}`) took 0.23 core-hours in 5 runs: 0.21 in its 1 "
+            "complete cell(s) (4 runs)") in section
+    assert (f"The cells it reuses from `{default}` (embeddings, all_but_head) took 0.42 "
+            "core-hours in 8 runs, and full fine-tuning's cell 0.29 in 4.") in section
+    assert "](depth.png)" in section
+    png = [out.parent / "depth.png" for out in outs]
+    assert png[0].read_bytes().startswith(b"\x89PNG") and len(png[0].read_bytes()) > 1000
+    assert png[0].read_bytes() == png[1].read_bytes()
+    assert "](depth.png)" not in text.split("## Plots")[1]  # shown in its section, once
+
+
+def test_depth_plot_marks_what_is_missing(tmp_path):
+    from recipes.report import plots
+    from recipes.report.depth import plot_depth
+
+    fig = plot_depth(depth_curve())
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["not run yet", "not run yet"]
+    assert [line.get_ydata()[0] for line in ax.lines[:2]] == [0.0, -1.0]
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "4\n(head only)"
+    assert "95% t-interval over 3 seeds (uncorrected)" in ax.get_title()
+    plots.pyplot().close("all")
+
+
+def test_depth_runs_on_other_splits_are_refused_and_other_commands_flagged(tmp_path):
+    default = Path(shutil.copytree(DEPTH / "default", tmp_path / "default"))
+    depth = Path(shutil.copytree(DEPTH / "depth", tmp_path / "depth"))
+    run = depth / "tweets/minilm/bottom_n_1/lr0.0001-seed1/results.json"
+    saved = run.read_text()
+    spoil(run, data={"test": {"rows": 2000, "sha256": "old"}, "train": {"rows": 1500,
+                     "sha256": "a1"}, "validation": {"rows": 500, "sha256": "b2"}})
+    with pytest.raises(ReportError, match=r"cells tweets/minilm/\w+ and tweets/minilm/bottom_n_1 "
+                       r"saw different test splits"):
+        depth_curve(default, depth)
+    run.write_text(saved)
+    data = json.loads(saved)
+    spoil(run, command=data["command"].replace("--max_train_samples 1500",
+                                               "--max_train_samples 1000"))
+    curve = depth_curve(default, depth)
+    assert curve.points[1].diff is None
+    assert curve.points[1].unpaired == ["--max_train_samples (1000 against 1500)"]
+    from recipes.report.depth import plot_depth, table_lines
+
+    row = next(line for line in table_lines(curve) if line.startswith("| 1 |"))
+    assert "| not paired: differs in --max_train_samples (1000 against 1500) | — | 3 |" in row
+    assert "not paired" in {t.get_text() for t in plot_depth(curve).axes[0].texts}
+    from recipes.report import plots
+
+    plots.pyplot().close("all")
+
+
+def test_depth_refuses_two_cells_at_one_depth_and_reads_a_folder_with_none_complete(tmp_path):
+    default = Path(shutil.copytree(DEPTH / "default", tmp_path / "default"))
+    depth = Path(shutil.copytree(DEPTH / "depth", tmp_path / "depth"))
+    shutil.copytree(depth / "tweets/minilm/bottom_n_1", depth / "tweets/minilm/bottom_n_1b")
+    with pytest.raises(ReportError, match="both train at frozen depth 1: keep one"):
+        depth_curve(default, depth)
+    shutil.rmtree(depth / "tweets/minilm/bottom_n_1b")
+    (depth / "tweets/minilm/bottom_n_1/selection.json").unlink()  # nothing complete: all rows
+    curve = depth_curve(default, depth)  # still read, as incomplete cells
+    assert curve.points[1].incomplete == "tweets/minilm/bottom_n_1"
+    assert curve.points[0].cell.short == "embeddings"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert depth_curve(default, empty) is None  # no run at all: no section

@@ -8,6 +8,8 @@ One job per module:
 - ``columns``: the report's table columns, declared once.
 - ``longer``: the longer-run check (``make longer``) beside the profile's run.
 - ``variant``: a cell rerun with flags changed (``recipes/rerun.py``), paired by seed.
+- ``depth``: the frozen-depth curve (``bottom_n`` at every depth, the depth profile's cells with
+  the default profile's) against full fine-tuning, paired by seed, and ``depth.png``.
 - ``stats``: summaries, paired differences with t-intervals, Pareto fronts, plateaus.
 - ``pricing``: each step priced from measured step-time ratios (the cost axis).
 - ``markdown``: tables declared as columns once, findings generated from the numbers.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recipes.report.aggregate import ReportError
 from recipes.report.benches import SECTIONS
+from recipes.report.depth import depth_report
 from recipes.report.longer import longer_markdown
 from recipes.report.markdown import report_markdown
 from recipes.report.plots import make_plots, pyplot, save_figure
@@ -38,12 +39,14 @@ def bench_sections(folder: Path) -> tuple[dict | None, dict | None, list[tuple[s
 
 def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | None,
                  command: str, longer: Path | None = None,
-                 variants: list[Path] = ()) -> Path:
+                 variants: list[Path] = (), depth: Path | None = None) -> Path:
     """Read, check and aggregate everything, then write the report and plots atomically.
 
     ``results_dir`` is one folder of cells or a list of them (one per profile). The benchmark
     files are read from ``bench_path``'s folder (``bench.json`` under another name is read as
-    such); without ``bench_path``, costs fall back to the runs' own times."""
+    such); without ``bench_path``, costs fall back to the runs' own times. ``depth`` is a folder
+    of the depth profile's cells: the frozen-depth section and ``depth.png``
+    (``recipes/report/depth.py``)."""
     folders = results_dir if isinstance(results_dir, (list, tuple)) else [results_dir]
     results = load_results(*folders)
     bench = bench_cache = None
@@ -57,14 +60,15 @@ def write_report(results_dir: Path | list[Path], out: Path, bench_path: Path | N
         price_table(table, bench, bench_cache)
     try:
         plots = make_plots(results.tables)
-        extra = longer_markdown(longer, folders) if longer is not None else []
+        extra, figures = depth_report(depth, results) if depth is not None else ([], {})
+        extra += longer_markdown(longer, folders) if longer is not None else []
         for folder in variants:
             extra += variant_markdown(folder)
         text = report_markdown(results, command, bench, list(plots), sections, extra)
         out.parent.mkdir(parents=True, exist_ok=True)
         staged: list[tuple[str, Path]] = []
         try:
-            for name, fig in plots.items():
+            for name, fig in {**plots, **figures}.items():
                 save = functools.partial(save_figure, fig, suffix=Path(name).suffix, dpi=120)
                 staged.append((_stage(out.parent, name, save), out.parent / name))
             staged.append((_stage(out.parent, out.name, _write_text(text)), out))
@@ -117,6 +121,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="*", default=[],
                         help="folders written by recipes/rerun.py: cells rerun with flags changed, "
                         "paired by seed with their base runs (recipes/report/variant.py)")
+    parser.add_argument("--depth", default=None,
+                        help="a folder of the depth profile's cells (configs/experiments/"
+                        "depth.yaml): bottom_n at every frozen depth against full fine-tuning "
+                        "under --results, and depth.png (recipes/report/depth.py)")
     return parser
 
 
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         path = write_report([Path(folder) for folder in args.results], out, bench, command,
                             Path(args.longer) if args.longer else None,
-                            [Path(folder) for folder in args.variants])
+                            [Path(folder) for folder in args.variants],
+                            Path(args.depth) if args.depth else None)
     except ReportError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {path}")

@@ -195,9 +195,11 @@ def _table_key(run: RunResults) -> tuple[str, str, str]:
     return str(run.model), str(run.dataset if run.dataset is not None else ""), run.task
 
 
-def load_results(*roots: Path) -> Results:
+def load_results(*roots: Path, allow_empty: bool = False) -> Results:
     """Every cell under each of ``roots`` (one folder per profile; a folder per cell, as
-    ``recipes/sweep.py`` writes them)."""
+    ``recipes/sweep.py`` writes them). Without a complete cell it is a ``ReportError``, unless
+    ``allow_empty`` (a profile whose cells are all still running: no table, only ``incomplete``).
+    """
     cells, incomplete = [], []
     roots = [Path(root) for root in roots]
     for root in roots:
@@ -218,7 +220,7 @@ def load_results(*roots: Path) -> Results:
             .relative_to(root).as_posix()
             for p in results if p not in claimed
         })
-    if not cells:
+    if not cells and not allow_empty:
         raise ReportError(f"{', '.join(map(str, roots))}: no selection.json under it "
                           "(recipes/sweep.py writes one when a cell is complete)"
                           + (f"; incomplete: {', '.join(incomplete)}" if incomplete else ""))
