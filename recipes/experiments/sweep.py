@@ -15,8 +15,12 @@ A cell runs in two phases (multi-fidelity), one ``results.json`` per run:
    or the next rate would leave ``grid_extension.bounds``. Ties go to the smaller rate.
 2. **Train the seeds at full length** at the chosen rate: every seed, at the profile's ``common``
    plus the cell's ``fields``. The selection seed's full-length run also gets the cell's
-   ``curve_fields`` when given (in-training evaluation for the validation curves; Trainer's
-   evaluation leaves training's RNG untouched, so this does not change the run).
+   ``curve_fields`` when given (in-training evaluation for the validation curves). Trainer's
+   evaluation leaves training's RNG untouched, but not its last bits: full fine-tuning's seed 0
+   logged the same loss to every digit up to the first evaluation (step 12) and losses that
+   differ by about 1e-7 relative after it, ending one test example apart (74.40 with the curve,
+   74.35 without; ``results/runs/default`` against ``make bench-adaptive``'s run). Compare a
+   curve run with runs that have the curve too, or read such gaps as rounding.
 
 Runs go to ``<out>/<cell>/sweep/lr<rate>-seed<seed>`` and ``<out>/<cell>/lr<rate>-seed<seed>``
 (``--save_model false``: a sweep keeps each run's results.json, not its weights);
