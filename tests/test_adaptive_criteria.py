@@ -15,7 +15,7 @@ from trainer_support import (
 )
 
 from freeze_policies import FreezePolicyError, FreezeTrainer, anatomy, get_policy
-from freeze_policies.policies.adaptive import DEFAULT_THRESHOLD, AutoFreezeController, decide
+from freeze_policies.policies.adaptive import AutoFreezeController, decide
 
 
 def policy(**options):
@@ -66,7 +66,7 @@ def test_a_still_block_above_a_moving_one_waits_bottom_up():
 def test_the_sampled_estimate_tracks_the_exact_relative_update():
     model = make_model("bert", layers=3, seed=1)
     anat = anatomy(model)
-    controller = AutoFreezeController(policy(every=1), anat)
+    controller = AutoFreezeController(policy(every=1, threshold=1e-3), anat)
     params = dict(model.named_parameters())
     before = snapshot(model)
     controller.observe(model)
@@ -87,7 +87,6 @@ def test_decide_uses_the_threshold_bottom_up():
     auto = policy(threshold=0.01, max_per_decision=3)
     assert decide(auto, 0, 3, {0: 0.001, 1: 0.009, 2: 0.5, 3: 0.0}) == 2
     assert decide(auto, 0, 3, {0: 0.02, 1: 0.0, 2: 0.0, 3: 0.0}) == 0
-    assert policy().done_below == DEFAULT_THRESHOLD
 
 
 @pytest.mark.parametrize("options,message", [
@@ -96,7 +95,10 @@ def test_decide_uses_the_threshold_bottom_up():
     ({"criterion": "param_change", "threshold": -1},
      "auto_freeze: threshold=-1 must be a number >= 0 or None"),
     ({"threshold": 0.01}, "auto_freeze: threshold=0.01 belongs to criterion='param_change'"),
-    ({"criterion": "param_change", "max_change": 0.1},
+    ({"criterion": "param_change"},
+     r"auto_freeze: criterion='param_change' needs threshold= \(the largest relative update per "
+     r"window"),
+    ({"criterion": "param_change", "threshold": 0.01, "max_change": 0.1},
      "auto_freeze: max_change=0.1 belongs to criterion='grad_norm_rate'"),
 ])
 def test_bad_options_are_one_line_errors(options, message):
@@ -106,7 +108,7 @@ def test_bad_options_are_one_line_errors(options, message):
 
 def test_end_of_step_without_the_model_says_what_is_missing():
     model = make_model("bert")
-    controller = AutoFreezeController(policy(every=1), anatomy(model))
+    controller = AutoFreezeController(policy(every=1, threshold=1e-3), anatomy(model))
     controller.observe(model)
     with pytest.raises(FreezePolicyError, match="pass the model to AutoFreezeController"):
         controller.end_of_step(1)
