@@ -2,9 +2,7 @@
 
     python recipes/bench.py adaptive [--seeds 0 1 2 3 4] [--out results/local/bench_adaptive.json]
     python recipes/bench.py adaptive --arm full=tweets/minilm/full \\
-        --arm auto_freeze=tweets/minilm/auto_freeze \\
-        --arm 'param_change=tweets/minilm/auto_freeze:{"policy_options":
-               {"every": 10, "criterion": "param_change"}}'
+        --arm 'every5=tweets/minilm/auto_freeze:{"policy_options": {"every": 5}}'
 
 Each *arm* is a cell of the experiment profile (``--profile``, default the default profile):
 its config, the profile's ``common`` fields and the cell's ``fields`` become the flags of
@@ -50,7 +48,8 @@ from recipes.report.benches import adaptive_markdown
 from recipes.report.stats import paired_difference
 
 DEFAULT_PROFILE = "configs/experiments/default.yaml"
-DEFAULT_ARMS = ("full=tweets/minilm/full", "auto_freeze=tweets/minilm/auto_freeze")
+DEFAULT_ARMS = ("full=tweets/minilm/full", "auto_freeze=tweets/minilm/auto_freeze",
+                "param_change=tweets/minilm/auto_freeze_param_change")
 DEFAULT_OUT = "results/local/bench_adaptive.json"
 DEFAULT_WORK = "results/local/bench_adaptive_runs"
 
