@@ -10,7 +10,8 @@ Both tasks read their pairs through :func:`read_pairs`, so a user's file gets on
 the ``recipes.data.files`` rules for any file (a JSON row without a named key when others have
 it, or a column that is a number in one row and a string in another: refused in one line), then
 a named column the data lacks is refused in one line naming the flag and the columns there are,
-every value is read as a string (a column of numbers becomes their text, as pyarrow casts it),
+as is one of lists or objects (TRL's conversational format: lists of messages), every value is
+read as a string (a column of numbers becomes their text, as pyarrow casts it),
 and rows whose text is missing (``null``, empty or blank) are left out, announced and recorded in
 ``rows_left_out`` (``recipes.data.files.leave_out_rows``). Carving the splits is the caller's:
 seq2seq draws rows, sft draws whole prompts (``recipes.data.splits.draw_groups``).
@@ -85,14 +86,22 @@ def read_pairs(
                 f"{', '.join(available)}"
             )
     raw = select_columns(raw, {names.first_column: first, names.second_column: second})
+    given = {first: (names.first_flag, names.first_column),
+             second: (names.second_flag, names.second_column)}
     for column in (first, second):
+        feature = raw["train"].features[column]
+        if not isinstance(feature, datasets.Value):  # lists (chat messages), objects
+            flag, name = given[column]
+            raise ValueError(
+                f"{flag}={name!r} of {source!r} holds {type(feature).__name__} values, not "
+                "text; give a column of strings (lists of chat messages are not read)"
+            )
         raw = raw.cast_column(column, datasets.Value("string"))
-    given = {first: names.first_column, second: names.second_column}
 
     def reason(row):
         for column in (first, second):
             if not (row[column] and row[column].strip()):
-                return f"with no {column} in column {given[column]!r}"
+                return f"with no {column} in column {given[column][1]!r}"
         return None
 
     return leave_out_rows(raw, source, reason)
