@@ -257,6 +257,10 @@ METHODS = {
                  '{"n": 2, "tied_weights": "freeze"}', "--cache_frozen_prefix", "true"],
     "lora": ["--peft_method", "lora", "--peft_options",
              '{"r": 2, "target_modules": ["q_proj", "v_proj"]}'],
+    # as configs/chatterbot/smollm2/sft_auto_freeze.yaml: the first freeze takes the tied head
+    "auto_freeze": ["--policy", "auto_freeze", "--policy_options",
+                    '{"every": 1, "tied_weights": "freeze"}', "--cache_frozen_prefix", "true",
+                    "--max_steps", "6"],
 }
 
 
@@ -266,8 +270,8 @@ def test_a_run_records_the_completion_metrics_and_generations(method, tmp_path, 
     out = tmp_path / "out"
     main(flags(tiny_llama, pairs_file, out, *METHODS[method]))
     run = read_results(out / "results.json")
-    assert (run.task, run.method) == ("sft", "peft" if method == "lora" else
-                                      "freeze" if method == "bottom_n" else "full")
+    assert (run.task, run.method) == ("sft", {"lora": "peft", "full": "full"}.get(method,
+                                                                                  "freeze"))
     for prefix in ("eval", "test"):
         loss = run.metrics[f"{prefix}_loss"]
         assert loss > 0 and run.metrics[f"{prefix}_perplexity"] == pytest.approx(math.exp(loss))
@@ -292,6 +296,9 @@ def test_a_run_records_the_completion_metrics_and_generations(method, tmp_path, 
         assert frozen and all(torch.equal(base[name], trained[name]) for name in frozen)
         assert any(not torch.equal(base[name], trained[name]) for name in base
                    if name.startswith("model.layers.2."))
+    if method == "auto_freeze":  # it froze blocks, with the tied head, and replayed them
+        frozen = [event for event in run.schedule_events if event.get("froze")]
+        assert frozen and run.frozen_audit["passed"] and run.prefix_cache["records"] > 0
 
 
 def test_eval_loss_is_the_exact_mean_over_validation_completion_tokens(tmp_path, tiny_llama,
