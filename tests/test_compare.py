@@ -570,7 +570,7 @@ def test_the_command_line_entry_point_refuses_in_one_line(runs, tmp_path):
     )
     assert process.returncode == 1
     assert process.stderr.strip() == (f"error: {bad}: unknown task 'translation' (known: "
-                                      "classification, causal_lm, seq2seq)")
+                                      "classification, causal_lm, seq2seq, sft)")
     assert not (tmp_path / "REPORT.md").exists()
 
 

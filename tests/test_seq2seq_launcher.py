@@ -147,7 +147,7 @@ def test_a_decoder_only_model_is_refused_in_one_line_with_exit_status_2(tmp_path
     assert done.stderr.strip().splitlines()[-1] == (
         "error: task='seq2seq' needs an encoder-decoder text model (AutoModelForSeq2SeqLM: t5, "
         f"bart, mt5, pegasus, marian, ...), but model {tiny_gpt2!r} is of type 'gpt2'; for it "
-        "use task 'classification' or 'causal_lm'")
+        "use task 'classification' or 'causal_lm' or 'sft'")
     assert not (tmp_path / "out").exists()
 
 

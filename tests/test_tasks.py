@@ -18,7 +18,7 @@ from recipes.report import aggregate
 
 
 def test_every_entry_is_complete_and_names_real_classes():
-    assert list(TASKS) == ["classification", "causal_lm", "seq2seq"]
+    assert list(TASKS) == ["classification", "causal_lm", "seq2seq", "sft"]
     for name, task in TASKS.items():
         assert task.name == name
         assert hasattr(transformers, task.auto_class), task.auto_class
@@ -28,16 +28,21 @@ def test_every_entry_is_complete_and_names_real_classes():
     assert TASKS["classification"].make_compute_metrics() is not None
     assert TASKS["seq2seq"].generates and TASKS["seq2seq"].trainer_class() is not (
         TASKS["causal_lm"].trainer_class())
+    # sft scores completion tokens (its own metrics and trainer) and records generations
+    assert TASKS["sft"].make_compute_metrics() is not None and not TASKS["sft"].generates
+    assert TASKS["sft"].generate_examples is not None and all(
+        TASKS[name].generate_examples is None for name in ("classification", "causal_lm",
+                                                           "seq2seq"))
     # the report selects and reports each task by its entry
     assert {name: task.metrics for name, task in TASKS.items()} == aggregate.TASKS
 
 
 def test_the_valid_tasks_are_the_table(monkeypatch):
     with pytest.raises(ValueError, match="task='translation' is not one of classification, "
-                                         "causal_lm, seq2seq"):
+                                         "causal_lm, seq2seq, sft"):
         ModelArguments(task="translation")
     with pytest.raises(ValueError, match="unknown task 'translation'; valid tasks: "
-                                         "classification, causal_lm, seq2seq"):
+                                         "classification, causal_lm, seq2seq, sft"):
         get_task("translation")
 
 

@@ -6,6 +6,11 @@ carved first, then ``validation`` from what is left, from one generator seeded w
 Subsampling (``max_train_samples``, ``max_eval_samples``) draws from each split with its own
 generator (``[seed, split index]``), so that cutting ``train`` never changes ``validation`` or
 ``test``.
+
+Carving can instead draw whole groups (``group=``, a column: the prompt of ``--task sft``):
+``draw_groups`` takes every row of a value or none, so no value of that column lands in two
+splits. It is what keeps a prompt that the corpus answers several ways ("Tell me a joke" has 30
+answers in chatterbot) from being trained on and then scored as held out.
 """
 
 from __future__ import annotations
@@ -72,11 +77,13 @@ class SplitSizes:
         check_arguments(self.validation_fraction, self.test_fraction, self.max_train_samples,
                         self.max_eval_samples)
 
-    def carve(self, raw: datasets.DatasetDict, *, stratify: bool) -> datasets.DatasetDict:
+    def carve(self, raw: datasets.DatasetDict, *, stratify: bool,
+              group: str | None = None) -> datasets.DatasetDict:
         """The missing splits carved from ``train`` (``complete_splits``), then ``subsample``d;
-        ``stratify`` by the ``label`` column (classification) or not."""
+        ``stratify`` by the ``label`` column (classification) or not; ``group``: carve whole
+        groups of rows with one value of this column (``draw_groups``)."""
         splits = complete_splits(raw, self.seed, self.validation_fraction, self.test_fraction,
-                                 stratify=stratify)
+                                 stratify=stratify, group=group)
         return subsample(splits, self.seed, self.max_train_samples, self.max_eval_samples,
                          stratify=stratify)
 
@@ -134,6 +141,40 @@ def draw(
     return parts["test"], parts["train"]
 
 
+def draw_groups(
+    split: datasets.Dataset, n_take: int, generator: np.random.Generator, column: str
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Draw whole groups of ``split`` (rows with the same value of ``column``) in a random order
+    until at least ``n_take`` rows are taken: ``(taken, rest)``. No value is in both parts.
+
+    The groups are shuffled by ``generator`` (in the order their values first occur, so the draw
+    depends on the seed and the data only); the taken rows keep the shuffled group order, each
+    group's rows in split order. A large last group may take a few rows more than ``n_take``;
+    the rest keeps at least one group, else it is a ``ValueError``.
+    """
+    values = split[column][:]
+    groups: dict[str, list[int]] = {}
+    for index, value in enumerate(values):
+        groups.setdefault(value, []).append(index)
+    order = generator.permutation(len(groups))
+    members = list(groups.values())
+    taken: list[int] = []
+    drawn = 0
+    for position in order:
+        if len(taken) >= n_take:
+            break
+        taken += members[position]
+        drawn += 1
+    if drawn >= len(members):
+        raise ValueError(
+            f"the {len(split)} rows have only {len(members)} distinct values of {column!r}, too "
+            f"few to draw {n_take} rows by {column} and keep some for the rest"
+        )
+    chosen = set(taken)
+    rest = [index for index in range(len(split)) if index not in chosen]
+    return split.select(taken), split.select(rest)
+
+
 def complete_splits(
     raw: datasets.DatasetDict,
     seed: int,
@@ -141,10 +182,13 @@ def complete_splits(
     test_fraction: float,
     *,
     stratify: bool,
+    group: str | None = None,
 ) -> datasets.DatasetDict:
     """Carve ``test`` and ``validation`` out of ``train`` where the source lacks them.
 
-    Fractions are of the ``train`` pool before carving; empty splits count as missing.
+    Fractions are of the ``train`` pool before carving; empty splits count as missing. With
+    ``group``, whole groups of rows are carved (``draw_groups``), so no value of that column
+    is in two carved splits.
     """
     present = {name: split for name, split in raw.items() if len(split) > 0}
     if "train" not in present:
@@ -157,8 +201,12 @@ def complete_splits(
         n_take = max(1, round(fraction * total))
         if n_take >= len(present["train"]):
             raise ValueError(f"train split has only {total} rows, too few to carve a {name} split")
-        present[name], present["train"] = draw(present["train"], n_take, generator,
-                                               stratify=stratify)
+        if group is not None:
+            present[name], present["train"] = draw_groups(present["train"], n_take, generator,
+                                                          group)
+        else:
+            present[name], present["train"] = draw(present["train"], n_take, generator,
+                                                   stratify=stratify)
     return datasets.DatasetDict({name: present[name] for name in SPLITS})
 
 

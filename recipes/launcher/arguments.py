@@ -51,16 +51,31 @@ class ModelArguments:
     )
     task: str = field(
         default="classification",
-        metadata={"help": "classification | causal_lm | seq2seq (an encoder-decoder: T5, BART); "
-                  "the tasks are recipes.launcher.tasks.TASKS"},
+        metadata={"help": "classification | causal_lm | seq2seq (an encoder-decoder: T5, BART) | "
+                  "sft (a decoder on prompt/completion pairs); the tasks are "
+                  "recipes.launcher.tasks.TASKS"},
     )
     max_length: int = field(
         default=128,
-        metadata={"help": "max tokens per example (classification), block size (causal_lm) or "
-                  "max source tokens (seq2seq)"},
+        metadata={"help": "max tokens per example (classification; sft: prompt, completion and "
+                  "eos, the prompt cut from the left), block size (causal_lm) or max source "
+                  "tokens (seq2seq)"},
     )
     max_target_length: int = field(
         default=64, metadata={"help": "seq2seq: max target tokens (longer targets are cut)"}
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={"help": "sft: render each prompt as a user turn with the tokenizer's chat "
+                  "template (for an instruct model) instead of prompt, newline, completion"},
+    )
+    generations: int = field(
+        default=5,
+        metadata={"help": "sft: greedy generations recorded in results.json after training, for "
+                  "the first this many distinct test prompts (0: none)"},
+    )
+    max_new_tokens: int = field(
+        default=32, metadata={"help": "sft: at most this many tokens per generation"}
     )
     model_cache_dir: str | None = field(
         default=None, metadata={"help": "where converted checkpoints live (smollm2)"}
@@ -77,6 +92,10 @@ class ModelArguments:
         choice("task", self.task, TASKS)
         positive_int("max_length", self.max_length)
         positive_int("max_target_length", self.max_target_length)
+        positive_int("max_new_tokens", self.max_new_tokens)
+        if isinstance(self.generations, bool) or not isinstance(self.generations, int) \
+                or self.generations < 0:
+            raise ConfigError(f"generations={self.generations!r} must be an integer >= 0")
 
 
 @dataclass
@@ -93,6 +112,13 @@ class DataArguments:
     )
     target_column: str = field(
         default="target", metadata={"help": "seq2seq: column holding the target (output) text"}
+    )
+    prompt_column: str = field(
+        default="prompt", metadata={"help": "sft: column holding the prompt"}
+    )
+    completion_column: str = field(
+        default="completion", metadata={"help": "sft: column holding the completion (the answer "
+                                        "the loss is on)"}
     )
     data_seed_splits: int = field(
         default=42, metadata={"help": "seed of the train/validation/test split (not the run seed)"}
@@ -111,7 +137,8 @@ class DataArguments:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
-        for name in ("dataset", "text_column", "label_column", "source_column", "target_column"):
+        for name in ("dataset", "text_column", "label_column", "source_column", "target_column",
+                     "prompt_column", "completion_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a non-empty string")
 

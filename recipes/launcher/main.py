@@ -98,6 +98,10 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
     for metrics, prefix in ((validation, "eval"), (test, "test")):
         if task.reports_perplexity and metrics:
             metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
+    generations = (  # from test prompts: not when the test split is not read
+        task.generate_examples(trainer, tokenized, model_args)
+        if task.generate_examples is not None and training_args.do_predict else None
+    )
     outputs = None
     if training_args.save_model:
         config = trainer.model.config
@@ -154,6 +158,7 @@ def run(model_args, data_args, method_args, training_args, run_dir, argv) -> dic
         **trainer.freeze_metrics(),
         frozen_audit=audit.as_dict() if audit is not None else None,
         log_history=trainer.state.log_history,
+        generations=generations,
         resumed_from=run_dir.checkpoint,
         saved=outputs.saved if outputs is not None else None,
         **environment(),

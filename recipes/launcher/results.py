@@ -12,7 +12,11 @@ Versions (``schema_version``):
 - **0**: files written before this module (no ``schema_version`` key). They read: a field the
   file lacks takes its default (``data`` is None for runs made before split digests were
   recorded, ``frozen_audit_*`` are None when the audit was off).
-- **1**: this schema; ``schema_version`` is written into every new file.
+- **1**: this schema; ``schema_version`` is written into every new file. ``generations``
+  (``--task sft``'s greedy answers to a few test prompts: ``prompt``, ``reference``,
+  ``generated``, ``stopped``; null for the other tasks) was added within version 1: a new
+  optional key changes no existing key's meaning, so it needs no new version, and a reader that
+  predates it keeps it in ``extra``.
 
 A file from a newer version than :data:`SCHEMA_VERSION` is refused (:class:`ResultsError` naming
 the file and both versions): a newer writer may have changed what a key means.
@@ -136,6 +140,8 @@ class RunResults:
     frozen_audit: dict | None = None
     log_history: list = field(default_factory=list)
     schedule_events: list = field(default_factory=list)  # stage changes, auto_freeze decisions
+    # sft: [{prompt, reference, generated, stopped}] for a few test prompts; None otherwise
+    generations: list | None = None
     # how it was launched: processes, and the accelerate launcher and config file used
     world_size: int | None = None
     accelerate: dict | None = None

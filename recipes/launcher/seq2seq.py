@@ -1,13 +1,14 @@
 """The launcher's ``--task seq2seq``: an encoder-decoder (``AutoModelForSeq2SeqLM``: T5, BART,
 ...) trained on source/target pairs.
 
-Data (``load_seq2seq_splits``): ``"chatterbot"`` (embedded, offline) gives question/answer pairs,
-each consecutive pair of turns of a conversation (turn i is the source, turn i + 1 its target),
-exact duplicate pairs dropped (first kept); a local file or Hub dataset gives the pairs from
-``source_column`` / ``target_column`` (default ``source`` / ``target``), renamed to ``source`` and
-``target``. Missing splits are carved and subsampled by ``recipes.data.splits``, seeded and not
-stratified, as for causal LM; pairs of one conversation may land in different splits, as texts of
-one author do in the other tasks.
+Data (``load_seq2seq_splits``, through ``recipes.data.pairs.read_pairs``): ``"chatterbot"``
+(embedded, offline) gives question/answer pairs, each consecutive pair of turns of a conversation
+(turn i is the source, turn i + 1 its target), exact duplicate pairs dropped (first kept); a local
+file or Hub dataset gives the pairs from ``source_column`` / ``target_column`` (default ``source``
+/ ``target``), renamed to ``source`` and ``target``. Missing splits are carved and subsampled by
+``recipes.data.splits``, seeded and not stratified, as for causal LM; pairs of one conversation
+may land in different splits, as texts of one author do in the other tasks (``--task sft``
+carves by prompt instead).
 
 Tokenization (``tokenize_seq2seq``): the source truncated to ``max_length``, the target through
 ``text_target=`` truncated to ``max_target_length``; no padding (``DataCollatorForSeq2Seq`` pads
@@ -28,8 +29,9 @@ from __future__ import annotations
 import datasets
 from transformers import Seq2SeqTrainer
 
-from recipes.data.files import leave_out_rows, load_external, select_columns, set_left_out
-from recipes.data.sources import check_length, load_chatterbot_conversations
+from recipes.data.files import set_left_out
+from recipes.data.pairs import PairColumns, chatterbot_pairs, read_pairs
+from recipes.data.sources import check_length
 from recipes.data.splits import SplitSizes
 from recipes.launcher.outputs import RunTrainer
 
@@ -40,14 +42,9 @@ class RunSeq2SeqTrainer(RunTrainer, Seq2SeqTrainer):
 
 
 def load_chatterbot_pairs() -> list[dict[str, str]]:
-    """Question/answer pairs of the chatterbot corpus: every consecutive pair of turns of every
-    conversation, as ``{"source": turn i, "target": turn i + 1}``; exact duplicates dropped."""
-    pairs = dict.fromkeys(
-        (turns[i], turns[i + 1])
-        for turns in load_chatterbot_conversations()
-        for i in range(len(turns) - 1)
-    )
-    return [{"source": source, "target": target} for source, target in pairs]
+    """Question/answer pairs of the chatterbot corpus (``recipes.data.pairs.chatterbot_pairs``),
+    as ``{"source": turn i, "target": turn i + 1}``."""
+    return [{"source": source, "target": target} for source, target in chatterbot_pairs()]
 
 
 def load_seq2seq_splits(
@@ -63,48 +60,18 @@ def load_seq2seq_splits(
 
     Returns:
         A ``DatasetDict`` whose splits have exactly the string columns ``source`` and ``target``;
-        rows with an empty source or target are dropped.
+        rows with an empty source or target are left out and recorded
+        (``recipes.data.pairs.read_pairs``).
 
     Raises:
         ValueError: one line for a missing column (naming the flag and the columns there are),
             the two columns being one, ``"tweets"`` (no pairs), or bad fractions / sample counts.
     """
     sizes = SplitSizes(**split_options)
-    if source == "tweets":
-        raise ValueError(
-            "source 'tweets' has no source/target pairs; use 'chatterbot', or a file or Hub "
-            "dataset with --source_column and --target_column"
-        )
-    if source == "chatterbot":
-        raw = datasets.DatasetDict({"train": datasets.Dataset.from_list(load_chatterbot_pairs())})
-    else:
-        if source_column == target_column:
-            raise ValueError(
-                f"source_column and target_column are both {source_column!r}; name two "
-                "different columns"
-            )
-        raw = load_external(source, dataset_config, (source_column, target_column))
-        available = raw["train"].column_names
-        for flag, column in (("source_column", source_column), ("target_column", target_column)):
-            if column not in available:
-                raise ValueError(
-                    f"{flag}={column!r} is not a column of {source!r}; its columns: "
-                    f"{', '.join(available)}"
-                )
-        raw = select_columns(raw, {source_column: "source", target_column: "target"})
-    for column in ("source", "target"):
-        raw = raw.cast_column(column, datasets.Value("string"))
-    names = {"source": source_column, "target": target_column}
-
-    def reason(row):
-        for column in ("source", "target"):
-            if not (row[column] and row[column].strip()):
-                return f"with no {column} in column {names[column]!r}"
-        return None
-
-    raw, left_out = leave_out_rows(raw, source, reason)
-    return set_left_out(sizes.carve(raw, stratify=False),
-                        None if source == "chatterbot" else left_out)
+    names = PairColumns("source", "target", source_column, target_column,
+                        "source_column", "target_column")
+    raw, left_out = read_pairs(source, dataset_config, names)
+    return set_left_out(sizes.carve(raw, stratify=False), left_out)
 
 
 def tokenize_seq2seq(

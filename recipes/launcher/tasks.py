@@ -7,11 +7,12 @@ on and the report shows (:class:`TaskMetrics`), the trainer class, PEFT's task t
 flags. Every other module asks the entry instead of comparing the task's name: ``models``
 (loading), ``build`` (data, trainer), ``main`` (derived metrics, the card's label config),
 ``parsing`` (generation flags), ``arguments`` (the valid ``--task`` values), ``peft_methods``,
+``main`` again (the generations a task records after training),
 ``model_card`` (through the Auto class ``main`` hands it), ``recipes.report.aggregate`` and
 ``recipes.experiments.sweep`` (selection and reported metrics).
 
 Adding a task is adding one entry here (its functions may live in their own module, as
-``recipes.launcher.seq2seq`` does for ``seq2seq``).
+``recipes.launcher.seq2seq`` does for ``seq2seq`` and ``recipes.launcher.sft`` for ``sft``).
 
 The library's own preview (``python -m freeze_policies``) keeps its own small mapping of task
 name to Auto class: the library is installed without the recipes and must not import them, and
@@ -78,6 +79,9 @@ class Task:
     has_labels: bool = False  # a classification head: label names, id2label in the card
     per_batch_loss: bool = False  # the loss is averaged per batch (see build.prepare)
     generates: bool = False  # accepts --predict_with_generate and the generation flags
+    # (trainer, tokenized splits, model_args) -> results.json's ``generations`` after training,
+    # or None for a task that records none
+    generate_examples: Callable[..., list | None] | None = None
     # (model name, config) -> what the task needs and what the model is, or None if it can do it
     # (``recipes.launcher.model_tasks``; read from the config before any weight loads)
     refuse_model: Callable[[str, Any], str | None] = lambda name, config: None
@@ -153,13 +157,18 @@ def _classification_tokens(splits, tokenizer, model, model_args, data_args):
     from recipes.data import sources
 
     tokenized = sources.tokenize_classification(splits, tokenizer, model_args.max_length)
+    return limit_validation(tokenized, data_args), DataCollatorWithPadding(tokenizer)
+
+
+def limit_validation(tokenized, data_args):
+    """``max_validation_samples``: a seeded random subset of the validation rows."""
     if data_args.max_validation_samples is not None:
         validation = tokenized["validation"]
         if data_args.max_validation_samples < len(validation):
             tokenized["validation"] = validation.shuffle(
                 seed=data_args.data_seed_splits
             ).select(range(data_args.max_validation_samples))
-    return tokenized, DataCollatorWithPadding(tokenizer)
+    return tokenized
 
 
 def _classification_metrics():
@@ -240,6 +249,44 @@ def _seq2seq_trainer():
     return RunSeq2SeqTrainer
 
 
+# -- supervised fine-tuning (recipes.launcher.sft) ------------------------------------------
+
+
+def _sft_data(model_args, data_args):
+    from recipes.launcher.sft import load_sft_splits
+
+    common = _common(data_args)
+    del common["text_column"]
+    return load_sft_splits(data_args.dataset, prompt_column=data_args.prompt_column,
+                           completion_column=data_args.completion_column, **common), None
+
+
+def _sft_tokens(splits, tokenizer, model, model_args, data_args):
+    from recipes.launcher.sft import CompletionCollator, tokenize_sft
+
+    tokenized = tokenize_sft(splits, tokenizer, model_args.max_length,
+                             chat_template=model_args.chat_template, source=data_args.dataset)
+    return limit_validation(tokenized, data_args), CompletionCollator(tokenizer.pad_token_id)
+
+
+def _sft_metrics():
+    from recipes.launcher.metrics import completion_compute_metrics
+
+    return completion_compute_metrics()
+
+
+def _sft_trainer():
+    from recipes.launcher.sft import RunSFTTrainer  # scores the completion tokens
+
+    return RunSFTTrainer
+
+
+def _sft_generations(trainer, tokenized, model_args):
+    from recipes.launcher.sft import generate_examples
+
+    return generate_examples(trainer, tokenized, model_args)
+
+
 BY_LOSS = TaskMetrics(
     "eval_loss", False, "test_loss",
     (("test_loss", "test loss"), ("test_perplexity", "test perplexity")), False,
@@ -296,6 +343,28 @@ TASKS: dict[str, Task] = {
             peft_task_type="SEQ_2_SEQ_LM",
             reports_perplexity=True,
             generates=True,
+        ),
+        Task(
+            name="sft",
+            refuse_model=causal_lm_refusal,
+            help="a decoder on prompt/completion pairs, the loss on the completion only",
+            auto_class="AutoModelForCausalLM",
+            load_model=_load_causal_lm,
+            load_data=_sft_data,
+            prepare_data=_sft_tokens,
+            # Selected by validation loss (lower is better, as the causal-LM tasks); the token
+            # accuracy is the figure a person reads. It is a share in [0, 1] like classification's
+            # accuracy: the report's percent scaling is per task, and losses are not percents.
+            metrics=TaskMetrics(
+                "eval_loss", False, "test_loss",
+                (("test_loss", "test loss"), ("test_perplexity", "test perplexity"),
+                 ("test_token_accuracy", "test token accuracy")), False,
+            ),
+            compute_metrics=_sft_metrics,
+            trainer_class=_sft_trainer,
+            peft_task_type="CAUSAL_LM",
+            reports_perplexity=True,
+            generate_examples=_sft_generations,
         ),
     )
 }

@@ -3,7 +3,10 @@
 :func:`classification_compute_metrics` reports accuracy and macro-F1 through the local
 `evaluate` module in ``classification.py`` (loaded by path, so it works offline). Causal-LM and
 sequence-to-sequence runs report perplexity, which the caller derives from the evaluation loss
-with :func:`perplexity`. Which task uses which is the task's entry in
+with :func:`perplexity`. Supervised fine-tuning (``--task sft``) scores the completion tokens
+only: their exact mean cross-entropy and token accuracy (``completion.py``:
+:func:`completion_compute_metrics`, with :func:`completion_predictions` reducing the logits), and
+perplexity from that loss. Which task uses which is the task's entry in
 ``recipes.launcher.tasks`` (``Task.compute_metrics``, ``Task.reports_perplexity``).
 """
 
@@ -13,6 +16,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from recipes.launcher.metrics.completion import (  # noqa: F401  (the sft task's metrics)
+    completion_compute_metrics,
+    completion_predictions,
+)
 
 CLASSIFICATION_METRIC_PATH = str(Path(__file__).resolve().with_name("classification.py"))
 """Absolute path of the accuracy / macro-F1 module, for ``evaluate.load``."""
