@@ -47,7 +47,8 @@ a resumed run measures exactly what the uninterrupted one did; the pretrained no
 The size of an update depends on the learning rate and on ``every``: ``threshold`` is tied to
 them, as the rank-based gradient criterion is not, so it has no default and must be given. Under
 AdamW with a linearly decaying rate, the blocks' relative updates measured on MiniLM fell with
-the rate and stayed within about 20% of each other at every window (``docs/adaptive.md``): the
+the rate (5- to 9-fold over the first 100 steps) and stayed within a factor of 1.5 of each other at
+every window (``docs/adaptive.md``): the
 threshold mostly picks *when* in the schedule freezing starts. 0.012 was chosen on validation
 for MiniLM at rate 3e-4 and ``every=10`` (``configs/experiments/default.yaml``).
 
