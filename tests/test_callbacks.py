@@ -117,7 +117,8 @@ def test_zero_lr_with_create_optimizer_in_plain_trainer(tmp_path):
     model = make_model("bert")
     args = make_args(tmp_path)
     policy = get_policy("bottom_n", n=2)
-    optimizer = create_optimizer(model, args, policy, freeze_mode="zero_lr", layer_lr_decay=0.5)
+    optimizer = create_optimizer(model, args, policy, freeze_options=FreezeOptions(
+        freeze_mode="zero_lr", layer_lr_decay=0.5))
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens("bert"),
                       optimizers=(optimizer, None),
                       callbacks=[FreezeScheduleCallback(policy,

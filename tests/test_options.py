@@ -139,9 +139,9 @@ def test_option_keywords_warn_once_naming_freeze_options(tmp_path, monkeypatch):
     replacement; FreezeOptions itself warns about nothing."""
     import warnings
 
-    from freeze_policies.training import callbacks
+    from freeze_policies.training import options
 
-    monkeypatch.setattr(callbacks, "_WARNED", set())
+    monkeypatch.setattr(options, "_WARNED", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         FreezeScheduleCallback("all_but_head", freeze_options=FreezeOptions(audit="log"))
@@ -151,6 +151,10 @@ def test_option_keywords_warn_once_naming_freeze_options(tmp_path, monkeypatch):
         FreezeTrainer(model=make_model("bert"), args=make_args(tmp_path),
                       train_dataset=RandomTokens("bert"), freeze_policy="all_but_head",
                       audit="log")
+        create_optimizer(make_model("bert"), make_args(tmp_path), "all_but_head",
+                         freeze_options=FreezeOptions(layer_lr_decay=0.5))
+        create_optimizer(make_model("bert"), make_args(tmp_path), "all_but_head",
+                         layer_lr_decay=0.5)
     messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert messages == [
         "FreezeScheduleCallback(audit=...) is deprecated; pass "
@@ -159,6 +163,8 @@ def test_option_keywords_warn_once_naming_freeze_options(tmp_path, monkeypatch):
         "freeze_options=FreezeOptions(freeze_mode=...) instead",
         "FreezeTrainer(audit=...) is deprecated; pass freeze_options=FreezeOptions(audit=...) "
         "instead",
+        "create_optimizer(layer_lr_decay=...) is deprecated; pass "
+        "freeze_options=FreezeOptions(layer_lr_decay=...) instead",
     ]
     # pointing at the caller's line, not the library's
     assert all(w.filename == __file__ for w in caught if issubclass(w.category, FutureWarning))

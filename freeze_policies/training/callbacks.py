@@ -43,7 +43,6 @@ Each job past the schedule has its module, which the callback calls at its event
 from __future__ import annotations
 
 import logging
-import warnings
 
 from torch import nn
 from transformers import TrainerCallback
@@ -63,7 +62,11 @@ from freeze_policies.structure.discover import Anatomy
 from freeze_policies.training.audit import AuditResult, FrozenAudit, audit_metrics, report_audit
 from freeze_policies.training.checkpointing import ensure_input_grads
 from freeze_policies.training.modes import prepare_plain_trainer, start_fixed_mode
-from freeze_policies.training.options import FreezeOptions, freeze_options_from
+from freeze_policies.training.options import (
+    FreezeOptions,
+    freeze_options_from,
+    warn_option_keywords,
+)
 from freeze_policies.training.resume import (
     check_optimizer_holds,
     check_saved_names,
@@ -74,26 +77,6 @@ from freeze_policies.training.resume import (
 from freeze_policies.training.schedule_events import announce, decision_entry, stage_entry
 
 logger = logging.getLogger("freeze_policies")
-
-_WARNED: set[tuple[str, str]] = set()  # (class, keyword) already warned about in this process
-
-
-def warn_option_keywords(owner: str, **keywords) -> None:
-    """A ``FutureWarning``, once per process for each of ``owner``'s keyword arguments given
-    (not None), that names its replacement: ``freeze_options=FreezeOptions(name=...)``. The
-    keywords still work (they build the ``FreezeOptions``); ``FreezeOptions`` is the one way the
-    docs teach, and the keywords will go."""
-    for name, value in keywords.items():
-        if value is None or (owner, name) in _WARNED:
-            continue
-        _WARNED.add((owner, name))
-        warnings.warn(
-            f"{owner}({name}=...) is deprecated; pass freeze_options=FreezeOptions({name}=...) "
-            "instead",
-            FutureWarning,
-            stacklevel=3,
-        )
-
 
 class FreezeScheduleCallback(TrainerCallback, ExportableState):
     """Applies ``policy`` (and its schedule), keeps frozen weights still, and audits them.

@@ -84,8 +84,8 @@ def prepare_plain_trainer(model: nn.Module, freeze_mode: str, ever, optimizer) -
         raise FreezePolicyError(
             "freeze_mode='zero_lr' needs lr=0 optimizer groups, which Trainer does not build: "
             "use FreezeTrainer, or Trainer(optimizers=("
-            "freeze_policies.training.optim.create_optimizer("
-            "model, args, policy, freeze_mode='zero_lr'), None))"
+            "freeze_policies.training.optim.create_optimizer(model, args, policy, "
+            "freeze_options=FreezeOptions(freeze_mode='zero_lr')), None))"
         )
     if freeze_mode == "requires_grad":
         set_trainable(model, ever)
@@ -124,7 +124,8 @@ def check_zero_lr_groups(model: nn.Module, frozen: set[str], optimizer, lr_sched
             f"freeze_mode='zero_lr' but {len(wrong)} frozen parameters sit in optimizer "
             f"groups with lr != 0 ({', '.join(wrong[:3])}): build the optimizer with "
             "FreezeTrainer or "
-            "freeze_policies.training.optim.create_optimizer(freeze_mode='zero_lr')"
+            "freeze_policies.training.optim.create_optimizer("
+            "freeze_options=FreezeOptions(freeze_mode='zero_lr'))"
         )
     floors = [m for m in getattr(lr_scheduler, "min_lrs", None) or [] if m > 0]
     if floors:  # e.g. GreedyLR: max(lr * factor, min_lr) would lift lr=0 to min_lr

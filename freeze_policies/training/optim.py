@@ -44,7 +44,12 @@ from freeze_policies.errors import FreezePolicyError
 from freeze_policies.policies.registry import resolve_policy
 from freeze_policies.structure.discover import Anatomy, anatomy
 from freeze_policies.training.modes import optimizer_membership
-from freeze_policies.training.options import FreezeOptions, check_lr_options, freeze_options_from
+from freeze_policies.training.options import (
+    FreezeOptions,
+    check_lr_options,
+    freeze_options_from,
+    warn_option_keywords,
+)
 
 # Trainer.get_decay_parameter_names' name rule (transformers 4.46 .. 5.x); a test keeps them equal.
 NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
@@ -206,12 +211,15 @@ def create_optimizer(
     options). ``freeze_policy`` is a policy, a name, a ``{"name": ..., **options}`` dict, or None
     (every parameter that requires grad now trains). ``freeze_options`` (a ``FreezeOptions``)
     gives ``freeze_mode``, ``layer_lr_decay`` and ``head_lr_multiplier``; the keyword arguments
-    of those names still work in its place and build one. ``anat`` is the policy's anatomy of
+    of those names still work in its place but are deprecated (a ``FutureWarning`` once per
+    process names the replacement), as on ``FreezeTrainer``. ``anat`` is the policy's anatomy of
     ``model`` when the caller has it (else it is traced here). ``cls_and_kwargs`` overrides the
     optimizer ``args.optim`` names; ``decay_names`` overrides who gets weight decay (default:
     ``decay_parameter_names``). Pass the result to ``Trainer(optimizers=(optimizer, None))``
     together with a ``FreezeScheduleCallback``.
     """
+    warn_option_keywords("create_optimizer", freeze_mode=freeze_mode,
+                         layer_lr_decay=layer_lr_decay, head_lr_multiplier=head_lr_multiplier)
     options = freeze_options_from(
         freeze_options,
         freeze_mode=freeze_mode,

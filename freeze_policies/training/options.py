@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -163,4 +164,24 @@ def check_lr_options(layer_lr_decay: float, head_lr_multiplier: float) -> None:
     ):
         raise FreezePolicyError(
             f"head_lr_multiplier={head_lr_multiplier!r} must be a finite number > 0"
+        )
+
+
+_WARNED: set[tuple[str, str]] = set()  # (class, keyword) already warned about in this process
+
+
+def warn_option_keywords(owner: str, **keywords) -> None:
+    """A ``FutureWarning``, once per process for each of ``owner``'s keyword arguments given
+    (not None), that names its replacement: ``freeze_options=FreezeOptions(name=...)``. The
+    keywords still work (they build the ``FreezeOptions``); ``FreezeOptions`` is the one way the
+    docs teach, and the keywords will go."""
+    for name, value in keywords.items():
+        if value is None or (owner, name) in _WARNED:
+            continue
+        _WARNED.add((owner, name))
+        warnings.warn(
+            f"{owner}({name}=...) is deprecated; pass freeze_options=FreezeOptions({name}=...) "
+            "instead",
+            FutureWarning,
+            stacklevel=3,
         )

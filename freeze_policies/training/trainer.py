@@ -84,14 +84,14 @@ from freeze_policies.errors import FreezePolicyError
 from freeze_policies.policies.trainable import check_not_peft, set_trainable
 from freeze_policies.structure.discover import Anatomy, anatomy
 from freeze_policies.training.audit import AuditResult
-from freeze_policies.training.callbacks import (
-    FreezeScheduleCallback,
-    find_freeze_callback,
-    warn_option_keywords,
-)
+from freeze_policies.training.callbacks import FreezeScheduleCallback, find_freeze_callback
 from freeze_policies.training.modes import check_scheduler_type
 from freeze_policies.training.optim import create_optimizer
-from freeze_policies.training.options import FreezeOptions, freeze_options_from
+from freeze_policies.training.options import (
+    FreezeOptions,
+    freeze_options_from,
+    warn_option_keywords,
+)
 from freeze_policies.training.precision import DtypeMove, check_precision_options, place, upcast
 from freeze_policies.training.prefix_cache import PrefixCache
 

@@ -77,7 +77,8 @@ class Run:
         freeze_mode = "requires_grad" if mode == "full" else mode
         self.callback = FreezeScheduleCallback(
             policy, freeze_options=FreezeOptions(audit="log", freeze_mode=freeze_mode))
-        self.optimizer = create_optimizer(self.model, args, policy, freeze_mode=freeze_mode)
+        self.optimizer = create_optimizer(self.model, args, policy,
+                                          freeze_options=FreezeOptions(freeze_mode=freeze_mode))
         self.callback.on_train_begin(args, self.state, self.control, model=self.model,
                                      optimizer=self.optimizer)
         self.times: list[float] = []
