@@ -7,6 +7,10 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,6 +260,30 @@ def test_prefix_cache_file_goes_when_the_run_is_interrupted(tmp_path, tiny_bert,
     monkeypatch.setattr(FreezeTrainer, "training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(argv(tmp_path, tiny_bert, *cache_flags(cache)))
+    assert list(cache.iterdir()) == []
+
+
+def test_prefix_cache_file_goes_when_the_launcher_gets_sigterm(tmp_path, tiny_bert):
+    """recipes/run.py in its own process, stopped by SIGTERM mid-training (as a scheduler or
+    accelerate stops it): it exits 143 and its cache file is gone, not left for the next run."""
+    cache = tmp_path / "cache"
+    flags = [f for f in cache_flags(cache) if f not in ("--max_steps", "3")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "recipes" / "run.py"),
+         *argv(tmp_path, tiny_bert, *flags, "--max_steps", "100000")],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (cache.is_dir() and any(cache.iterdir())):  # training has started
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "no cache file within 120 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+        process.wait()
     assert list(cache.iterdir()) == []
 
 

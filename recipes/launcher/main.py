@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import resource
 import shlex
+import signal
 import sys
+import threading
 
 import torch
 
@@ -193,8 +195,19 @@ def peak_memory() -> dict:
     return {"peak_memory_bytes": peak_kib * 1024, "peak_memory_kind": "cpu_max_rss"}
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a job scheduler's stop, ``kill``, accelerate stopping its workers) ends the run
+    the way Ctrl-C does: ``SystemExit(143)`` is raised in the main thread, so ``finally`` blocks
+    and exit handlers run and the prefix cache's file is removed. Python's default for SIGTERM is
+    to die on the spot, leaving the file until the next run of the same output_dir starts. Only
+    the launcher installs this; the library leaves a process's signal handling to its owner."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def cli() -> None:
     """``recipes/run.py``'s command line: a user error is one line, not a traceback."""
+    stop_on_sigterm()
     try:
         main()
     except (ValueError, FileNotFoundError) as error:  # ConfigError, FreezePolicyError, ...
