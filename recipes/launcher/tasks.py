@@ -49,7 +49,10 @@ class TaskMetrics:
     higher_is_better: bool
     primary: str  # the test metric of the statistics, plots and findings
     reported: tuple[tuple[str, str], ...]  # (key, column title)
-    as_percent: bool
+    as_percent: bool  # the task's metrics are shares, shown as percentages (classification)
+    # reported metrics shown as percentages where the task's others are not (sft's token
+    # accuracy beside its loss)
+    percent_keys: tuple[str, ...] = ()
 
     def score(self, run: RunResults) -> float:
         """``recipes/sweep.py``'s selection score: higher is better."""
@@ -59,6 +62,10 @@ class TaskMetrics:
     def display(self, score: float) -> float:
         """A selection score back in the metric's own terms."""
         return score if self.higher_is_better else -score
+
+    def is_percent(self, key: str) -> bool:
+        """Whether the report shows metric ``key`` as a percentage."""
+        return self.as_percent or key in self.percent_keys
 
 
 @dataclass(frozen=True)
@@ -362,11 +369,12 @@ TASKS: dict[str, Task] = {
             prepare_data=_sft_tokens,
             # Selected by validation loss (lower is better, as the causal-LM tasks); the token
             # accuracy is the figure a person reads. It is a share in [0, 1] like classification's
-            # accuracy: the report's percent scaling is per task, and losses are not percents.
+            # accuracy, shown as a percentage beside the loss and perplexity (percent_keys).
             metrics=TaskMetrics(
                 "eval_loss", False, "test_loss",
                 (("test_loss", "test loss"), ("test_perplexity", "test perplexity"),
-                 ("test_token_accuracy", "test token accuracy")), False,
+                 ("test_token_accuracy", "test token accuracy (%)")), False,
+                percent_keys=("test_token_accuracy",),
             ),
             compute_metrics=_sft_metrics,
             trainer_class=_sft_trainer,
