@@ -3,11 +3,13 @@
 The tables' columns are ``recipes.report.columns``. ``findings`` states a difference from full
 fine-tuning only where the paired 95% interval excludes zero; nothing in it is written in advance.
 Every sentence reads the task's direction (a higher accuracy, a lower loss is better) and scale
-(percentage points, or a loss's own units to 3 decimals).
+(percentage points, or a loss's own units to 3 decimals). A task whose runs record generations
+(``--task sft``) gets a section of them: each prompt's reference and every method's answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -361,6 +363,78 @@ def short_run_notes(table: Table) -> list[str]:
         else []
 
 
+# -- generations ----------------------------------------------------------------------------
+
+ESCAPED = re.compile(r"([\\`*_\[\]<>|~&#])")
+"""Characters a text is escaped of in a table cell: markdown's emphasis, code, links, HTML and
+the table's own pipes."""
+
+
+def inline(text: str) -> str:
+    """A text as one markdown table cell: stripped, markdown's special characters (pipes
+    included) escaped, line breaks as ``<br>``; empty text shows as *(empty)*."""
+    text = text.strip()
+    if not text:
+        return "*(empty)*"
+    return "<br>".join(ESCAPED.sub(r"\\\1", line) for line in text.splitlines())
+
+
+def generation_run(cell: Cell):
+    """The full-length run whose ``generations`` stand for ``cell``: the selection seed's when it
+    recorded them, else the first seed's that did; None when none did."""
+    runs = [run for run in cell.runs if run.generations]
+    chosen = [run for run in runs if run.seed == cell.selection.selection_seed]
+    return (chosen or runs or [None])[0]
+
+
+def generations_markdown(table: Table) -> list[str]:
+    """Each method's greedy answers to the test prompts its runs recorded (``generations``:
+    ``--task sft``), beside the reference answers: one table per prompt, in the order the runs
+    recorded them. Nothing for a table whose runs recorded none."""
+    picked = [(cell, run) for cell in table.cells if (run := generation_run(cell)) is not None]
+    if not picked:
+        return []
+    prompts: dict[str, str] = {}  # prompt -> its reference answer, in recorded order
+    for _, run in picked:
+        for example in run.generations:
+            prompts.setdefault(example["prompt"], example["reference"])
+    seeds = {str(run.seed) for _, run in picked}
+    one_seed = len(seeds) == 1
+    if one_seed:
+        (seed,) = seeds
+        selection = {str(cell.selection.selection_seed) for cell, _ in picked}
+        which = (f"its full-length run with seed {seed}"
+                 + (" (the selection seed)" if selection == {seed} else ""))
+    else:
+        which = "its full-length run with the seed in brackets"
+    shown = {id(cell) for cell, _ in picked}
+    missing = [cell.label for cell in table.cells if id(cell) not in shown]
+    lines = [
+        "### Generations", "",
+        f"Each method's greedy answer to the first {len(prompts)} distinct test prompts "
+        f"(`results.json`'s `generations`), from {which}, at its chosen rate, below the "
+        "reference answer of the test split. *(cut)* marks an answer that reached "
+        "`--max_new_tokens` before its end-of-sequence token. One run per method: the answers "
+        "show what the numbers above mean, they do not rank the methods.", "",
+    ]
+    if missing:
+        lines += [f"No generations recorded for {', '.join(missing)}.", ""]
+    for number, (prompt, reference) in enumerate(prompts.items(), 1):
+        lines += [f"**Prompt {number}:** {inline(prompt)}", "",
+                  "| method | answer |", "|---|---|", f"| reference | {inline(reference)} |"]
+        for cell, run in picked:
+            example = next((e for e in run.generations if e["prompt"] == prompt), None)
+            label = cell.label if one_seed else f"{cell.label} [seed {run.seed}]"
+            if example is None:
+                answer = "— (not among its generations)"
+            else:
+                answer = inline(example["generated"]) + ("" if example.get("stopped", True)
+                                                         else " *(cut)*")
+            lines.append(f"| {label} | {answer} |")
+        lines.append("")
+    return lines
+
+
 # -- the document ---------------------------------------------------------------------------
 
 CAPTIONS = {
@@ -450,6 +524,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
             "### Full fine-tuning's validation curve", "",
             *curve_markdown(table),
             *auto_freeze_markdown(table),
+            *generations_markdown(table),
         ]
     parts += longer  # recipes/report/longer.py: the cells rerun at a longer budget, if any
     if plots:
