@@ -90,7 +90,8 @@ compare: setup      ## every cell of the profile, then the report (see docs/comp
 
 # One CPU report for the default profile and SmolLM2's (whichever of the two exist), with the
 # depth profile's curve as a section of it (it has no full fine-tuning of its own to pair with);
-# another profile (gpu) gets its own folder: <OUT>/<profile>/REPORT.md, with its own bench.json.
+# another profile (gpu, sft, ag_news) gets its own folder: <OUT>/<profile>/REPORT.md, with its own
+# bench.json if there is one (none for sft: its costs are the runs' own step times).
 SHARED_REPORT := $(filter $(PROFILE),default smollm2 depth)
 ifneq ($(SHARED_REPORT),)
 REPORT_RUNS ?= $(or $(call runs_in,default) $(call runs_in,smollm2),$(RUNS))

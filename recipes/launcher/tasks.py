@@ -6,9 +6,10 @@ tokenization with the collator), the metrics the trainer computes, the metrics t
 on and the report shows (:class:`TaskMetrics`), the trainer class, PEFT's task type and a few
 flags. Every other module asks the entry instead of comparing the task's name: ``models``
 (loading), ``build`` (data, trainer), ``main`` (derived metrics, the card's label config),
-``parsing`` (generation flags), ``arguments`` (the valid ``--task`` values), ``peft_methods``,
-``main`` again (the generations a task records after training),
-``model_card`` (through the Auto class ``main`` hands it), ``recipes.report.aggregate`` and
+``parsing`` (generation flags, and the options only some tasks read: a task refuses those its
+entry's ``options`` does not list), ``arguments`` (the valid ``--task`` values),
+``peft_methods``, ``main`` again (the generations a task records after training), ``model_card``
+(through the Auto class ``main`` hands it), ``recipes.report.aggregate`` and
 ``recipes.experiments.sweep`` (selection and reported metrics).
 
 Adding a task is adding one entry here (its functions may live in their own module, as
@@ -48,7 +49,10 @@ class TaskMetrics:
     higher_is_better: bool
     primary: str  # the test metric of the statistics, plots and findings
     reported: tuple[tuple[str, str], ...]  # (key, column title)
-    as_percent: bool
+    as_percent: bool  # the task's metrics are shares, shown as percentages (classification)
+    # reported metrics shown as percentages where the task's others are not (sft's token
+    # accuracy beside its loss)
+    percent_keys: tuple[str, ...] = ()
 
     def score(self, run: RunResults) -> float:
         """``recipes/sweep.py``'s selection score: higher is better."""
@@ -58,6 +62,10 @@ class TaskMetrics:
     def display(self, score: float) -> float:
         """A selection score back in the metric's own terms."""
         return score if self.higher_is_better else -score
+
+    def is_percent(self, key: str) -> bool:
+        """Whether the report shows metric ``key`` as a percentage."""
+        return self.as_percent or key in self.percent_keys
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,10 @@ class Task:
     # (model name, config) -> what the task needs and what the model is, or None if it can do it
     # (``recipes.launcher.model_tasks``; read from the config before any weight loads)
     refuse_model: Callable[[str, Any], str | None] = lambda name, config: None
+    # the model and data arguments only some tasks read (``generations``, ``source_column``, ...)
+    # that this one reads: one given explicitly to a task that does not list it is refused
+    # before any model loads (``recipes.launcher.parsing.check_task_options``)
+    options: tuple[str, ...] = ()
 
     def make_compute_metrics(self) -> Callable | None:
         return self.compute_metrics()
@@ -310,6 +322,7 @@ TASKS: dict[str, Task] = {
             trainer_class=_run_trainer,
             peft_task_type="SEQ_CLS",
             has_labels=True,
+            options=("text_column", "label_column", "ignore_mismatched_sizes"),
             # Sequence classifiers average their loss per batch; they take **kwargs, so Trainer
             # would assume they consume num_items_in_batch and scale the loss by the world size
             # under DDP.
@@ -328,6 +341,7 @@ TASKS: dict[str, Task] = {
             trainer_class=_run_trainer,
             peft_task_type="CAUSAL_LM",
             reports_perplexity=True,
+            options=("text_column",),
         ),
         Task(
             name="seq2seq",
@@ -343,6 +357,7 @@ TASKS: dict[str, Task] = {
             peft_task_type="SEQ_2_SEQ_LM",
             reports_perplexity=True,
             generates=True,
+            options=("source_column", "target_column", "max_target_length"),
         ),
         Task(
             name="sft",
@@ -354,21 +369,34 @@ TASKS: dict[str, Task] = {
             prepare_data=_sft_tokens,
             # Selected by validation loss (lower is better, as the causal-LM tasks); the token
             # accuracy is the figure a person reads. It is a share in [0, 1] like classification's
-            # accuracy: the report's percent scaling is per task, and losses are not percents.
+            # accuracy, shown as a percentage beside the loss and perplexity (percent_keys).
             metrics=TaskMetrics(
                 "eval_loss", False, "test_loss",
                 (("test_loss", "test loss"), ("test_perplexity", "test perplexity"),
-                 ("test_token_accuracy", "test token accuracy")), False,
+                 ("test_token_accuracy", "test token accuracy (%)")), False,
+                percent_keys=("test_token_accuracy",),
             ),
             compute_metrics=_sft_metrics,
             trainer_class=_sft_trainer,
             peft_task_type="CAUSAL_LM",
             reports_perplexity=True,
             generate_examples=_sft_generations,
+            options=("prompt_column", "completion_column", "chat_template", "generations",
+                     "max_new_tokens"),
         ),
     )
 }
 """Every ``--task``, by name."""
+
+
+def option_tasks() -> dict[str, list[str]]:
+    """Every task-specific option (a field some entry lists in ``options``) -> the tasks that
+    read it, in the table's order."""
+    readers: dict[str, list[str]] = {}
+    for task in TASKS.values():
+        for name in task.options:
+            readers.setdefault(name, []).append(task.name)
+    return readers
 
 
 def tasks_of(name: str, config) -> list[str]:
@@ -398,4 +426,4 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["TASKS", "Task", "TaskMetrics", "check_model_task", "get_task", "label_kwargs",
-           "tasks_of"]
+           "option_tasks", "tasks_of"]

@@ -12,7 +12,8 @@ One job per module:
   the default profile's) against full fine-tuning, paired by seed, and ``depth.png``.
 - ``stats``: summaries, paired differences with t-intervals, Pareto fronts, plateaus.
 - ``pricing``: each step priced from measured step-time ratios (the cost axis).
-- ``markdown``: tables declared as columns once, findings generated from the numbers.
+- ``markdown``: tables declared as columns once, findings generated from the numbers, and the
+  generations of a task that records them (sft).
 - ``plots``: the figures, one panel (or row) per model family.
 - ``benches``: each benchmark file's table, rendered once for its script and the report.
 - ``cli``: ``python recipes/compare.py``; atomic writes.

@@ -94,27 +94,34 @@ def render(columns: list[Column], cells: list[Cell], context: Context) -> str:
 
 
 def _metric_column(key: str, title: str) -> Column:
-    return Column(title, lambda cell, ctx: format_stat(cell.test(key), cell.metrics.as_percent))
+    return Column(title, lambda cell, ctx: format_stat(cell.test(key),
+                                                       cell.metrics.is_percent(key)))
 
 
 def _difference_column(key: str, title: str) -> Column:
     def show(cell: Cell, ctx: Context) -> str:
         diff = ctx.diffs[key].get(cell.label)
-        return "—" if diff is None else format_difference(diff, cell.metrics.as_percent)
+        return "—" if diff is None else format_difference(diff, cell.metrics.is_percent(key))
 
     return Column(title, show)
 
 
 def result_columns(table: Table) -> list[Column]:
-    """The results table: accuracy, its paired difference from full, and the verdict."""
+    """The results table: the reported metrics, their paired differences from full, and the
+    verdict on the primary metric. Each metric is a percentage or not by itself
+    (``TaskMetrics.is_percent``): sft's token accuracy beside its loss."""
     metrics = table.metrics
-    unit = " points" if metrics.as_percent else ""
+
+    def unit(key: str) -> str:
+        return " points" if metrics.is_percent(key) else ""
+
     primary_title = dict(metrics.reported)[metrics.primary]
     columns = [Column("method", lambda cell, ctx: cell.label, "---"),
                Column("trainable (%)", lambda cell, ctx: share_text(cell))]
     columns += [_metric_column(key, title) for key, title in metrics.reported]
     columns += [
-        _difference_column(metrics.primary, f"{primary_title.split(' (')[0]} − full{unit}, "
+        _difference_column(metrics.primary, f"{primary_title.split(' (')[0]} − full"
+                                            f"{unit(metrics.primary)}, "
                                             f"mean [{CONFIDENCE:.0%} CI]"),
         Column("paired seeds", lambda cell, ctx: str(len(cell.runs))),
         Column("vs full", lambda cell, ctx: verdict_of(
@@ -125,7 +132,7 @@ def result_columns(table: Table) -> list[Column]:
     secondary = [key for key, _ in metrics.reported if key != metrics.primary]
     for key in secondary:
         title = dict(metrics.reported)[key].split(" (")[0]
-        columns.insert(-4, _difference_column(key, f"{title} − full{unit} [CI]"))
+        columns.insert(-4, _difference_column(key, f"{title} − full{unit(key)} [CI]"))
     return columns
 
 

@@ -2,10 +2,14 @@
 
 The tables' columns are ``recipes.report.columns``. ``findings`` states a difference from full
 fine-tuning only where the paired 95% interval excludes zero; nothing in it is written in advance.
+Every sentence reads the task's direction (a higher accuracy, a lower loss is better) and scale
+(percentage points, or a loss's own units to 3 decimals). A task whose runs record generations
+(``--task sft``) gets a section of them: each prompt's reference and every method's answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -30,6 +34,12 @@ PLATEAU_THRESHOLD = 0.01  # one accuracy point (or 0.01 of loss): a third of the
 # less than that is a plateau at this validation size
 
 
+def _places(percent: bool, places: int = 2) -> int:
+    """Decimal places of a metric in the text: ``places`` for a percentage, 3 for a loss (0.01
+    of a loss is a difference worth reading)."""
+    return places if percent else 3
+
+
 # -- sections -------------------------------------------------------------------------------
 
 
@@ -42,12 +52,13 @@ def curve_markdown(table: Table) -> list[str]:
                 f"{table.title}.", ""]
     metrics = table.metrics
     scale = 100 if metrics.as_percent else 1
+    places = _places(metrics.as_percent, 1)
     curve = validation_curve(run, metrics.select)
     unit = " (%)" if metrics.as_percent else ""
     lines = ["| step | " + " | ".join(str(step) for step, _ in curve) + " |",
              "|---|" + "---:|" * len(curve),
              f"| validation {metrics.select.removeprefix('eval_')}{unit} | "
-             + " | ".join(f"{value * scale:.1f}" for _, value in curve) + " |", ""]
+             + " | ".join(f"{value * scale:.{places}f}" for _, value in curve) + " |", ""]
     lines += [plateau_sentence(table, curve), ""]
     return lines
 
@@ -55,6 +66,7 @@ def curve_markdown(table: Table) -> list[str]:
 def plateau_sentence(table: Table, curve) -> str:
     metrics = table.metrics
     scale, unit = (100, " points") if metrics.as_percent else (1, "")
+    p = _places(metrics.as_percent)
     result = plateau(curve, PLATEAU_THRESHOLD, metrics.higher_is_better)
     name = f"full fine-tuning's validation {metrics.select.removeprefix('eval_')}"
     if result is None:
@@ -63,9 +75,10 @@ def plateau_sentence(table: Table, curve) -> str:
     limit_unit = unit.rstrip("s") if PLATEAU_THRESHOLD * scale == 1 else unit
     return (
         f"{table.title}: {name} {state}: the mean of the last third of its "
-        f"{len(curve)} evaluations is {result.last * scale:.2f}, the middle third's "
-        f"{result.middle * scale:.2f} (gain {result.gain * scale:+.2f}{unit}; a plateau is a "
-        f"gain under {PLATEAU_THRESHOLD * scale:g}{limit_unit}); best {result.best * scale:.2f} at "
+        f"{len(curve)} evaluations is {result.last * scale:.{p}f}, the middle third's "
+        f"{result.middle * scale:.{p}f} (gain {result.gain * scale:+.{p}f}{unit}; a plateau is a "
+        f"gain under {PLATEAU_THRESHOLD * scale:g}{limit_unit}); best {result.best * scale:.{p}f} "
+        f"at "
         f"step {result.best_step} of {table.full.first.max_steps}."
     )
 
@@ -148,6 +161,7 @@ def findings(results: Results, bench: dict | None) -> list[str]:
         metrics = table.metrics
         name = metrics.primary.removeprefix("test_")
         scale, unit = (100, " points") if metrics.as_percent else (1, "")
+        p = _places(metrics.as_percent)
         full = table.full
         if full is None:
             out.append(f"{table.title}: no full fine-tuning cell; no paired comparison.")
@@ -169,11 +183,11 @@ def findings(results: Results, bench: dict | None) -> list[str]:
                 holds = wide.low > 0 or wide.high < 0
                 out.append(
                     f"{table.title}: {cell.label} is {word} than full fine-tuning on test {name}: "
-                    f"{diff.mean * scale:+.2f}{unit}, {CONFIDENCE:.0%} CI "
-                    f"[{diff.low * scale:+.2f}, {diff.high * scale:+.2f}] over {diff.n} paired "
+                    f"{diff.mean * scale:+.{p}f}{unit}, {CONFIDENCE:.0%} CI "
+                    f"[{diff.low * scale:+.{p}f}, {diff.high * scale:+.{p}f}] over {diff.n} paired "
                     f"seeds; with the {compared} methods compared at once (Bonferroni, "
-                    f"{wide.confidence:.2%} each) the interval is [{wide.low * scale:+.2f}, "
-                    f"{wide.high * scale:+.2f}]: "
+                    f"{wide.confidence:.2%} each) the interval is [{wide.low * scale:+.{p}f}, "
+                    f"{wide.high * scale:+.{p}f}]: "
                     + ("it still excludes zero." if holds else
                        "it includes zero, so this difference may be one of the chance "
                        "exclusions expected among that many intervals.")
@@ -239,6 +253,17 @@ def recommendations(results: Results) -> list[str]:
         full = table.full
         name = metrics.primary.removeprefix("test_")
         scale, unit = (100, " points") if metrics.as_percent else (1, "")
+        p, wp = _places(metrics.as_percent), _places(metrics.as_percent, 1)
+        # "a loss" of quality reads as the test loss itself where that is the metric
+        if metrics.higher_is_better:
+            unharmed, harmed, above = ("without a measured loss", "Measured a loss against",
+                                       "Scored above")
+            caveat = "\"no measured loss\" does not rule out a loss smaller than that."
+        else:
+            unharmed = f"without a measured rise in test {name}"
+            harmed = f"Measured a higher test {name} than"
+            above = f"Scored better (a lower test {name}) than"
+            caveat = "\"no measured rise\" does not rule out a rise smaller than that."
         if full is None:
             lines += [f"**{table.title}**: no full fine-tuning cell, so no method is compared "
                       "with it here.", ""]
@@ -256,17 +281,17 @@ def recommendations(results: Results) -> list[str]:
         steps = sorted({run.max_steps for c in table.cells for run in c.runs})
         rows = (table.data or {}).get("train", {}).get("rows")
 
-        def ci(cell, diffs=diffs, scale=scale, unit=unit):
+        def ci(cell, diffs=diffs, scale=scale, unit=unit, p=p):
             d = diffs[cell.label]
-            return (f"{d.mean * scale:+.2f}{unit} [{d.low * scale:+.2f}, "
-                    f"{d.high * scale:+.2f}]")
+            return (f"{d.mean * scale:+.{p}f}{unit} [{d.low * scale:+.{p}f}, "
+                    f"{d.high * scale:+.{p}f}]")
 
         items = []
         if better:
             wide = {c.label: bonferroni(diffs[c.label], compared) for c in better}
             held = [c for c in better if wide[c.label].low > 0 or wide[c.label].high < 0]
             items.append(
-                "Scored above full fine-tuning on these seeds: "
+                f"{above} full fine-tuning on these seeds: "
                 + "; ".join(f"{c.label} ({ci(c)})" for c in better) + ". "
                 + f"Corrected for the {compared} comparisons at once (Bonferroni), "
                 + (f"{_names(held)} still {'differs' if len(held) == 1 else 'differ'}"
@@ -278,28 +303,30 @@ def recommendations(results: Results) -> list[str]:
         if priced:
             cheap = min(priced, key=lambda c: c.priced_ratio)
             items.append(
-                f"To train fastest without a measured loss: {cheap.label}, priced at "
+                f"To train fastest {unharmed}: {cheap.label}, priced at "
                 f"{cheap.priced_ratio:.2f} x full fine-tuning's step time "
                 f"({cheap.priced_source}), {ci(cheap)} on test {name}.")
         if fine:
             small = min(fine, key=lambda c: c.trainable_share)
             items.append(
-                f"To store the least (an adapter or a freeze delta) without a measured loss: "
+                f"To store the least (an adapter or a freeze delta) {unharmed}: "
                 f"{small.label}, {100 * small.trainable_share:.3g}% of the parameters trained, "
                 f"{ci(small)}.")
         if worse:
-            items.append("Measured a loss against full fine-tuning at this budget: "
+            items.append(f"{harmed} full fine-tuning at this budget: "
                          + "; ".join(f"{c.label} ({ci(c)})" for c in worse) + ".")
         if not fine:
             items.append("Every method compared lost against full fine-tuning here: use full "
-                         "fine-tuning.")
+                         "fine-tuning." if metrics.higher_is_better else
+                         f"Every method compared had a higher test {name} than full fine-tuning "
+                         "here: use full fine-tuning.")
         limits = (f"One task ({table.title}{f', {rows:,} training rows' if rows else ''}), "
                   f"{'/'.join(map(str, seeds))} seeds, {'/'.join(map(str, steps))} steps: "
                   "evidence for this setting, not a general ranking.")
         if widths:
-            limits += (f" The paired 95% intervals are {widths[0]:.1f} to {widths[-1]:.1f}"
-                       f"{unit} wide (median {widths[len(widths) // 2]:.1f}), so \"no measured "
-                       "loss\" does not rule out a loss smaller than that.")
+            limits += (f" The paired 95% intervals are {widths[0]:.{wp}f} to "
+                       f"{widths[-1]:.{wp}f}{unit} wide (median "
+                       f"{widths[len(widths) // 2]:.{wp}f}), so {caveat}")
         lines += [f"**{table.title}** (the reference, full fine-tuning: "
                   f"{format_stat(full.test(metrics.primary), metrics.as_percent)} test {name}):",
                   "", *[f"- {item}" for item in items], f"- {limits}", ""]
@@ -336,15 +363,98 @@ def short_run_notes(table: Table) -> list[str]:
         else []
 
 
+# -- generations ----------------------------------------------------------------------------
+
+ESCAPED = re.compile(r"([\\`*_\[\]<>|~&#])")
+"""Characters a text is escaped of in a table cell: markdown's emphasis, code, links, HTML and
+the table's own pipes."""
+
+
+def inline(text: str) -> str:
+    """A text as one markdown table cell: stripped, markdown's special characters (pipes
+    included) escaped, line breaks as ``<br>``; empty text shows as *(empty)*."""
+    text = text.strip()
+    if not text:
+        return "*(empty)*"
+    return "<br>".join(ESCAPED.sub(r"\\\1", line) for line in text.splitlines())
+
+
+def generation_run(cell: Cell):
+    """The full-length run whose ``generations`` stand for ``cell``: the selection seed's when it
+    recorded them, else the first seed's that did; None when none did."""
+    runs = [run for run in cell.runs if run.generations]
+    chosen = [run for run in runs if run.seed == cell.selection.selection_seed]
+    return (chosen or runs or [None])[0]
+
+
+def generations_markdown(table: Table) -> list[str]:
+    """Each method's greedy answers to the test prompts its runs recorded (``generations``:
+    ``--task sft``), beside the reference answers: one table per prompt, in the order the runs
+    recorded them. Nothing for a table whose runs recorded none."""
+    picked = [(cell, run) for cell in table.cells if (run := generation_run(cell)) is not None]
+    if not picked:
+        return []
+    prompts: dict[str, str] = {}  # prompt -> its reference answer, in recorded order
+    for _, run in picked:
+        for example in run.generations:
+            prompts.setdefault(example["prompt"], example["reference"])
+    seeds = {str(run.seed) for _, run in picked}
+    one_seed = len(seeds) == 1
+    if one_seed:
+        (seed,) = seeds
+        selection = {str(cell.selection.selection_seed) for cell, _ in picked}
+        which = (f"its full-length run with seed {seed}"
+                 + (" (the selection seed)" if selection == {seed} else ""))
+    else:
+        which = "its full-length run with the seed in brackets"
+    shown = {id(cell) for cell, _ in picked}
+    missing = [cell.label for cell in table.cells if id(cell) not in shown]
+    lines = [
+        "### Generations", "",
+        f"Each method's greedy answer to the first {len(prompts)} distinct test prompts "
+        f"(`results.json`'s `generations`), from {which}, at its chosen rate, below the "
+        "reference answer of the test split. *(cut)* marks an answer that reached "
+        "`--max_new_tokens` before its end-of-sequence token. One run per method: the answers "
+        "show what the numbers above mean, they do not rank the methods.", "",
+    ]
+    if missing:
+        lines += [f"No generations recorded for {', '.join(missing)}.", ""]
+    for number, (prompt, reference) in enumerate(prompts.items(), 1):
+        lines += [f"**Prompt {number}:** {inline(prompt)}", "",
+                  "| method | answer |", "|---|---|", f"| reference | {inline(reference)} |"]
+        for cell, run in picked:
+            example = next((e for e in run.generations if e["prompt"] == prompt), None)
+            label = cell.label if one_seed else f"{cell.label} [seed {run.seed}]"
+            if example is None:
+                answer = "— (not among its generations)"
+            else:
+                answer = inline(example["generated"]) + ("" if example.get("stopped", True)
+                                                         else " *(cut)*")
+            lines.append(f"| {label} | {answer} |")
+        lines.append("")
+    return lines
+
+
 # -- the document ---------------------------------------------------------------------------
 
 CAPTIONS = {
-    "pareto.png": "Test accuracy against trainable share (log) and priced step time, with the "
+    "pareto.png": "Test {test} against trainable share (log) and priced step time, with the "
                   "Pareto front",
-    "time_to_accuracy.png": "Validation accuracy against cumulative priced training cost",
-    "validation_curves.png": "Validation accuracy over optimizer steps",
+    "time_to_accuracy.png": "Validation {validation} against cumulative priced training cost",
+    "validation_curves.png": "Validation {validation} over optimizer steps",
     "memory.png": "Peak memory of the runs per method",
 }
+"""Each plot's caption, in the metrics of the report's tables (accuracy, loss)."""
+
+
+def caption(name: str, tables: list[Table]) -> str:
+    """``CAPTIONS[name]`` with the tables' test and validation metric (``metric`` where the
+    tables have different ones)."""
+    def metric(keys: set[str]) -> str:
+        return keys.pop().split("_", 1)[1].replace("_", " ") if len(keys) == 1 else "metric"
+
+    return CAPTIONS[name].format(test=metric({t.metrics.primary for t in tables}),
+                                 validation=metric({t.metrics.select for t in tables}))
 
 
 def data_line(table: Table) -> str:
@@ -414,12 +524,13 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
             "### Full fine-tuning's validation curve", "",
             *curve_markdown(table),
             *auto_freeze_markdown(table),
+            *generations_markdown(table),
         ]
     parts += longer  # recipes/report/longer.py: the cells rerun at a longer budget, if any
     if plots:
         parts += ["## Plots", ""]
         for name in plots:
-            parts += [f"![{CAPTIONS[name]}]({name})", ""]
+            parts += [f"![{caption(name, results.tables)}]({name})", ""]
     for title, text in bench_sections:
         parts += [f"## {title}", "", text, ""]
     parts += ["## Findings", "", *[f"- {line}" for line in findings(results, bench)], ""]

@@ -227,7 +227,9 @@ def _curve_figure(panels: list[Table], series, xlabel, basis: str):
         ax.set(xlabel=xlabel(table), ylabel=f"{_metric_name(table, 'validation')}{unit}",
                title=f"{table.title}: seed {_curve_seed(table)}\ncost basis: {basis}")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        # accuracy curves rise, leaving the lower right free; loss curves fall from where the
+        # methods that train less stay, so matplotlib finds the emptiest corner
+        ax.legend(fontsize=8, loc="lower right" if table.metrics.higher_is_better else "best")
     fig.tight_layout()
     return fig
 
@@ -243,8 +245,10 @@ def plot_time_to_accuracy(tables: list[Table]):
                 f"{pricing.seconds_per_full_step(table):.2f} s/step x step ratio)")
 
     panels = [t for t in _curve_tables(tables) if pricing.seconds_per_full_step(t)]
-    return _curve_figure(panels, series, xlabel,
-                         "training seconds priced from the benchmark's step ratios")
+    sources = {cell.priced_source for t in panels for cell in _curve_cells(t)}
+    basis = ("training seconds from the step ratios measured in the runs (under load)"
+             if sources == {"runs"} else "training seconds priced from the benchmark's step ratios")
+    return _curve_figure(panels, series, xlabel, basis)
 
 
 def _curve_seed(table: Table):
