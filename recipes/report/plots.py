@@ -207,11 +207,12 @@ def _curve_cells(table: Table) -> list[Cell]:
     return [cell for cell in table.cells if cell.curve_run is not None]
 
 
-def _curve_figure(panels: list[Table], series, xlabel, basis: str):
+def _curve_figure(panels: list[Table], series, xlabel, basis):
     """One panel per table, each cell's validation curve in it (full fine-tuning in its colour).
 
     ``series(table, cell, curve)`` gives the curve's x values, its legend label and any further
-    ``plot`` keywords; ``xlabel(table)`` the panel's x-axis label. None without panels.
+    ``plot`` keywords; ``xlabel(table)`` the panel's x-axis label and ``basis(table)`` its cost
+    basis, in the title. None without panels.
     """
     if not panels:
         return None
@@ -225,7 +226,7 @@ def _curve_figure(panels: list[Table], series, xlabel, basis: str):
             ax.plot(xs, [value * scale for _, value in curve], marker="o", ms=3,
                     color=FULL_COLOR if cell.is_full else f"C{index}", label=label, **style)
         ax.set(xlabel=xlabel(table), ylabel=f"{_metric_name(table, 'validation')}{unit}",
-               title=f"{table.title}: seed {_curve_seed(table)}\ncost basis: {basis}")
+               title=f"{table.title}: seed {_curve_seed(table)}\ncost basis: {basis(table)}")
         ax.grid(True, alpha=0.3)
         # accuracy curves rise, leaving the lower right free; loss curves fall from where the
         # methods that train less stay, so matplotlib finds the emptiest corner
@@ -244,10 +245,13 @@ def plot_time_to_accuracy(tables: list[Table]):
         return (f"cumulative training cost (s; priced: full fine-tuning's measured "
                 f"{pricing.seconds_per_full_step(table):.2f} s/step x step ratio)")
 
+    def basis(table):  # per panel: one model may be priced by the benchmark, another by its runs
+        sources = {cell.priced_source for cell in _curve_cells(table)}
+        return ("training seconds from the step ratios measured in the runs (under load)"
+                if sources == {"runs"} else
+                "training seconds priced from the benchmark's step ratios")
+
     panels = [t for t in _curve_tables(tables) if pricing.seconds_per_full_step(t)]
-    sources = {cell.priced_source for t in panels for cell in _curve_cells(t)}
-    basis = ("training seconds from the step ratios measured in the runs (under load)"
-             if sources == {"runs"} else "training seconds priced from the benchmark's step ratios")
     return _curve_figure(panels, series, xlabel, basis)
 
 
@@ -261,7 +265,7 @@ def plot_validation_curves(tables: list[Table]):
                 {"lw": 2.2 if cell.is_full else 1.2})
 
     return _curve_figure(_curve_tables(tables), series, lambda table: "optimizer step",
-                         "optimizer steps (not time)")
+                         lambda table: "optimizer steps (not time)")
 
 
 def plot_memory(tables: list[Table]):
