@@ -7,6 +7,8 @@ their tables from here to print them, so the report never imports a benchmark.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def format_bytes(count: float | None) -> str:
     """``1536`` -> ``'1.5 KiB'`` (as ``freeze_policies.costs.flops.format_bytes``, without loading
@@ -192,6 +194,17 @@ def depth_reached(runs: list[dict]) -> dict[int, list[int]]:
     return dict(sorted(reached.items()))
 
 
+def arm_options(arm: dict) -> dict | None:
+    """The policy options an arm ran with: its fields' (the profile's and the arm's own), else
+    its config's (``configs/<cell>.yaml``, read when the report runs from the checkout)."""
+    options = (arm.get("fields") or {}).get("policy_options")
+    if options is None and arm.get("config") and Path(arm["config"]).is_file():
+        from freeze_policies.policies.registry import load_yaml
+
+        options = (load_yaml(Path(arm["config"]).read_text()) or {}).get("policy_options")
+    return options
+
+
 def adaptive_markdown(data: dict) -> str:
     """``bench_adaptive.json``: each arm against the baseline by the wall clock, side by side,
     with the paired accuracy gap and how deep each arm froze when."""
@@ -225,7 +238,7 @@ def adaptive_markdown(data: dict) -> str:
         runs = by_arm.get(label, [])
         accuracy = [100 * r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]
         mean_acc = f"{sum(accuracy) / len(accuracy):.2f}" if accuracy else "—"
-        options = (arm.get("fields") or {}).get("policy_options")
+        options = arm_options(arm)
         shown = ", ".join(f"{k}={v}" for k, v in options.items()) if options else "—"
         entry = summary["arms"].get(label)
         if entry is None:
@@ -242,20 +255,21 @@ def adaptive_markdown(data: dict) -> str:
             f"| {label} | {shown} | {arm['learning_rate']:g} | {_range(entry['speedup_wall'])}x "
             f"| {_range(entry['speedup_train'])}x | {mean_acc} | {gap} | {verdict(fast)} "
             f"| {verdict(inferior)} |")
+    deepest = max((max(depth_reached(runs), default=0) for runs in by_arm.values()), default=0)
     lines += ["", "Frozen depth over the steps: the step at which each depth was first reached, "
               "median over the seeds (earliest-latest; n = seeds that reached it), and the "
               "prefix cache's steps that replayed with no fill (hits), steps that filled rows "
               "(records) and rows filled, medians.", "",
-              "| arm | steps | " + " | ".join(f"depth {d}" for d in range(1, 7)) +
+              "| arm | steps | " + " | ".join(f"depth {d}" for d in range(1, deepest + 1)) +
               " | hits | records | rows filled |",
-              "|---|---:|" + "---:|" * 9]
+              "|---|---:|" + "---:|" * (deepest + 3)]
     for label in arms:
         runs = by_arm.get(label, [])
         reached = depth_reached(runs)
         if not reached and label == baseline:
             continue
         cells = []
-        for d in range(1, 7):
+        for d in range(1, deepest + 1):
             steps = reached.get(d)
             cells.append("—" if not steps else
                          f"{_median(steps):g} ({min(steps)}-{max(steps)}; n={len(steps)})")
@@ -280,5 +294,7 @@ SECTIONS = (  # file beside the report -> (section title, renderer, required key
     ("bench_precision.json", "Frozen weights in bfloat16 (memory)", precision_markdown,
      ("variants", "targets", "command")),
     ("bench_adaptive.json", "Adaptive freezing by the clock (auto_freeze against full)",
+     adaptive_markdown, ("runs", "summary", "arms", "seeds", "command")),
+    ("bench_adaptive_smollm2.json", "Adaptive freezing by the clock on SmolLM2-135M",
      adaptive_markdown, ("runs", "summary", "arms", "seeds", "command")),
 )
