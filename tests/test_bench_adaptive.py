@@ -94,7 +94,8 @@ def payload(speedups, gaps):
             "runs": runs,
             "summary": {"baseline": "full", "loadavg": {"min": 1.0, "max": 2.0}, "arms": {
                 "auto": {"seeds": [0, 1], "speedup_wall": spread, "speedup_train": spread,
-                         "test_accuracy_diff_points": {"mean": gaps[0], "ci95": list(gaps[1:])}},
+                         "test_accuracy_diff_points": {"mean": gaps[0], "ci95": list(gaps[1:]),
+                                                       "per_seed": [gaps[0]] * 2}},
             }}}
 
 
@@ -111,6 +112,12 @@ def test_table_judges_the_goal_by_mean_wall_speedup_and_interval_bound(speedups,
     assert f"| {gaps[0]:+.2f} [{gaps[1]:+.2f}, {gaps[2]:+.2f}] | {fast} | {noninferior} |" in table
     # depth 2 first reached at step 20 in both seeds, depth 3 at 30 in seed 0 and 20 in seed 1
     assert ("| auto | 100 | 20 (20-20; n=2) | 20 (20-20; n=2) | 25 (20-30; n=2) | 3 | 5 | 40.5 |"
+            in table)
+    speed = ("1.60x, 0.10 above 1.5x" if fast == "met" else "1.35x, 0.15 short of 1.5x")
+    bound = ("non-inferior (0.10 above -1)" if noninferior == "met"
+             else "not shown (0.10 below -1) over 2 seeds")
+    assert (f"- auto: {speed}; accuracy +0.20 points, lower bound {gaps[1]:+.2f}: {bound}; first "
+            "freeze at step 20, depth 3 (reached by every seed) at step 25 of 100 (medians)."
             in table)
 
 

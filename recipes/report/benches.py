@@ -282,7 +282,44 @@ def adaptive_markdown(data: dict) -> str:
         steps = runs[0].get("max_steps") if runs else "—"
         lines.append(f"| {label} | {steps} | " + " | ".join(cells) +
                      f" | {stat('hits')} | {stat('records')} | {stat('rows_filled')} |")
+    verdicts = [goal_sentence(label, summary["arms"][label], by_arm.get(label, []))
+                for label in arms if label in summary["arms"]]
+    if verdicts:
+        lines += ["", f"Against the goal ({SPEED_GOAL}x faster end to end by the mean wall-clock "
+                  f"ratio, and non-inferior: the paired interval's lower bound above "
+                  f"-{MARGIN:g} point):", "", *[f"- {v}" for v in verdicts]]
     return "\n".join(lines)
+
+
+def goal_sentence(label: str, entry: dict, runs: list[dict]) -> str:
+    """By how much an arm met or missed each half of the goal, and when it froze (the lever that
+    sets both: freezing early buys time and risks accuracy)."""
+    speed = entry["speedup_wall"]["mean"]
+    diff = entry.get("test_accuracy_diff_points") or {}
+    ci = diff.get("ci95")
+    parts = [f"{label}: {speed:.2f}x, "
+             + (f"{speed - SPEED_GOAL:.2f} above {SPEED_GOAL}x" if speed >= SPEED_GOAL
+                else f"{SPEED_GOAL - speed:.2f} short of {SPEED_GOAL}x")]
+    if ci:
+        low = ci[0]
+        parts.append(f"accuracy {diff['mean']:+.2f} points, lower bound {low:+.2f}: "
+                     + (f"non-inferior ({low + MARGIN:.2f} above -{MARGIN:g})" if low > -MARGIN
+                        else f"not shown ({-MARGIN - low:.2f} below -{MARGIN:g}) over "
+                             f"{len(diff.get('per_seed') or [])} seeds"))
+    elif diff:
+        parts.append(f"accuracy {diff['mean']:+.2f} points on {len(diff.get('per_seed') or [])} "
+                     "seed(s): no interval, non-inferiority not tested")
+    reached = depth_reached(runs)
+    if reached:
+        steps = runs[0].get("max_steps")
+        everyone = [d for d, s in reached.items() if len(s) == len(runs)]
+        first = _median(reached[min(reached)])
+        text = f"first freeze at step {first:g}"
+        if everyone:
+            deep = max(everyone)
+            text += f", depth {deep} (reached by every seed) at step {_median(reached[deep]):g}"
+        parts.append(text + (f" of {steps} (medians)" if steps else " (medians)"))
+    return "; ".join(parts) + "."
 
 
 SECTIONS = (  # file beside the report -> (section title, renderer, required keys)
