@@ -280,7 +280,10 @@ class Cell:
         if not stats:
             return None
         keys = ("hits", "records", "rebuilds", "record_seconds")
-        return {key: sum(s.get(key, 0) for s in stats) for key in keys} | {"runs": len(stats)}
+        summed = {key: sum(s.get(key, 0) for s in stats) for key in keys} | {"runs": len(stats)}
+        if all("rows_filled" in s for s in stats):  # counted since the cache fills by row
+            summed["rows_filled"] = sum(s["rows_filled"] for s in stats)
+        return summed
 
     @property
     def audit(self) -> str:

@@ -168,6 +168,8 @@ def _cache(cell: Cell, ctx: Context) -> str:
     text = (f"{stats['hits'] / runs:.0f} replayed / {stats['records'] / runs:.0f} recorded, "
             f"{stats['rebuilds'] / runs:.1f} rebuilds, {stats['record_seconds'] / runs:.0f} s "
             "recording")
+    if "rows_filled" in stats:  # a step that fills a few rows and replays the rest is "recorded"
+        text += f", {stats['rows_filled'] / runs:.0f} rows filled"
     if cell.cache_share is not None:
         text += f"; {100 * cell.cache_share:.0f}% of the time saved"
     return text
