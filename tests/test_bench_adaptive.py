@@ -25,7 +25,8 @@ def write_profile(tmp_path) -> Path:
                    "max_eval_samples": 8, "max_validation_samples": 8, "report_to": "none",
                    "eval_strategy": "no", "logging_steps": 4},
         "cells": {"tweets/minilm/full": None,
-                  "tweets/minilm/auto_freeze": {"fields": {"cache_frozen_prefix": True}}},
+                  "tweets/minilm/auto_freeze": {"fields": {"cache_frozen_prefix": True}},
+                  "tweets/minilm/auto_freeze_param_change": None},  # the default arms' cells
     }
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))

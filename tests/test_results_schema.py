@@ -20,18 +20,21 @@ IDENTITY = {"method": "freeze", "model": "minilm", "task": "classification", "se
             "learning_rate": 1e-4}
 
 
-def test_every_committed_run_reads_as_version_0_and_keeps_its_values():
+def test_every_committed_run_reads_with_its_version_and_keeps_its_values():
     assert len(COMMITTED) > 100
+    versions = set()
     for path in COMMITTED:
         data = json.loads(path.read_text())
-        assert "schema_version" not in data  # written before the schema
         run = read_results(path)
-        assert run.schema_version == 0 and run.path == str(path)
+        # a file written before the schema has no schema_version and reads as version 0
+        assert run.schema_version == data.get("schema_version", 0) and run.path == str(path)
+        versions.add(run.schema_version)
         assert run.extra == {}, f"{path}: keys the schema does not name: {sorted(run.extra)}"
         written = run.as_dict()
         # every key of the file comes back with its value; what the file lacks is a default
         assert {key: written[key] for key in data} == data
         assert set(written) - set(data) <= set(RunResults.__dataclass_fields__)  # no new metric
+    assert versions == {0, SCHEMA_VERSION}  # runs from before the schema and from now
     # the fields a reader uses, by attribute
     run = read_results(next(p for p in COMMITTED if "/sweep/" not in p.as_posix()
                             and "/full/" in p.as_posix()))
