@@ -130,6 +130,12 @@ def test_table_judges_the_goal_by_mean_wall_speedup_and_interval_bound(speedups,
     (["--arm", "full=tweets/minilm/full"], "give at least two arms"),
     (["--lr", "fast=1e-3"], "--lr names fast, which is not an arm"),
     (["--runs", "nowhere"], "no chosen learning rate for 'tweets/minilm/full': nowhere/"),
+    # checked for every arm before the first one trains
+    (["--arm", "full=tweets/minilm/full", "--arm",
+      'x=tweets/minilm/auto_freeze:{"policy_options": {"criterion": "param_change"}}'],
+     r"error: arm 'x': auto_freeze: criterion='param_change' needs threshold="),
+    (["--arm", "full=tweets/minilm/full", "--arm", 'x=tweets/minilm/auto_freeze:{"max_length": 0}'],
+     "error: arm 'x': max_length=0 must be an integer >= 1"),
 ])
 def test_bad_flags_are_one_line_before_any_run(tmp_path, monkeypatch, flags, message):
     monkeypatch.chdir(ROOT)

@@ -128,12 +128,34 @@ def plan_arms(args) -> list[dict]:
     return arms
 
 
+def arm_argv(arm: dict, seed: int, work: Path) -> list[str]:
+    """``recipes/run.py``'s flags for ``arm`` at ``seed``, its run folder under ``work``."""
+    return ["--config", arm["config"], *flags(arm["fields"]),
+            "--learning_rate", rate_name(arm["learning_rate"]), "--seed", str(seed),
+            "--output_dir", str(work / arm["label"] / f"seed{seed}"), *RUNNER_FLAGS,
+            "--overwrite_output_dir", "true"]
+
+
+def check_arms(arms: list[dict], seed: int, work: Path) -> None:
+    """Each arm's run flags as the launcher checks them before loading anything (values, the
+    policy and its options), so a bad option of the third arm is one line before the first arm
+    trains, not a traceback after it."""
+    from freeze_policies import get_policy
+    from recipes.launcher.parsing import parse_args
+
+    for arm in arms:
+        try:
+            _, _, method, _ = parse_args(arm_argv(arm, seed, work))
+            if method.method == "freeze" and method.policy:
+                get_policy(method.policy, **method.policy_options)
+        except ValueError as error:  # ConfigError and FreezePolicyError are ValueErrors
+            raise ConfigError(f"arm {arm['label']!r}: {error}") from None
+
+
 def run_once(arm: dict, seed: int, work: Path) -> dict:
     """One end-to-end run of ``arm`` at ``seed``; its figures and wall seconds."""
+    argv = arm_argv(arm, seed, work)
     folder = work / arm["label"] / f"seed{seed}"
-    argv = ["--config", arm["config"], *flags(arm["fields"]),
-            "--learning_rate", rate_name(arm["learning_rate"]), "--seed", str(seed),
-            "--output_dir", str(folder), *RUNNER_FLAGS, "--overwrite_output_dir", "true"]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     results = run_main(argv)
@@ -226,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     try:
         arms = plan_arms(args)  # every bad flag is refused here, before any training
+        check_arms(arms, args.seeds[0], Path(args.work))
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
     threads = args.threads or load_profile(args.profile).get("torch_threads")
