@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -97,7 +98,17 @@ def policy_spec(policy: Policy | None) -> dict | None:
 
 
 _EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-_yaml_loader = None
+
+
+@functools.cache
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # a subclass: PyYAML's own SafeLoader stays as it is
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+    return Loader
 
 
 def load_yaml(text: str):
@@ -106,17 +117,9 @@ def load_yaml(text: str):
     (``1e-3``, ``2E5``, ``1.0e5``), as in JSON and YAML 1.2. PyYAML follows YAML 1.1, which
     reads those as strings, so ``policy_options: {threshold: 1e-3}`` or
     ``--policy_options '{"threshold": 1e-05}'`` would hand the policy the text ``'1e-3'``."""
-    global _yaml_loader
     import yaml
 
-    if _yaml_loader is None:
-        class Loader(yaml.SafeLoader):
-            pass
-
-        Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT,
-                                     list("-+0123456789"))
-        _yaml_loader = Loader
-    return yaml.load(text, Loader=_yaml_loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
 
 
 def parse_mapping(name: str, value) -> dict:

@@ -7,6 +7,7 @@ their tables from here to print them, so the report never imports a benchmark.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 
@@ -174,12 +175,6 @@ def _range(spread: dict, fmt: str = "{:.2f}") -> str:
             f"{fmt.format(spread['max'])})")
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def depth_reached(runs: list[dict]) -> dict[int, list[int]]:
     """Frozen depth -> the step at which each run first reached it (runs that never did are
     left out of that depth's list)."""
@@ -271,13 +266,14 @@ def adaptive_markdown(data: dict) -> str:
         cells = []
         for d in range(1, deepest + 1):
             steps = reached.get(d)
+            middle = statistics.median(steps) if steps else None
             cells.append("—" if not steps else
-                         f"{_median(steps):g} ({min(steps)}-{max(steps)}; n={len(steps)})")
+                         f"{middle:g} ({min(steps)}-{max(steps)}; n={len(steps)})")
         cache = [r.get("prefix_cache") or {} for r in runs]
 
         def stat(key, cache=cache):
             values = [c[key] for c in cache if key in c]
-            return f"{_median(values):g}" if values else "—"
+            return f"{statistics.median(values):g}" if values else "—"
 
         steps = runs[0].get("max_steps") if runs else "—"
         lines.append(f"| {label} | {steps} | " + " | ".join(cells) +
@@ -313,11 +309,12 @@ def goal_sentence(label: str, entry: dict, runs: list[dict]) -> str:
     if reached:
         steps = runs[0].get("max_steps")
         everyone = [d for d, s in reached.items() if len(s) == len(runs)]
-        first = _median(reached[min(reached)])
+        first = statistics.median(reached[min(reached)])
         text = f"first freeze at step {first:g}"
         if everyone:
             deep = max(everyone)
-            text += f", depth {deep} (reached by every seed) at step {_median(reached[deep]):g}"
+            at = statistics.median(reached[deep])
+            text += f", depth {deep} (reached by every seed) at step {at:g}"
         parts.append(text + (f" of {steps} (medians)" if steps else " (medians)"))
     return "; ".join(parts) + "."
 
