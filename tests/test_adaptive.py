@@ -225,3 +225,30 @@ def test_resume_mid_schedule_takes_the_same_decisions(tmp_path):
     assert resumed.freeze_callback.controller.decisions == decisions
     final, again = snapshot(full.model), snapshot(resumed.model)
     assert [n for n in final if not torch.equal(final[n], again[n])] == []
+
+
+def test_resume_at_a_decision_step_starts_at_the_decided_depth(tmp_path):
+    """A decision at the checkpoint's step applies from the next step, the resumed run's first:
+    it starts (and says it starts) at that depth, not at the one the saved step ran in."""
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2)
+
+    def trainer(seed):
+        return FreezeTrainer(
+            model=make_model("bert", layers=3, seed=seed),
+            args=make_args(tmp_path / "run", **common),
+            train_dataset=RandomTokens("bert"),
+            freeze_policy=policy(every=1, percentile=100.0),  # a block more at every decision
+        )
+
+    full = trainer(0)
+    full.train()
+    at_checkpoint = next(e["auto_freeze_depth"] for e in full.state.log_history
+                         if e.get("step") == 2 and "auto_freeze_depth" in e)
+    assert at_checkpoint == 1  # step 2 ran at depth 0 and decided depth 1
+    resumed = trainer(7)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    stages = [e for e in resumed.state.log_history
+              if e.get("schedule_event") == "stage" and e["step"] >= 2]
+    assert [e["freeze_stage"] for e in stages] == [1]  # was [0] then a silent switch to 1
+    final, again = snapshot(full.model), snapshot(resumed.model)
+    assert [n for n in final if not torch.equal(final[n], again[n])] == []

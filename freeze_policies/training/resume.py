@@ -66,7 +66,10 @@ def restored_stage(state, saved: dict | None, ours: dict, policy, controller=Non
     stage = int(stage)
     if controller is not None:  # adaptive: the decisions so far come from the checkpoint
         controller.load_state(saved["attributes"]["auto_freeze"])
-        return stage
+        # the depth the next step trains at: a decision taken at the checkpoint's own step
+        # applies from the step after it, which is the first step of the resumed run (the
+        # saved stage is the one that step ran in, and would be announced, then left at once)
+        return controller.depth
     # The stage in effect during the last step before the checkpoint, by the schedule; a
     # fixed policy has one stage, 0, and no schedule to ask.
     expected = (
