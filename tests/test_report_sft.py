@@ -244,3 +244,36 @@ def pairs_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sft-pairs") / "pairs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(path)
+
+
+def test_each_table_states_the_core_hours_its_runs_recorded(report):
+    """The CPU time a profile took, from the runs themselves: training plus the evaluations
+    logged after it, times torch threads, summed over full-length and short runs."""
+    from recipes.report.aggregate import recorded_hours
+
+    def seconds(path: Path) -> float:
+        data = json.loads(path.read_text())
+        history = data["log_history"]
+        end = next(i for i, entry in enumerate(history) if "train_runtime" in entry)
+        after = sum(entry.get("eval_runtime", 0) + entry.get("test_runtime", 0)
+                    for entry in history[end + 1:])
+        return (data["train_runtime"] + after) * data["hardware"]["torch_threads"]
+
+    (table,) = load_results(SFT).tables
+    for cell in table.cells:
+        paths = sorted((SFT / cell.name).glob("**/results.json"))
+        runs = [*cell.runs, *cell.selection.sweep_runs.values()]
+        assert len(runs) == len(paths) > 3
+        assert math.isclose(recorded_hours(runs) * 3600, sum(map(seconds, paths)))
+        assert recorded_hours(runs) * 3600 > sum(run.train_runtime for run in runs)
+
+    text, _ = report
+    every = sorted(CELLS.glob("*/**/results.json"))
+    short = [path for path in every if path.parent.parent.name == "sweep"]
+    line = next(line for line in text.splitlines() if line.startswith("Recorded time: "))
+    hours = sum(map(seconds, every)) / 3600
+    assert line.startswith(
+        f"Recorded time: {hours:.2f} core-hours in {len(every)} runs "
+        f"({sum(map(seconds, set(every) - set(short))) / 3600:.2f} in "
+        f"{len(every) - len(short)} full-length runs, {sum(map(seconds, short)) / 3600:.2f} in "
+        f"{len(short)} short runs); by method: full ")

@@ -107,6 +107,27 @@ def training_seconds(run: RunResults) -> float:
     return run.train_runtime - evaluating
 
 
+def recorded_seconds(run: RunResults) -> float:
+    """Core-seconds the run recorded: ``train_runtime`` (training and any evaluation inside it)
+    plus the evaluations logged after it (final validation, test), times its torch threads.
+    Loading the model and tokenising are not recorded."""
+    seconds, after = float(run.train_runtime or 0.0), False
+    for entry in run.log_history:
+        if not isinstance(entry, dict):
+            continue
+        if "train_runtime" in entry:
+            after = True
+        elif after:
+            seconds += float(entry.get("eval_runtime", 0.0)) + float(entry.get("test_runtime", 0.0))
+    threads = (run.hardware or {}).get("torch_threads")
+    return seconds * (threads if isinstance(threads, int) and threads > 0 else 1)
+
+
+def recorded_hours(runs) -> float:
+    """Core-hours ``runs`` recorded (:func:`recorded_seconds`, summed)."""
+    return sum(recorded_seconds(run) for run in runs) / 3600
+
+
 def stage_timeline(run: RunResults) -> list[tuple[int, int]]:
     """``(step, trainable parameters)`` from each stage change in ``log_history``, starting at
     step 0; a single entry for a method whose trainable set never changes."""

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recipes.launcher.results import RunResults
-from recipes.report.aggregate import Cell, ReportError, Results, Table, stage_timeline
+from recipes.report.aggregate import (
+    Cell,
+    ReportError,
+    Results,
+    Table,
+    recorded_hours,
+    recorded_seconds,
+    stage_timeline,
+)
 from recipes.report.columns import CONFIDENCE, format_stat
 from recipes.report.longer import budget_mismatch
 from recipes.report.plots import FULL_COLOR, pyplot
@@ -80,26 +88,6 @@ def cell_depth(cell: Cell) -> tuple[int, int] | None:
     """The depth every full-length run of ``cell`` trained at, or None when they do not agree."""
     depths = {frozen_depth(run) for run in cell.runs}
     return depths.pop() if len(depths) == 1 else None
-
-
-def recorded_seconds(run: RunResults) -> float:
-    """Core-seconds the run recorded: ``train_runtime`` (training and any evaluation inside it)
-    plus the evaluations logged after it (final validation, test), times its torch threads.
-    Loading the model and tokenising are not recorded."""
-    seconds, after = float(run.train_runtime or 0.0), False
-    for entry in run.log_history:
-        if not isinstance(entry, dict):
-            continue
-        if "train_runtime" in entry:
-            after = True
-        elif after:
-            seconds += float(entry.get("eval_runtime", 0.0)) + float(entry.get("test_runtime", 0.0))
-    threads = (run.hardware or {}).get("torch_threads")
-    return seconds * (threads if isinstance(threads, int) and threads > 0 else 1)
-
-
-def _hours(runs) -> float:
-    return sum(recorded_seconds(run) for run in runs) / 3600
 
 
 def _cell_runs(cell: Cell) -> list[RunResults]:
@@ -268,7 +256,7 @@ def _row(curve: Curve, point: Point) -> str:
         longs = len(point.partial_runs) - shorts
         return (head + f" not run yet: `{point.incomplete}` (`{curve.depth_root}`) is incomplete, "
                 f"{shorts} short and {longs} full-length run(s), no `selection.json` | — | — | — "
-                f"| — | — | — | {_hours(point.partial_runs):.2f} so far |")
+                f"| — | — | — | {recorded_hours(point.partial_runs):.2f} so far |")
     cell = point.cell
     stat = cell.test(curve.table.metrics.primary)
     if point.unpaired:
@@ -284,7 +272,7 @@ def _row(curve: Curve, point: Point) -> str:
                  f"{100 + curve.share(diff.high):.1f}]")
     return (head + f" {_source(point)} | {_lr(cell)} | {100 * cell.trainable_share:.3g} | "
             f"{format_stat(stat, cell.metrics.as_percent)} | {difference} | {share} | "
-            f"{len(cell.runs)} | {_hours(_cell_runs(cell)):.2f} |")
+            f"{len(cell.runs)} | {recorded_hours(_cell_runs(cell)):.2f} |")
 
 
 def table_lines(curve: Curve) -> list[str]:
@@ -299,7 +287,7 @@ def table_lines(curve: Curve) -> list[str]:
              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
              f"| full | everything | `{full.name}` (`{curve.full_root}`) | {_lr(full)} | "
              f"{100 * full.trainable_share:.3g} | {format_stat(stat, full.metrics.as_percent)} | "
-             f"reference | 100 | {len(full.runs)} | {_hours(_cell_runs(full)):.2f} |"]
+             f"reference | 100 | {len(full.runs)} | {recorded_hours(_cell_runs(full)):.2f} |"]
     return lines + [_row(curve, curve.points[n]) for n in sorted(curve.points)]
 
 
@@ -416,15 +404,16 @@ def hours_lines(curve: Curve) -> list[str]:
         "evaluation inside it) plus the validation and test evaluations logged after it, times "
         "its torch threads; loading the model and tokenising are not recorded, and the runs "
         "shared the machine with other work, so load inflates these. "
-        f"The depth profile's runs (`{curve.depth_root}`) took {_hours(curve.depth_runs):.2f} "
-        f"core-hours in {len(curve.depth_runs)} runs: {_hours(complete):.2f} in its "
+        f"The depth profile's runs (`{curve.depth_root}`) took "
+        f"{recorded_hours(curve.depth_runs):.2f} core-hours in {len(curve.depth_runs)} runs: "
+        f"{recorded_hours(complete):.2f} in its "
         f"{len(depth_cells)} complete cell(s) ({len(complete)} runs), the rest in incomplete "
         f"cells; its longest run, `{longest.path}`, recorded "
         f"{recorded_seconds(longest) / 3600:.2f}. "
         f"The cells it reuses from `{curve.full_root}` "
         f"({', '.join(p.cell.short for p in sorted(reused, key=lambda p: p.n)) or 'none'}) took "
-        f"{_hours(reused_runs):.2f} core-hours in {len(reused_runs)} runs, and full "
-        f"fine-tuning's cell {_hours(_cell_runs(curve.full)):.2f} in "
+        f"{recorded_hours(reused_runs):.2f} core-hours in {len(reused_runs)} runs, and full "
+        f"fine-tuning's cell {recorded_hours(_cell_runs(curve.full)):.2f} in "
         f"{len(_cell_runs(curve.full))}.",
         "",
     ]

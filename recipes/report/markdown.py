@@ -14,7 +14,14 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from recipes.report import pricing
-from recipes.report.aggregate import Cell, Results, Table, auto_freeze_decisions, validation_curve
+from recipes.report.aggregate import (
+    Cell,
+    Results,
+    Table,
+    auto_freeze_decisions,
+    recorded_hours,
+    validation_curve,
+)
 from recipes.report.benches import verdict
 from recipes.report.columns import (
     CONFIDENCE,
@@ -467,6 +474,25 @@ def data_line(table: Table) -> str:
         for name, d in sorted(table.data.items())) + "."
 
 
+def recorded_time_line(table: Table) -> str:
+    """The core-hours the table's runs recorded, full-length and short, and each method's."""
+    full_length = [run for cell in table.cells for run in cell.runs]
+    short = [run for cell in table.cells for run in cell.selection.sweep_runs.values()]
+    by_cell = sorted(table.cells, key=lambda cell: -recorded_hours(
+        [*cell.runs, *cell.selection.sweep_runs.values()]))
+    return (
+        f"Recorded time: {recorded_hours(full_length + short):.2f} core-hours in "
+        f"{len(full_length) + len(short)} runs ({recorded_hours(full_length):.2f} in "
+        f"{len(full_length)} full-length runs, {recorded_hours(short):.2f} in {len(short)} short "
+        "runs); by method: " + ", ".join(
+            f"{cell.label} {recorded_hours([*cell.runs, *cell.selection.sweep_runs.values()]):.2f}"
+            for cell in by_cell)
+        + ". A run's recorded time is its `train_runtime` (training and any evaluation inside "
+        "it) plus the evaluations logged after it, times its torch threads; loading the model "
+        "and tokenising are not recorded, and load from other work on the machine inflates it."
+    )
+
+
 def report_markdown(results: Results, command: str, bench: dict | None, plots: list[str],
                     bench_sections: list[tuple[str, str]], longer: list[str] = ()) -> str:
     parts = [
@@ -518,6 +544,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
              "time less in-training evaluation, over its steps, mean of its runs)."
              if unit else "No full fine-tuning cell: runs are not priced."), "",
             render(COST_COLUMNS, table.cells, context), "",
+            recorded_time_line(table), "",
             "### Learning rates", "",
             render(SELECTION_COLUMNS, table.cells, context), "",
             *short_run_notes(table),
