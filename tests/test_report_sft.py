@@ -277,3 +277,26 @@ def test_each_table_states_the_core_hours_its_runs_recorded(report):
         f"({sum(map(seconds, set(every) - set(short))) / 3600:.2f} in "
         f"{len(every) - len(short)} full-length runs, {sum(map(seconds, short)) / 3600:.2f} in "
         f"{len(short)} short runs); by method: full ")
+
+
+def test_a_run_whose_time_includes_a_pause_is_named(tmp_path):
+    """A run stopped for a while records its pause in train_runtime; the report keeps its score
+    and names it beside the recorded time, against its cell's median."""
+    root = tmp_path / "sft"
+    shutil.copytree(SFT, root)
+    paused = root / "chatterbot/smollm2/sft_top_n"
+    (path,) = [p for p in paused.glob("lr*-seed1/results.json")]
+    data = json.loads(path.read_text())
+    data["train_runtime"] *= 50
+    path.write_text(json.dumps(data))
+    out = tmp_path / "REPORT.md"
+    write_report(root, out, None, "python recipes/compare.py --results sft")
+    line = next(line for line in out.read_text().splitlines()
+                if line.startswith("Recorded time: "))
+    assert "Recorded more than 3x the median" in line
+    named = line.split("are suspect): ")[1]
+    assert named.count("`") == 2, named  # one run, the paused one
+    assert named.split("`")[1].endswith("sft_top_n/" + path.parent.name + "/results.json")
+    clean = tmp_path / "CLEAN.md"
+    write_report(SFT, clean, None, "python recipes/compare.py --results sft")
+    assert "Recorded more than 3x" not in clean.read_text()

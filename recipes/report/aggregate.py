@@ -128,6 +128,16 @@ def recorded_hours(runs) -> float:
     return sum(recorded_seconds(run) for run in runs) / 3600
 
 
+def slow_runs(runs: list[RunResults], factor: float = 3.0) -> list[tuple[RunResults, float]]:
+    """The runs that recorded more than ``factor`` times the median of ``runs`` (runs of one
+    length and method), with that median: a run paused or crowded out while it trained. Its
+    score stands; its time does not. Needs 3 runs to have a median worth the name."""
+    if len(runs) < 3:
+        return []
+    median = statistics.median(recorded_seconds(run) for run in runs)
+    return [(run, median) for run in runs if recorded_seconds(run) > factor * median]
+
+
 def stage_timeline(run: RunResults) -> list[tuple[int, int]]:
     """``(step, trainable parameters)`` from each stage change in ``log_history``, starting at
     step 0; a single entry for a method whose trainable set never changes."""

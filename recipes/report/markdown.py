@@ -20,6 +20,8 @@ from recipes.report.aggregate import (
     Table,
     auto_freeze_decisions,
     recorded_hours,
+    recorded_seconds,
+    slow_runs,
     validation_curve,
 )
 from recipes.report.benches import verdict
@@ -490,7 +492,21 @@ def recorded_time_line(table: Table) -> str:
         + ". A run's recorded time is its `train_runtime` (training and any evaluation inside "
         "it) plus the evaluations logged after it, times its torch threads; loading the model "
         "and tokenising are not recorded, and load from other work on the machine inflates it."
+        + slow_runs_text(table)
     )
+
+
+def slow_runs_text(table: Table) -> str:
+    """The runs whose recorded time is not to be trusted: over 3x their cell's median."""
+    slow = [pair for cell in table.cells
+            for runs in (cell.runs, list(cell.selection.sweep_runs.values()))
+            for pair in slow_runs(runs)]
+    if not slow:
+        return ""
+    return (" Recorded more than 3x the median of their cell's runs of the same length (paused "
+            "or crowded out: their times, not their scores, are suspect): " + "; ".join(
+                f"`{run.path}` ({recorded_seconds(run):,.0f} s against {median:,.0f} s)"
+                for run, median in slow) + ".")
 
 
 def report_markdown(results: Results, command: str, bench: dict | None, plots: list[str],
