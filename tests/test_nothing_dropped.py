@@ -263,14 +263,24 @@ def test_prefix_cache_file_goes_when_the_run_is_interrupted(tmp_path, tiny_bert,
     assert list(cache.iterdir()) == []
 
 
-def test_prefix_cache_file_goes_when_the_launcher_gets_sigterm(tmp_path, tiny_bert):
-    """recipes/run.py in its own process, stopped by SIGTERM mid-training (as a scheduler or
-    accelerate stops it): it exits 143 and its cache file is gone, not left for the next run."""
+LAUNCHERS = {  # how the run is started; SIGTERM goes to that process
+    "python": [],
+    # accelerate forwards SIGTERM to its child and exits 143 itself
+    "accelerate": ["-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "configs" / "accelerate" / "cpu.yaml")],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_prefix_cache_file_goes_when_the_launcher_gets_sigterm(tmp_path, tiny_bert, launcher):
+    """recipes/run.py in its own process, directly or under `accelerate launch`, stopped by
+    SIGTERM mid-training (as a scheduler stops it): it exits 143 and its cache file is gone, not
+    left for the next run."""
     cache = tmp_path / "cache"
     flags = [f for f in cache_flags(cache) if f not in ("--max_steps", "3")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "recipes" / "run.py"),
+        [sys.executable, *LAUNCHERS[launcher], str(ROOT / "recipes" / "run.py"),
          *argv(tmp_path, tiny_bert, *flags, "--max_steps", "100000")],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
