@@ -2,16 +2,24 @@
 
 A results.json added, rerun or deleted without regenerating results/REPORT.md (or a report edited
 by hand) fails here, so every number the README quotes from the report traces to a run in git.
+Both committed reports are checked: the classification one (the default profile's and SmolLM2's
+cells with the frozen-depth section, ``make report UPDATE=1``) and the generative one
+(``make report PROFILE=sft UPDATE=1``: results/sft/REPORT.md).
 """
 
 import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from recipes.report.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORT = ROOT / "results" / "REPORT.md"
+REPORTS = {  # committed report -> a plot it must show (depth: make report passes --depth)
+    "results/REPORT.md": "depth.png",
+    "results/sft/REPORT.md": "validation_curves.png",
+}
 
 
 def recorded_args(report: str, out: Path) -> list[str]:
@@ -26,20 +34,22 @@ def recorded_args(report: str, out: Path) -> list[str]:
     return args
 
 
-def test_committed_report_is_regenerated_from_the_committed_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_committed_report_is_regenerated_from_the_committed_runs(name, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the report names its inputs relative to the repository
+    report = ROOT / name
     out = tmp_path / "REPORT.md"
-    committed = REPORT.read_text()
+    committed = report.read_text()
     main(recorded_args(committed, out))
-    ours = out.read_text().replace(str(out), "results/REPORT.md")
+    ours = out.read_text().replace(str(out), name)
     differing = [(a, b) for a, b in zip(ours.splitlines(), committed.splitlines()) if a != b]
-    assert not differing, f"results/REPORT.md is stale; run `make report`. First: {differing[0]}"
+    assert not differing, f"{name} is stale; run `make report UPDATE=1`. First: {differing[0]}"
     assert len(ours.splitlines()) == len(committed.splitlines())
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", committed)
-    assert "depth.png" in images  # the frozen-depth section (make report passes --depth)
+    assert REPORTS[name] in images
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(images)
-    absent = [name for name in images if not (REPORT.parent / name).is_file()]
-    assert not absent, f"results/REPORT.md shows plots that are not committed: {absent}"
+    absent = [image for image in images if not (report.parent / image).is_file()]
+    assert not absent, f"{name} shows plots that are not committed: {absent}"
 
 
 def make_dry_run(*args: str) -> str:

@@ -44,6 +44,8 @@ from recipes.benchmarks.harness import rotated, write_result
 from recipes.experiments.sweep import RUNNER_FLAGS, cell_plan, flags, load_profile, rate_name
 from recipes.launcher.common import ConfigError
 from recipes.launcher.main import main as run_main
+from recipes.launcher.results import RunResults
+from recipes.report.aggregate import auto_freeze_decisions
 from recipes.report.benches import adaptive_markdown
 from recipes.report.stats import paired_difference
 
@@ -160,8 +162,7 @@ def run_once(arm: dict, seed: int, work: Path) -> dict:
     started = time.perf_counter()
     results = run_main(argv)
     wall = time.perf_counter() - started
-    depth = [[e["step"], e["auto_freeze_depth"]] for e in results.get("log_history", [])
-             if "auto_freeze_depth" in e]
+    depth = [list(pair) for pair in auto_freeze_decisions(RunResults.from_dict(results))]
     return {
         "arm": arm["label"],
         "seed": seed,
