@@ -166,7 +166,7 @@ bench-precision: setup  ## SmolLM2 bottom_n (24 of 30 frozen): bf16 vs fp32 froz
 BENCH_SEEDS ?= 0 1 2 3 4
 bench-adaptive: setup  ## full vs auto_freeze by the clock: results/local/bench_adaptive.json (UPDATE=1: results/)
 	OMP_NUM_THREADS=1 $(PY) recipes/bench.py adaptive --seeds $(BENCH_SEEDS) \
-		--out $(OUT)/bench_adaptive.json
+		--out $(OUT)/bench_adaptive.json --work $(OUT)/runs/bench_adaptive
 
 gpu-check: setup    ## GPU-marked tests + a bf16 launcher smoke, one table; says so without CUDA
 	$(PY) recipes/gpu_check.py --out results/gpu_check.json

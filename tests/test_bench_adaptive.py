@@ -71,6 +71,10 @@ def test_both_arms_run_alternating_and_the_json_holds_the_pairs(tmp_path, tiny_b
     assert diff["per_seed"] == pytest.approx([100 * (a - f) for f, a in pairs])
     assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
     assert saved["arms"][1]["fields"]["policy_options"] == {"every": 1, "percentile": 100}
+    # what the launcher resolved for each arm, recorded before the first run
+    assert saved["arms"][0]["method"]["method"] == "full"
+    assert saved["arms"][1]["method"]["policy"] == "auto_freeze"
+    assert saved["arms"][1]["method"]["policy_options"] == {"every": 1, "percentile": 100}
     assert {"versions", "hardware", "python", "command"} <= set(saved) and saved["complete"]
     table = adaptive_markdown(saved)  # what the report shows (and the script prints)
     assert "| auto_freeze | every=1, percentile=100 | 0.001 |" in table
@@ -144,3 +148,32 @@ def test_bad_flags_are_one_line_before_any_run(tmp_path, monkeypatch, flags, mes
         bench.cli(["adaptive", "--profile", str(write_profile(tmp_path)), "--work",
                    str(tmp_path / "runs"), "--out", str(out), *flags])
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_table_shows_the_options_the_bench_recorded_not_todays_config():
+    """An arm's options come from the JSON's ``method`` (what ran), so editing the config later
+    does not change a committed table; JSONs from before the bench recorded it read the config."""
+    data = payload([1.4, 1.8], (0.2, -0.9, 1.3))
+    assert "| auto | every=10 | " in adaptive_markdown(data)  # the config's, as before
+    data["arms"][1]["method"] = {"method": "freeze", "policy": "auto_freeze",
+                                 "policy_options": {"every": 7, "criterion": "param_change"}}
+    assert "| auto | every=7, criterion=param_change | 0.0003 |" in adaptive_markdown(data)
+
+
+def test_make_bench_adaptive_keeps_its_runs_beside_its_json():
+    """Its runs go under the same root as its JSON: results/local/ (ignored), or the committed
+    results/ with UPDATE=1, where results/runs/bench_adaptive holds the committed runs."""
+    import os
+    import subprocess
+
+    def dry_run(*args: str) -> str:
+        done = subprocess.run(["make", "-n", "-o", ".venv/.setup-done", "bench-adaptive", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert ("--out results/local/bench_adaptive.json --work results/local/runs/bench_adaptive"
+            in dry_run())
+    assert "--out results/bench_adaptive.json --work results/runs/bench_adaptive" in dry_run(
+        "UPDATE=1")

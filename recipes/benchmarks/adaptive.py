@@ -26,7 +26,10 @@ rotates from seed to seed so that drift in the machine's speed spreads over the 
 The JSON (written atomically after every run, ``"complete": true`` once every seed ran, with
 the command, hardware and versions) goes to
 ``results/local/bench_adaptive.json`` by default, outside the tracked tree; the runs' folders to
-``--work`` (``results/local/bench_adaptive_runs``), each keeping its ``results.json``.
+``--work`` (``results/local/runs/bench_adaptive``; ``make bench-adaptive UPDATE=1`` writes
+``results/runs/bench_adaptive``), each keeping its ``results.json``. Each arm records the method
+the launcher resolved from its config and flags (``method``: policy and options), so the JSON
+says what ran without the configs beside it.
 ``--set FIELD=VALUE`` adds a run flag to every arm (``--set max_train_samples=64``), for quick
 checks; ``--threads`` fixes torch's threads (default: the profile's ``torch_threads``).
 """
@@ -53,7 +56,7 @@ DEFAULT_PROFILE = "configs/experiments/default.yaml"
 DEFAULT_ARMS = ("full=tweets/minilm/full", "auto_freeze=tweets/minilm/auto_freeze",
                 "param_change=tweets/minilm/auto_freeze_param_change")
 DEFAULT_OUT = "results/local/bench_adaptive.json"
-DEFAULT_WORK = "results/local/bench_adaptive_runs"
+DEFAULT_WORK = "results/local/runs/bench_adaptive"
 
 
 def parse_arm(text: str) -> tuple[str, str, dict]:
@@ -141,7 +144,7 @@ def arm_argv(arm: dict, seed: int, work: Path) -> list[str]:
 def check_arms(arms: list[dict], seed: int, work: Path) -> None:
     """Each arm's run flags as the launcher checks them before loading anything (values, the
     policy and its options), so a bad option of the third arm is one line before the first arm
-    trains, not a traceback after it."""
+    trains, not a traceback after it. Records the method each arm resolves to (``method``)."""
     from freeze_policies import get_policy
     from recipes.launcher.parsing import parse_args
 
@@ -150,6 +153,7 @@ def check_arms(arms: list[dict], seed: int, work: Path) -> None:
             _, _, method, _ = parse_args(arm_argv(arm, seed, work))
             if method.method == "freeze" and method.policy:
                 get_policy(method.policy, **method.policy_options)
+            arm["method"] = method.as_dict()
         except ValueError as error:  # ConfigError and FreezePolicyError are ValueErrors
             raise ConfigError(f"arm {arm['label']!r}: {error}") from None
 

@@ -190,8 +190,11 @@ def depth_reached(runs: list[dict]) -> dict[int, list[int]]:
 
 
 def arm_options(arm: dict) -> dict | None:
-    """The policy options an arm ran with: its fields' (the profile's and the arm's own), else
-    its config's (``configs/<cell>.yaml``, read when the report runs from the checkout)."""
+    """The policy options an arm ran with: as the bench recorded them (``method``), else, for a
+    JSON written before it did, its fields' (the profile's and the arm's own), else its
+    config's (``configs/<cell>.yaml``, read when the report runs from the checkout)."""
+    if "method" in arm:
+        return (arm["method"] or {}).get("policy_options") or None
     options = (arm.get("fields") or {}).get("policy_options")
     if options is None and arm.get("config") and Path(arm["config"]).is_file():
         from freeze_policies.policies.registry import load_yaml
