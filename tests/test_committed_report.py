@@ -110,3 +110,17 @@ def test_plots_are_byte_stable(tmp_path):
         written.append(path.read_bytes())
     assert written[0] == written[1]
     assert b"Matplotlib" not in written[0] and b"Software" not in written[0]
+
+
+def test_intervals_the_docs_quote_are_in_a_committed_report():
+    """Every confidence interval README.md and docs/ quote ("[-8.84, -3.73]") is written in a
+    committed report, so a rerun that moves a number fails here until the docs say the new one."""
+    reports = "\n".join((ROOT / name).read_text() for name in REPORTS)
+    interval = re.compile(r"\[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]")
+    quoted = {}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for found in interval.findall(doc.read_text()):
+            quoted.setdefault(found, doc.name)
+    assert len(quoted) > 10  # the headline and the comparison page quote many
+    stale = {found: doc for found, doc in quoted.items() if found not in reports}
+    assert not stale, f"quoted in the docs, in no committed report: {stale}"

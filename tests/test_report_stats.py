@@ -75,6 +75,13 @@ def test_plateau_compares_the_last_third_with_the_middle_third():
     assert not plateau(losses, 0.01, higher_is_better=False).reached
     assert plateau(losses[:2], 0.01) is None
     assert math.isclose(plateau(losses, 0.01, False).gain, 0.2)
+    assert plateau(losses, 0.01, False).state == "is still improving"
+    assert plateau(flat, 0.01).state == "has plateaued"
+    # a loss that rises again at the end (overfitting) is past its best, not a plateau
+    overfit = [(31, 2.150), (62, 2.019), (93, 2.000), (124, 1.981), (155, 2.102), (186, 2.106)]
+    result = plateau(overfit, 0.01, higher_is_better=False)
+    assert result.gain == pytest.approx(-0.114, abs=1e-3) and result.best_step == 124
+    assert result.state.startswith("is past its best")
 
 
 @pytest.mark.parametrize("count", [0, 1000, 1536, 3.3 * 2**20, 1.6 * 2**30, 2 * 2**40])

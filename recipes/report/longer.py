@@ -91,7 +91,7 @@ def _one_run(relative: Path, run: RunResults, base: RunResults | None) -> list[s
                   + " | ".join(f"{100 * value:.1f}" for _, value in curve) + " |", ""]
     result = plateau(curve, THRESHOLD)
     if result is not None:
-        state = "has plateaued" if result.reached else "is still improving"
+        state = result.state
         lines.append(
             f"Its validation accuracy {state}: the last third of its {len(curve)} evaluations "
             f"averages {100 * result.last:.2f}, the middle third {100 * result.middle:.2f} "

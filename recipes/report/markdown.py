@@ -80,7 +80,7 @@ def plateau_sentence(table: Table, curve) -> str:
     name = f"full fine-tuning's validation {metrics.select.removeprefix('eval_')}"
     if result is None:
         return f"{table.title}: {name} has fewer than 3 evaluations; no plateau can be judged."
-    state = ("has plateaued" if result.reached else "is still improving")
+    state = result.state
     limit_unit = unit.rstrip("s") if PLATEAU_THRESHOLD * scale == 1 else unit
     return (
         f"{table.title}: {name} {state}: the mean of the last third of its "

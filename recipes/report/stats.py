@@ -203,6 +203,14 @@ class Plateau:
     def reached(self) -> bool:
         return self.gain < self.threshold
 
+    @property
+    def state(self) -> str:
+        """What the curve does at its end: a loss back by a threshold or more is past its best
+        (overfitting, or a rate too high for the length), not a plateau."""
+        if self.gain <= -self.threshold:
+            return "is past its best (worse in its last third than in its middle third)"
+        return "has plateaued" if self.reached else "is still improving"
+
 
 def plateau(curve: Sequence[tuple[int, float]], threshold: float, higher_is_better: bool = True
             ) -> Plateau | None:
