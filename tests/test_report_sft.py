@@ -300,3 +300,15 @@ def test_a_run_whose_time_includes_a_pause_is_named(tmp_path):
     clean = tmp_path / "CLEAN.md"
     write_report(SFT, clean, None, "python recipes/compare.py --results sft")
     assert "Recorded more than 3x" not in clean.read_text()
+
+
+def test_without_a_benchmark_the_report_says_its_costs_are_the_runs_own(report):
+    text, _ = report
+    assert "- **Costs.** No benchmark was given (`--bench`)" in text
+    assert "interleaved benchmark" not in text  # it would describe pricing that did not happen
+    assert "| 1.00 (runs);" in row_text(text, "full")
+
+
+def row_text(text: str, label: str) -> str:
+    """Every table row of ``text`` whose method is ``label``, joined."""
+    return "\n".join(line for line in text.splitlines() if line.startswith(f"| {label} |"))

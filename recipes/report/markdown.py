@@ -509,6 +509,24 @@ def slow_runs_text(table: Table) -> str:
                 for run, median in slow) + ".")
 
 
+def costs_bullet(bench: dict | None) -> str:
+    """How the report prices runs: from the benchmark when it has one, else from the runs."""
+    if bench is None:
+        return ("- **Costs.** No benchmark was given (`--bench`), so every step-time ratio is "
+                "the runs' own (`runs`): each method's mean training seconds per step over full "
+                "fine-tuning's, measured under whatever load the machine had "
+                "(`recipes/report/pricing.py`).")
+    return (
+        "- **Costs.** Step-time ratios come from the interleaved benchmark (`bench.json`, "
+        "`bench_cache.json`), not from the runs' wall time: a run is priced as its steps x "
+        "its priced step ratio x full fine-tuning's measured seconds per step "
+        "(`recipes/report/pricing.py`). A cached run's recording and replaying steps are priced "
+        "from `bench_cache.json` with the run's own counts; a schedule's steps by the trainable "
+        "count of their stage, interpolated between the bench's frozen-prefix rows, without its "
+        "cache's replay (an upper bound); `runs` marks a ratio taken from the runs' own times "
+        "where the benchmark did not cover the model or method.")
+
+
 def report_markdown(results: Results, command: str, bench: dict | None, plots: list[str],
                     bench_sections: list[tuple[str, str]], longer: list[str] = ()) -> str:
     parts = [
@@ -531,14 +549,7 @@ def report_markdown(results: Results, command: str, bench: dict | None, plots: l
         "excludes zero. Every method is compared with the same reference, so among m intervals "
         "about m/20 exclude zero by chance: each such finding also gives the Bonferroni interval "
         "over all m comparisons, and says whether it still excludes zero.",
-        "- **Costs.** Step-time ratios come from the interleaved benchmark (`bench.json`, "
-        "`bench_cache.json`), not from the runs' wall time: a run is priced as its steps x "
-        "its priced step ratio x full fine-tuning's measured seconds per step "
-        "(`recipes/report/pricing.py`). A cached run's recording and replaying steps are priced "
-        "from `bench_cache.json` with the run's own counts; a schedule's steps by the trainable "
-        "count of their stage, interpolated between the bench's frozen-prefix rows, without its "
-        "cache's replay (an upper bound); `runs` marks a ratio taken from the runs' own times "
-        "where the benchmark did not cover the model or method.",
+        costs_bullet(bench),
         "",
         "## Hardware and versions",
         "",
