@@ -149,6 +149,18 @@ def test_run_cell_sweeps_short_then_trains_seeds_and_reuses_runs(tmp_path, monke
     profile.write_text(profile.read_text().replace("max_steps: 2", "max_steps: 4"))
     sweep.run_cell(str(profile), "tweets/minilm/full", str(tmp_path / "runs"))
     assert [c["--seed"] for c in calls] == ["0", "1"]
+    calls.clear()
+    # runs of an earlier choice (another rate, a seed the profile dropped, a rate this search
+    # did not try) are removed, so the cell reads in make report; nothing is rerun for them
+    cell = tmp_path / "runs/tweets/minilm/full"
+    for stale in ("lr0.1-seed0", "lr0.01-seed7", "sweep/lr0.3-seed0"):
+        (cell / stale).mkdir(parents=True)
+        (cell / stale / "results.json").write_text("{}")
+    sweep.run_cell(str(profile), "tweets/minilm/full", str(tmp_path / "runs"))
+    assert calls == []
+    assert sorted(p.relative_to(cell).as_posix() for p in cell.glob("**/lr*-seed*")) == [
+        "lr0.01-seed0", "lr0.01-seed1", "sweep/lr0.001-seed0", "sweep/lr0.01-seed0",
+        "sweep/lr0.1-seed0"]
 
 
 def test_same_run_compares_shell_quoted_commands():

@@ -216,6 +216,18 @@ def run_cell(profile_path: str, cell: str, out: str) -> dict | None:
         return _run_cell(profile_path, cell, plan, config, cell_dir)
 
 
+def remove_superseded(cell_dir: Path, full_length: set[str], short: set[str]) -> None:
+    """Remove the run folders of an earlier choice: full-length runs at a rate the cell no
+    longer chose (or of a seed the profile no longer has), short runs at a rate this search did
+    not try. ``make report`` refuses a cell that holds them, so a rerun whose choice moved
+    would otherwise leave a cell nobody can report until its folders are removed by hand."""
+    for folder, keep in ((cell_dir, full_length), (cell_dir / "sweep", short)):
+        for run_dir in sorted(folder.glob("lr*-seed*")):
+            if run_dir.is_dir() and run_dir.name not in keep:
+                print(f"== {run_dir}: a run of an earlier choice; removed", flush=True)
+                shutil.rmtree(run_dir)
+
+
 def _run_cell(profile_path: str, cell: str, plan: dict, config: Path, cell_dir: Path) -> dict:
     first, *other_seeds = plan["seeds"]
 
@@ -249,6 +261,8 @@ def _run_cell(profile_path: str, cell: str, plan: dict, config: Path, cell_dir: 
     run(chosen, first, {**plan["full_fields"], **plan["curve_fields"]}, cell_dir)
     for seed in other_seeds:
         run(chosen, seed, plan["full_fields"], cell_dir)
+    remove_superseded(cell_dir, {f"lr{rate_name(chosen)}-seed{seed}" for seed in plan["seeds"]},
+                      {f"lr{rate_name(lr)}-seed{first}" for lr in choice["scores"]})
     selection = {
         "cell": cell,
         "profile": str(profile_path),
