@@ -134,8 +134,9 @@ def slow_runs(runs: list[RunResults], factor: float = 3.0) -> list[tuple[RunResu
     score stands; its time does not. Needs 3 runs to have a median worth the name."""
     if len(runs) < 3:
         return []
-    median = statistics.median(recorded_seconds(run) for run in runs)
-    return [(run, median) for run in runs if recorded_seconds(run) > factor * median]
+    seconds = [recorded_seconds(run) for run in runs]
+    median = statistics.median(seconds)
+    return [(run, median) for run, s in zip(runs, seconds) if s > factor * median]
 
 
 def stage_timeline(run: RunResults) -> list[tuple[int, int]]:
@@ -244,6 +245,16 @@ class Cell:
     @property
     def first(self) -> RunResults:
         return self.runs[0]
+
+    @property
+    def short_runs(self) -> list[RunResults]:
+        """The selection's short runs, by rate."""
+        return [self.selection.sweep_runs[lr] for lr in sorted(self.selection.sweep_runs)]
+
+    @property
+    def all_runs(self) -> list[RunResults]:
+        """Full-length and short runs: everything the cell trained."""
+        return [*self.runs, *self.short_runs]
 
     @property
     def is_full(self) -> bool:

@@ -90,10 +90,6 @@ def cell_depth(cell: Cell) -> tuple[int, int] | None:
     return depths.pop() if len(depths) == 1 else None
 
 
-def _cell_runs(cell: Cell) -> list[RunResults]:
-    return [*cell.runs, *cell.selection.sweep_runs.values()]
-
-
 # -- the curve ----------------------------------------------------------------------------------
 
 
@@ -272,7 +268,7 @@ def _row(curve: Curve, point: Point) -> str:
                  f"{100 + curve.share(diff.high):.1f}]")
     return (head + f" {_source(point)} | {_lr(cell)} | {100 * cell.trainable_share:.3g} | "
             f"{format_stat(stat, cell.metrics.as_percent)} | {difference} | {share} | "
-            f"{len(cell.runs)} | {recorded_hours(_cell_runs(cell)):.2f} |")
+            f"{len(cell.runs)} | {recorded_hours(cell.all_runs):.2f} |")
 
 
 def table_lines(curve: Curve) -> list[str]:
@@ -287,7 +283,7 @@ def table_lines(curve: Curve) -> list[str]:
              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
              f"| full | everything | `{full.name}` (`{curve.full_root}`) | {_lr(full)} | "
              f"{100 * full.trainable_share:.3g} | {format_stat(stat, full.metrics.as_percent)} | "
-             f"reference | 100 | {len(full.runs)} | {recorded_hours(_cell_runs(full)):.2f} |"]
+             f"reference | 100 | {len(full.runs)} | {recorded_hours(full.all_runs):.2f} |"]
     return lines + [_row(curve, curve.points[n]) for n in sorted(curve.points)]
 
 
@@ -396,9 +392,9 @@ def hours_lines(curve: Curve) -> list[str]:
     reused = [p for p in curve.points.values() if p.cell is not None and p.root != curve.depth_root]
     depth_cells = [p.cell for p in curve.points.values()
                    if p.cell is not None and p.root == curve.depth_root]
-    complete = [run for cell in depth_cells for run in _cell_runs(cell)]
+    complete = [run for cell in depth_cells for run in cell.all_runs]
     longest = max(curve.depth_runs, key=recorded_seconds)
-    reused_runs = [run for p in reused for run in _cell_runs(p.cell)]
+    reused_runs = [run for p in reused for run in p.cell.all_runs]
     return [
         f"Recorded time, in core-hours: each run's `train_runtime` (its training, with any "
         "evaluation inside it) plus the validation and test evaluations logged after it, times "
@@ -413,8 +409,8 @@ def hours_lines(curve: Curve) -> list[str]:
         f"The cells it reuses from `{curve.full_root}` "
         f"({', '.join(p.cell.short for p in sorted(reused, key=lambda p: p.n)) or 'none'}) took "
         f"{recorded_hours(reused_runs):.2f} core-hours in {len(reused_runs)} runs, and full "
-        f"fine-tuning's cell {recorded_hours(_cell_runs(curve.full)):.2f} in "
-        f"{len(_cell_runs(curve.full))}.",
+        f"fine-tuning's cell {recorded_hours(curve.full.all_runs):.2f} in "
+        f"{len(curve.full.all_runs)}.",
         "",
     ]
 

@@ -479,16 +479,14 @@ def data_line(table: Table) -> str:
 def recorded_time_line(table: Table) -> str:
     """The core-hours the table's runs recorded, full-length and short, and each method's."""
     full_length = [run for cell in table.cells for run in cell.runs]
-    short = [run for cell in table.cells for run in cell.selection.sweep_runs.values()]
-    by_cell = sorted(table.cells, key=lambda cell: -recorded_hours(
-        [*cell.runs, *cell.selection.sweep_runs.values()]))
+    short = [run for cell in table.cells for run in cell.short_runs]
+    hours = {cell.label: recorded_hours(cell.all_runs) for cell in table.cells}
     return (
         f"Recorded time: {recorded_hours(full_length + short):.2f} core-hours in "
         f"{len(full_length) + len(short)} runs ({recorded_hours(full_length):.2f} in "
         f"{len(full_length)} full-length runs, {recorded_hours(short):.2f} in {len(short)} short "
-        "runs); by method: " + ", ".join(
-            f"{cell.label} {recorded_hours([*cell.runs, *cell.selection.sweep_runs.values()]):.2f}"
-            for cell in by_cell)
+        "runs); by method: "
+        + ", ".join(f"{label} {h:.2f}" for label, h in sorted(hours.items(), key=lambda i: -i[1]))
         + ". A run's recorded time is its `train_runtime` (training and any evaluation inside "
         "it) plus the evaluations logged after it, times its torch threads; loading the model "
         "and tokenising are not recorded, and load from other work on the machine inflates it."
@@ -498,8 +496,7 @@ def recorded_time_line(table: Table) -> str:
 
 def slow_runs_text(table: Table) -> str:
     """The runs whose recorded time is not to be trusted: over 3x their cell's median."""
-    slow = [pair for cell in table.cells
-            for runs in (cell.runs, list(cell.selection.sweep_runs.values()))
+    slow = [pair for cell in table.cells for runs in (cell.runs, cell.short_runs)
             for pair in slow_runs(runs)]
     if not slow:
         return ""
