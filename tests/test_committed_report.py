@@ -124,3 +124,29 @@ def test_intervals_the_docs_quote_are_in_a_committed_report():
     assert len(quoted) > 10  # the headline and the comparison page quote many
     stale = {found: doc for found, doc in quoted.items() if found not in reports}
     assert not stale, f"quoted in the docs, in no committed report: {stale}"
+
+
+def test_the_docs_site_publishes_the_reports_its_nav_names_and_no_other(tmp_path):
+    """docs/hooks.py: results/REPORT.md and results/sft/REPORT.md (in mkdocs.yml's nav) become
+    pages with their plots; a report the nav does not name (make report PROFILE=gpu UPDATE=1)
+    stays out, where it would fail the strict build as a page missing from the nav."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    def published(nav) -> set[str]:
+        return {path.relative_to(ROOT).as_posix() for path in hooks.report_files(nav)}
+
+    loader = type("Loader", (yaml.SafeLoader,), {})  # mkdocs.yml names a Python function
+    loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda *args: None)
+    nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=loader)["nav"]  # noqa: S506
+    both = published(nav)
+    assert {"results/REPORT.md", "results/depth.png", "results/sft/REPORT.md",
+            "results/sft/pareto.png"} <= both
+    assert not any(name.startswith(("results/runs/", "results/local/")) for name in both)
+    only_main = published(["index.md", {"Results": "results/REPORT.md"}])
+    assert "results/REPORT.md" in only_main and not any("sft/" in n for n in only_main)
