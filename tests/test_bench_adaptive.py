@@ -177,3 +177,16 @@ def test_make_bench_adaptive_keeps_its_runs_beside_its_json():
             in dry_run())
     assert "--out results/bench_adaptive.json --work results/runs/bench_adaptive" in dry_run(
         "UPDATE=1")
+
+
+def test_the_depth_table_stays_a_table_when_no_arm_froze():
+    """A short run that never freezes: one "depth reached" column saying none, and as many
+    separator cells as header cells (an empty header cell made a malformed table)."""
+    data = payload([1.1, 1.2], (0.0, -0.5, 0.5))
+    for run in data["runs"]:
+        run["depth_over_steps"] = []
+    lines = adaptive_markdown(data).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| arm | steps |"))
+    assert lines[header] == "| arm | steps | depth reached | hits | records | rows filled |"
+    assert lines[header + 1].count("|") == lines[header].count("|")
+    assert lines[header + 2].startswith("| auto | 100 | none | 3 | 5 |")

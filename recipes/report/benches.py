@@ -203,6 +203,11 @@ def arm_options(arm: dict) -> dict | None:
     return options
 
 
+def depth_columns(deepest: int) -> list[str]:
+    """The depth table's columns: one per depth reached, or one saying none was."""
+    return [f"depth {d}" for d in range(1, deepest + 1)] or ["depth reached"]
+
+
 def adaptive_markdown(data: dict) -> str:
     """``bench_adaptive.json``: each arm against the baseline by the wall clock, side by side,
     with the paired accuracy gap and how deep each arm froze when."""
@@ -258,20 +263,17 @@ def adaptive_markdown(data: dict) -> str:
               "median over the seeds (earliest-latest; n = seeds that reached it), and the "
               "prefix cache's steps that replayed with no fill (hits), steps that filled rows "
               "(records) and rows filled, medians.", "",
-              "| arm | steps | " + " | ".join(f"depth {d}" for d in range(1, deepest + 1)) +
+              "| arm | steps | " + " | ".join(depth_columns(deepest)) +
               " | hits | records | rows filled |",
-              "|---|---:|" + "---:|" * (deepest + 3)]
+              "|---|---:|" + "---:|" * (len(depth_columns(deepest)) + 3)]
     for label in arms:
         runs = by_arm.get(label, [])
         reached = depth_reached(runs)
         if not reached and label == baseline:
             continue
-        cells = []
-        for d in range(1, deepest + 1):
-            steps = reached.get(d)
-            middle = statistics.median(steps) if steps else None
-            cells.append("—" if not steps else
-                         f"{middle:g} ({min(steps)}-{max(steps)}; n={len(steps)})")
+        cells = [f"{statistics.median(reached[d]):g} ({min(reached[d])}-{max(reached[d])}; "
+                 f"n={len(reached[d])})" if d in reached else "—"
+                 for d in range(1, deepest + 1)] or ["none"]
         cache = [r.get("prefix_cache") or {} for r in runs]
 
         def stat(key, cache=cache):
